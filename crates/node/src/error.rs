@@ -1,0 +1,119 @@
+//! The node's error type, and the one place errors become `tonic::Status`.
+
+use leakbloom_filter::KEY_LEN;
+use tonic::{Code, Status};
+
+/// Everything a node operation can fail with. Messages say what was wrong and how to fix it;
+/// none of them ever contains a key.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request carried no keys.
+    #[error("keys is empty: send 1 to {max} keys of {KEY_LEN} bytes each, concatenated")]
+    EmptyBatch {
+        /// The batch limit.
+        max: usize,
+    },
+    /// The packed key bytes are not a whole number of keys.
+    #[error(
+        "keys is {len} bytes, not a multiple of {KEY_LEN}: send whole {KEY_LEN}-byte keys \
+         (SHA-256 or HMAC-SHA256 outputs), concatenated"
+    )]
+    KeyLength {
+        /// Length of the `keys` field in bytes.
+        len: usize,
+    },
+    /// More keys than the server accepts in one request.
+    #[error("batch of {keys} keys is over the limit of {max} keys per request: split it")]
+    BatchTooLarge {
+        /// Keys in the request.
+        keys: usize,
+        /// The batch limit (`max_batch` in the node config).
+        max: usize,
+    },
+    /// A set name outside the allowed alphabet or length.
+    #[error("invalid set name {name:?}: {reason}")]
+    SetName {
+        /// The offending name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Set parameters out of range.
+    #[error("invalid parameters for set {name:?}: {reason}")]
+    SetParameters {
+        /// The set.
+        name: String,
+        /// What is wrong and what is accepted.
+        reason: String,
+    },
+    /// The same set named twice in one request.
+    #[error("set {0:?} is named more than once in the request: name each set once")]
+    DuplicateSet(String),
+    /// An unknown `Consistency` value.
+    #[error("unknown consistency value {0}: use CONSISTENCY_LINEARIZABLE or CONSISTENCY_ANY_REPLICA")]
+    Consistency(i32),
+    /// The set does not exist.
+    #[error("set {0:?} does not exist: create it first, or list sets with ListSets")]
+    SetNotFound(String),
+    /// A set of that name exists with other parameters.
+    #[error(
+        "set {name:?} already exists with {existing}, not {requested}: \
+         use the existing parameters, another name, or drop it first"
+    )]
+    SetExists {
+        /// The set.
+        name: String,
+        /// Its current parameters.
+        existing: String,
+        /// The parameters of the request.
+        requested: String,
+    },
+    /// Creating the set would take the node over its filter memory limit.
+    #[error(
+        "set {name:?} needs {needed} bytes of filter memory per replica but only {available} of \
+         the node's {limit}-byte limit are free: lower its capacity, raise its fpr, drop a set, \
+         or raise max_filter_memory"
+    )]
+    MemoryLimit {
+        /// The set.
+        name: String,
+        /// Bytes the new set needs on this node.
+        needed: u64,
+        /// Bytes still free under the limit.
+        available: u64,
+        /// The limit (`max_filter_memory`).
+        limit: u64,
+    },
+    /// The node holds as many sets as it allows.
+    #[error("the node already holds {max} sets, its limit: drop a set first")]
+    TooManySets {
+        /// `max_sets` from the config.
+        max: usize,
+    },
+    /// The filter engine refused (e.g. sizing out of range, allocation failed).
+    #[error(transparent)]
+    Filter(#[from] leakbloom_filter::Error),
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Status {
+        let code = match &error {
+            Error::EmptyBatch { .. }
+            | Error::KeyLength { .. }
+            | Error::BatchTooLarge { .. }
+            | Error::SetName { .. }
+            | Error::SetParameters { .. }
+            | Error::DuplicateSet(_)
+            | Error::Consistency(_) => Code::InvalidArgument,
+            Error::SetNotFound(_) => Code::NotFound,
+            Error::SetExists { .. } => Code::AlreadyExists,
+            Error::MemoryLimit { .. } | Error::TooManySets { .. } => Code::ResourceExhausted,
+            Error::Filter(leakbloom_filter::Error::Alloc { .. }) => Code::ResourceExhausted,
+            Error::Filter(_) => Code::InvalidArgument,
+        };
+        Status::new(code, error.to_string())
+    }
+}
+
+/// Result alias for node operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

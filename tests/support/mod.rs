@@ -1,0 +1,80 @@
+//! Test support: real leakbloom servers on `127.0.0.1:0`, shut down gracefully on drop.
+
+use std::net::SocketAddr;
+
+use leakbloom_client::{Client, Key};
+use leakbloom_node::{Config, Server};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A node serving on a free loopback port.
+#[derive(Debug)]
+pub struct TestNode {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestNode {
+    /// Starts a node with `config` (its `listen` is replaced by `127.0.0.1:0`).
+    pub async fn start(config: Config) -> TestNode {
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..config
+        };
+        let server = Server::bind(config).await.expect("bind 127.0.0.1:0");
+        let addr = server.local_addr();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("server failed");
+        });
+        TestNode {
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Starts a node with the default config.
+    pub async fn start_default() -> TestNode {
+        TestNode::start(Config::default()).await
+    }
+
+    /// A client connected to this node.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.addr.to_string())
+            .await
+            .expect("connect to test node")
+    }
+
+    /// Stops the node and waits until it has finished serving.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task panicked");
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// `n` random keys from a seeded generator.
+pub fn random_keys(seed: u64, n: usize) -> Vec<Key> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.gen()).collect()
+}
