@@ -1,0 +1,81 @@
+//! leakbloom's layer over [raft-rs](https://docs.rs/raft/0.7) (tikv's Raft, `protobuf-codec`):
+//! durable log storage for many Raft groups, a synchronous group node that applies committed
+//! entries to an opaque [`StateMachine`], and a deterministic in-process cluster for tests.
+//! It knows nothing of filters, shards or gRPC: commands are bytes.
+//!
+//! # Layout
+//! - [`storage`]: [`Store`], one [raft-engine](https://docs.rs/raft-engine/0.4.2) instance per
+//!   node holding every group's entries, hard state, conf state and snapshot metadata, plus
+//!   checksummed snapshot files; [`GroupStorage`], one group's [`raft::Storage`].
+//! - [`node`]: [`GroupNode`], a [`raft::RawNode`] with `tick`, `step`, `propose`,
+//!   `read_index` and one [`GroupNode::handle_ready`] that returns an [`Output`] (messages,
+//!   results by proposal id, read states, leadership) instead of doing network I/O; the
+//!   [`StateMachine`] trait.
+//! - [`sim`]: a seeded [`sim::Network`] (delay, loss, duplication, reordering, partitions)
+//!   and [`sim::Cluster`] (crashes, restarts, a logical clock); `tests/simulation.rs` runs
+//!   seeds against it and checks the invariants.
+//! - [`log`]: raft-rs logs through slog; [`log::TracingDrain`] forwards it to `tracing`.
+//! - `examples/append_throughput.rs`: synced append throughput of the store.
+//!
+//! # The Ready order
+//! [`GroupNode::handle_ready`] follows raft-rs's documented order: (1) take the messages that
+//! may go out before persisting; (2) apply a snapshot from the leader (restore the state
+//! machine, persist the snapshot, which replaces the log); (3) apply committed entries, each
+//! answering the local proposal at its index, matched by the proposal id carried in the
+//! entry's context and by term; (4+5) append new entries and persist a changed hard state in
+//! one synced write; (6) take the messages that must wait for persistence (votes, append
+//! responses); (7) `advance`, persist a commit index the light ready advanced, take its
+//! messages and apply its committed entries, `advance_apply`; then compact by policy. A leader
+//! that loses its role fails every pending proposal with the retryable
+//! [`Error::NotLeader`].
+//!
+//! # Fsync discipline
+//! Every write goes through one store-wide path: one raft-engine batch, written with
+//! `fdatasync` before the call returns. Nothing leaves [`GroupNode::handle_ready`] that depends
+//! on a write that has not returned: persisted messages (votes, acknowledgements) are taken
+//! after the write, so a quorum's acknowledgement means a quorum's disks. A snapshot file
+//! (named by group and index) is written to a temporary file, fsynced, renamed, and the
+//! directory fsynced, before the metadata that points at it; older files go only after the
+//! metadata moved on. Writes block: async callers run them off the runtime.
+//!
+//! # Caveats
+//! - raft-engine's recovery truncates a damaged newest log file, which would silently drop
+//!   synced records if the damage is not at the tail; a sync marker beside the log detects
+//!   it and [`Store::open`] returns [`Error::DiskLost`]: the replica must be rebuilt from its
+//!   peers (see [`storage`]).
+//! - raft-engine panics when `fdatasync` fails (after a failed fsync the page cache cannot be
+//!   trusted): the process must crash and recover from disk, which is the right reaction.
+//! - raft-engine 0.4.2 can race `fetch_entries_to` with purging (tikv/raft-engine#370): the
+//!   store serialises the two.
+//! - raft-rs 0.7 decodes messages with protobuf 2.28, which has RUSTSEC-2024-0437 (stack
+//!   overflow through deep recursion on untrusted input). Only authenticated peers may reach
+//!   the peer port that feeds [`GroupNode::step`]; never expose it to clients.
+//! - The transport must call [`GroupNode::report_snapshot`] for every snapshot message it
+//!   carries (delivered or not): until then raft-rs sends that follower nothing else.
+//! - One synced write per Ready per group (two when the light ready advances the commit
+//!   index): a node hosting many groups should batch them into one write (future work).
+//! - Committed entries are applied before the Ready's hard state is persisted (raft-rs's
+//!   order). That is safe because the state machine is rebuilt from the snapshot and the log on
+//!   restart; a state machine that persists its own applied index must not get ahead of the
+//!   persisted commit index (see raft-rs's docs on `Ready`).
+//! - Snapshots are whole in memory and in one file (fine for tests; filters will need them
+//!   streamed in chunks).
+//! - raft-rs draws election timeouts from the thread's random source; only the simulation
+//!   pins them ([`NodeConfig::max_election_ticks`]) to stay reproducible.
+//! - The simulation crashes nodes between steps, never inside
+//!   [`GroupNode::handle_ready`]; the storage tests cover torn writes.
+
+mod error;
+pub mod log;
+pub mod node;
+pub mod sim;
+pub mod storage;
+
+pub use error::{Error, Result};
+pub use node::{GroupNode, Leadership, NodeConfig, Output, StateMachine};
+pub use storage::{GroupStorage, Persist, Store, StoreConfig};
+
+/// Identifies a Raft group (one per shard).
+pub type GroupId = u64;
+/// Identifies a node (a raft-rs peer id; never 0).
+pub type NodeId = u64;

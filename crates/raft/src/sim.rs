@@ -1,0 +1,461 @@
+//! A deterministic in-process cluster for testing Raft behaviour.
+//!
+//! One group replicated on N nodes, each with its own [`Store`] directory. A seeded
+//! [`Network`] delivers messages with random delay (hence reordering), drops, duplicates and
+//! partitions; a logical clock in milliseconds drives ticks. Nodes crash (the [`GroupNode`]
+//! and its store are dropped: everything not yet synced — unstable entries, queued messages,
+//! the in-memory state machine — is lost) and restart from their directory. Given the seed,
+//! a run is fully reproducible: nothing reads the wall clock, thread scheduling or a global
+//! random source.
+//!
+//! A crash here closes raft-engine cleanly (its `Drop` runs); the torn tail a real crash
+//! leaves behind is covered by the storage tests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use raft::eraftpb::{Message, MessageType};
+use raft::StateRole;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::error::{Error, Result};
+use crate::node::{GroupNode, NodeConfig, Output, StateMachine};
+use crate::storage::Store;
+use crate::{GroupId, NodeId};
+
+/// The group every simulated node replicates.
+pub const GROUP: GroupId = 1;
+
+/// Logical milliseconds between ticks; with the default 10-tick election timeout an election
+/// takes 100-200 ms of simulated time, the scale of a real deployment's 100 ms ticks / 10.
+pub const TICK_MS: u64 = 10;
+
+/// Network fault rates of a [`Network`].
+#[derive(Debug, Clone)]
+pub struct Faults {
+    /// Probability that a message is lost.
+    pub drop: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+    /// Delivery delay in logical ms, uniform in `1..=max_delay`; spread means reordering.
+    pub max_delay: u64,
+}
+
+impl Default for Faults {
+    fn default() -> Faults {
+        Faults {
+            drop: 0.05,
+            duplicate: 0.02,
+            max_delay: 20,
+        }
+    }
+}
+
+/// A seeded message scheduler with partitions.
+#[derive(Debug)]
+pub struct Network {
+    rng: StdRng,
+    faults: Faults,
+    /// Messages in flight by (delivery time, send sequence): a total, seeded order.
+    queue: BTreeMap<(u64, u64), Message>,
+    sent: u64,
+    /// Directed links that are cut.
+    cut: BTreeSet<(NodeId, NodeId)>,
+    /// Snapshot messages lost since the last [`Network::lost_snapshots`]: a real transport
+    /// knows when a snapshot stream fails, and the leader must be told.
+    lost: Vec<Message>,
+}
+
+impl Network {
+    /// A network with its own random stream.
+    pub fn new(seed: u64, faults: Faults) -> Network {
+        Network {
+            rng: StdRng::seed_from_u64(seed),
+            faults,
+            queue: BTreeMap::new(),
+            sent: 0,
+            cut: BTreeSet::new(),
+            lost: Vec::new(),
+        }
+    }
+
+    fn connected(&self, from: NodeId, to: NodeId) -> bool {
+        !self.cut.contains(&(from, to))
+    }
+
+    fn lose(&mut self, message: Message) {
+        if message.get_msg_type() == MessageType::MsgSnapshot {
+            self.lost.push(message);
+        }
+    }
+
+    /// Schedules `message` sent at `now` (or loses it).
+    pub fn send(&mut self, now: u64, message: Message) {
+        if !self.connected(message.from, message.to) || self.rng.gen_bool(self.faults.drop) {
+            self.lose(message);
+            return;
+        }
+        let copies = if self.rng.gen_bool(self.faults.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let at = now + self.rng.gen_range(1..=self.faults.max_delay.max(1));
+            self.sent += 1;
+            self.queue.insert((at, self.sent), message.clone());
+        }
+    }
+
+    /// Takes the messages due at or before `now`, in delivery order; those on a link cut
+    /// meanwhile are lost.
+    pub fn deliver(&mut self, now: u64) -> Vec<Message> {
+        let later = self.queue.split_off(&(now + 1, 0));
+        let due = std::mem::replace(&mut self.queue, later);
+        let mut delivered = Vec::with_capacity(due.len());
+        for message in due.into_values() {
+            if self.connected(message.from, message.to) {
+                delivered.push(message);
+            } else {
+                self.lose(message);
+            }
+        }
+        delivered
+    }
+
+    /// Takes the snapshot messages lost since the last call.
+    pub fn lost_snapshots(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.lost)
+    }
+
+    /// Cuts every link between `side` and the other `nodes`, both ways.
+    pub fn partition(&mut self, side: &[NodeId], nodes: &[NodeId]) {
+        for &a in side {
+            for &b in nodes.iter().filter(|n| !side.contains(n)) {
+                self.cut.insert((a, b));
+                self.cut.insert((b, a));
+            }
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Whether any link is cut.
+    pub fn is_partitioned(&self) -> bool {
+        !self.cut.is_empty()
+    }
+}
+
+/// Configuration of a [`Cluster`].
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Node ids are `1..=nodes`.
+    pub nodes: u64,
+    /// Network faults.
+    pub faults: Faults,
+    /// Node tunables; a small `snapshot_entries` exercises compaction and snapshot sending.
+    pub node: NodeConfig,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> ClusterConfig {
+        ClusterConfig {
+            nodes: 3,
+            faults: Faults::default(),
+            node: NodeConfig {
+                snapshot_entries: 25,
+                ..NodeConfig::default()
+            },
+        }
+    }
+}
+
+/// N replicas of [`GROUP`] over a [`Network`], driven by a logical clock.
+pub struct Cluster<M> {
+    config: ClusterConfig,
+    dir: PathBuf,
+    /// `None` while crashed.
+    nodes: BTreeMap<NodeId, Option<GroupNode<M>>>,
+    new_machine: fn() -> M,
+    /// The simulated network.
+    pub net: Network,
+    now: u64,
+    /// Drives what raft-rs would randomise from the thread's random source.
+    rng: StdRng,
+    /// Per node, the ms offset of its ticks, so nodes do not tick in lockstep.
+    phase: BTreeMap<NodeId, u64>,
+}
+
+impl<M> std::fmt::Debug for Cluster<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("dir", &self.dir)
+            .field("now", &self.now)
+            .field("net", &self.net)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: StateMachine> Cluster<M> {
+    /// Starts `config.nodes` fresh nodes with directories under `dir`.
+    pub fn new(
+        seed: u64,
+        dir: impl Into<PathBuf>,
+        config: ClusterConfig,
+        new_machine: fn() -> M,
+    ) -> Result<Cluster<M>> {
+        let mut cluster = Cluster {
+            net: Network::new(seed, config.faults.clone()),
+            config,
+            dir: dir.into(),
+            nodes: BTreeMap::new(),
+            new_machine,
+            now: 0,
+            rng: StdRng::seed_from_u64(seed.rotate_left(17) ^ 0x0c1u64),
+            phase: BTreeMap::new(),
+        };
+        for id in cluster.ids() {
+            cluster.nodes.insert(id, None);
+            cluster.restart(id)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Every node id.
+    pub fn ids(&self) -> Vec<NodeId> {
+        (1..=self.config.nodes).collect()
+    }
+
+    /// Ids of the nodes that are up.
+    pub fn live(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.is_some())
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// The logical time in ms.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Node `id`, if it is up.
+    pub fn node(&self, id: NodeId) -> Option<&GroupNode<M>> {
+        self.nodes.get(&id).and_then(Option::as_ref)
+    }
+
+    /// Node `id` mutably, if it is up.
+    pub fn node_mut(&mut self, id: NodeId) -> Option<&mut GroupNode<M>> {
+        self.nodes.get_mut(&id).and_then(Option::as_mut)
+    }
+
+    /// Crashes node `id`: drops it with everything it had not synced.
+    pub fn crash(&mut self, id: NodeId) {
+        if let Some(slot) = self.nodes.get_mut(&id) {
+            *slot = None;
+        }
+    }
+
+    /// (Re)starts node `id` from its directory (a no-op if it is up).
+    pub fn restart(&mut self, id: NodeId) -> Result<()> {
+        if self.node(id).is_some() {
+            return Ok(());
+        }
+        let store = Store::open(self.dir.join(format!("node-{id}")))?;
+        let storage = store.group(GROUP)?;
+        let voters = self.ids();
+        // A seeded election timeout per start (raft-rs's own draw is not reproducible).
+        let mut config = self.config.node.clone();
+        config.election_ticks += self.rng.gen_range(0..config.election_ticks.max(1));
+        config.max_election_ticks = config.election_ticks + 1;
+        self.phase.insert(id, self.rng.gen_range(0..TICK_MS));
+        let node = GroupNode::new(id, storage, &voters, (self.new_machine)(), config)?;
+        self.nodes.insert(id, Some(node));
+        Ok(())
+    }
+
+    /// The node that is leader at the highest term, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .values()
+            .flatten()
+            .filter(|n| n.leadership().role == StateRole::Leader)
+            .max_by_key(|n| n.leadership().term)
+            .map(|n| n.id())
+    }
+
+    /// Proposes `command` as proposal `id` on the current leader.
+    pub fn propose(&mut self, id: u64, command: Vec<u8>) -> Result<NodeId> {
+        let leader = self.leader().ok_or(Error::NotLeader {
+            group: GROUP,
+            leader: None,
+        })?;
+        let node = self.node_mut(leader).expect("the leader is up");
+        node.propose(id, command)?;
+        Ok(leader)
+    }
+
+    /// Advances the clock by 1 ms: ticks on tick boundaries, delivers due messages, handles
+    /// every node's Ready and sends what it produced. Returns each node's output (its
+    /// messages are already sent).
+    pub fn step(&mut self) -> Result<Vec<(NodeId, Output)>> {
+        self.now += 1;
+        let mut snapshot_reports = Vec::new();
+        for message in self.net.deliver(self.now) {
+            let (from, to) = (message.from, message.to);
+            let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+            let delivered = match self.node_mut(to) {
+                // Stale responses and messages from removed peers are refused; harmless.
+                Some(node) => node.step(message).is_ok(),
+                None => false,
+            };
+            if snapshot {
+                snapshot_reports.push((from, to, delivered));
+            }
+        }
+        for lost in self.net.lost_snapshots() {
+            snapshot_reports.push((lost.from, lost.to, false));
+        }
+        for (from, to, delivered) in snapshot_reports {
+            if let Some(node) = self.node_mut(from) {
+                node.report_snapshot(to, delivered);
+            }
+        }
+        let mut outputs = Vec::new();
+        let now = self.now;
+        for (&id, slot) in &mut self.nodes {
+            let Some(node) = slot else { continue };
+            if (now + self.phase[&id]).is_multiple_of(TICK_MS) {
+                node.tick();
+            }
+            if node.has_ready() {
+                let out = node.handle_ready()?;
+                for message in &out.messages {
+                    self.net.send(now, message.clone());
+                }
+                outputs.push((id, out));
+            }
+        }
+        Ok(outputs)
+    }
+}
+
+/// A test state machine: an append-only register of commands with a running checksum.
+///
+/// Each command is 8 bytes of proposal id and any payload. Applying records the id and folds
+/// the command into the checksum; the result is the checksum after it. Replicas with equal
+/// checksums applied the same commands in the same order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Register {
+    /// Proposal ids in apply order.
+    pub ids: Vec<u64>,
+    /// Running CRC32 over every applied command.
+    pub checksum: u32,
+}
+
+impl Register {
+    /// A command for proposal `id`.
+    pub fn command(id: u64, payload: &[u8]) -> Vec<u8> {
+        [&id.to_be_bytes()[..], payload].concat()
+    }
+}
+
+impl StateMachine for Register {
+    fn apply(&mut self, _index: u64, command: &[u8]) -> std::result::Result<Vec<u8>, String> {
+        let Some(id) = command
+            .get(..8)
+            .map(|b| u64::from_be_bytes(b.try_into().unwrap()))
+        else {
+            return Err(format!("command of {} bytes has no id", command.len()));
+        };
+        let mut hasher = crc32fast::Hasher::new_with_initial(self.checksum);
+        hasher.update(command);
+        self.checksum = hasher.finalize();
+        self.ids.push(id);
+        Ok(self.checksum.to_be_bytes().to_vec())
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let mut out = self.checksum.to_be_bytes().to_vec();
+        for id in &self.ids {
+            out.extend_from_slice(&id.to_be_bytes());
+        }
+        out
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> std::result::Result<(), String> {
+        if snapshot.len() < 4 || !(snapshot.len() - 4).is_multiple_of(8) {
+            return Err(format!("register snapshot of {} bytes", snapshot.len()));
+        }
+        self.checksum = u32::from_be_bytes(snapshot[..4].try_into().unwrap());
+        self.ids = snapshot[4..]
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+            .collect();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_is_deterministic_and_respects_partitions() {
+        let run = |seed| {
+            let mut net = Network::new(seed, Faults::default());
+            for i in 0..200u64 {
+                let m = Message {
+                    from: 1 + i % 3,
+                    to: 1 + (i + 1) % 3,
+                    index: i,
+                    ..Default::default()
+                };
+                net.send(i / 10, m);
+            }
+            (0..60)
+                .flat_map(|t| net.deliver(t))
+                .map(|m| m.index)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
+        let delivered = run(7);
+        assert!(delivered.len() < 200 + 20, "too many duplicates");
+        assert!(
+            delivered.windows(2).any(|w| w[0] > w[1]),
+            "expected reordering"
+        );
+
+        let mut net = Network::new(1, Faults::default());
+        net.partition(&[1], &[1, 2, 3]);
+        for _ in 0..50 {
+            let m = Message {
+                from: 2,
+                to: 1,
+                ..Default::default()
+            };
+            net.send(0, m);
+        }
+        assert!(net.deliver(100).is_empty());
+        net.heal();
+        assert!(!net.is_partitioned());
+    }
+
+    #[test]
+    fn register_snapshot_round_trip() {
+        let mut r = Register::default();
+        r.apply(1, &Register::command(5, b"x")).unwrap();
+        r.apply(2, &Register::command(9, b"")).unwrap();
+        assert!(r.apply(3, b"short").is_err());
+        let mut s = Register::default();
+        s.restore(&r.snapshot()).unwrap();
+        assert_eq!(r, s);
+        assert!(s.restore(&[1, 2, 3]).is_err());
+    }
+}

@@ -1,0 +1,414 @@
+//! Seeded fault simulation of one Raft group on 3 or 5 nodes: message delay, loss,
+//! duplication and reordering, partitions and heals, crashes and restarts, while a client
+//! proposes commands and makes linearizable reads. Invariants checked:
+//!
+//! 1. Every acknowledged proposal is applied on every replica once the faults stop, and the
+//!    replicas end byte-identical.
+//! 2. Replicas at equal applied index have byte-identical state, at every step.
+//! 3. No proposal is applied twice on any replica.
+//! 4. An acknowledged result is what applying the log in order computes.
+//! 5. A linearizable read (ReadIndex, served once applied reaches the read index) sees every
+//!    proposal acknowledged before the read was asked.
+//! 6. The healed cluster makes progress (a final proposal is acknowledged).
+//! 7. Nothing panics.
+//! 8. At most one leader per term; nodes are crashed right after granting votes to catch
+//!    votes that do not survive a restart.
+//!
+//! `cargo test` runs [`DEFAULT_SEEDS`] seeds from 0; `LEAKBLOOM_SIM_SEEDS=N` runs N seeds
+//! (from `LEAKBLOOM_SIM_FIRST_SEED`, default 0), `LEAKBLOOM_SIM_SEED=S` replays seed S (a
+//! failing seed prints the command).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use leakbloom_raft::sim::{Cluster, ClusterConfig, Register};
+use leakbloom_raft::{NodeId, Output, StateMachine as _};
+use raft::eraftpb::MessageType;
+use raft::StateRole;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Seeds `cargo test` runs by default: every fault shows up in each few seeds, and 200 seeds
+/// take about 15 s in a debug build, inside the crate's ~60 s test budget.
+const DEFAULT_SEEDS: u64 = 200;
+/// Logical ms of faults and client traffic per seed (about 5 crashes and 5 partitions).
+const FAULT_MS: u64 = 10_000;
+/// Logical ms allowed for the healed cluster to converge; generous against election storms.
+const SETTLE_MS: u64 = 10_000;
+
+/// Where node directories go: tmpfs when there is one (fsync is then cheap, and the
+/// simulation tests logic, not the disk).
+fn scratch() -> tempfile::TempDir {
+    let shm = PathBuf::from("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(&shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().expect("temporary directory")
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    crashes: u64,
+    crashes_after_vote: u64,
+    restarts: u64,
+    partitions: u64,
+    leader_changes: u64,
+    snapshots_sent: u64,
+    failed_proposals: u64,
+    reads_checked: u64,
+}
+
+/// What the client saw, and what the checks compare against.
+struct History {
+    seed: u64,
+    /// Fault and traffic counts, printed per seed so a run shows what it exercised.
+    stats: Stats,
+    /// Every proposal a leader accepted: id -> command.
+    proposed: BTreeMap<u64, Vec<u8>>,
+    /// Acknowledged proposals: id -> result.
+    acked: BTreeMap<u64, Vec<u8>>,
+    /// Per applied index, the state first observed there (snapshot bytes).
+    states: BTreeMap<u64, Vec<u8>>,
+    /// Per node, the applied index last checked.
+    checked: BTreeMap<NodeId, u64>,
+    /// Reads asked: context -> (node, proposals acknowledged before asking).
+    asked: BTreeMap<u64, (NodeId, Vec<u64>)>,
+    /// Reads with a read index, waiting for the node to apply it: context -> (node, index).
+    waiting: BTreeMap<u64, (NodeId, u64)>,
+    next_read: u64,
+    /// The leader of each term seen.
+    leaders: BTreeMap<u64, NodeId>,
+}
+
+impl History {
+    fn new(seed: u64) -> History {
+        History {
+            seed,
+            stats: Stats::default(),
+            proposed: BTreeMap::new(),
+            acked: BTreeMap::new(),
+            states: BTreeMap::new(),
+            checked: BTreeMap::new(),
+            asked: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            next_read: 0,
+            leaders: BTreeMap::new(),
+        }
+    }
+
+    /// Steps the cluster once and records what came out. Returns the nodes that just granted
+    /// a vote (a crash right after voting is where a lost vote would show).
+    fn step(&mut self, cluster: &mut Cluster<Register>) -> Vec<NodeId> {
+        let seed = self.seed;
+        let mut voted = Vec::new();
+        for (node, out) in cluster.step().expect("step") {
+            self.count(&out);
+            // 8. At most one leader per term (election safety).
+            if let Some(l) = out.leadership.filter(|l| l.role == StateRole::Leader) {
+                let first = *self.leaders.entry(l.term).or_insert(node);
+                assert_eq!(
+                    first, node,
+                    "seed {seed}: nodes {first} and {node} both lead term {}",
+                    l.term
+                );
+            }
+            if out
+                .messages
+                .iter()
+                .any(|m| m.get_msg_type() == MessageType::MsgRequestVoteResponse && !m.reject)
+            {
+                voted.push(node);
+            }
+            for (id, result) in out.results {
+                match result {
+                    Ok(result) => {
+                        self.acked.insert(id, result);
+                    }
+                    Err(e) => {
+                        assert!(e.is_retryable(), "seed {seed}: proposal {id} failed: {e}");
+                        self.stats.failed_proposals += 1;
+                    }
+                }
+            }
+            for (context, index) in out.reads {
+                let context = u64::from_be_bytes(context.try_into().expect("our read context"));
+                // A duplicated response may answer a read twice; the first answer counts.
+                if self.asked.contains_key(&context) {
+                    self.waiting.entry(context).or_insert((node, index));
+                }
+            }
+        }
+        self.observe(cluster);
+        voted
+    }
+
+    fn count(&mut self, out: &Output) {
+        self.stats.leader_changes +=
+            u64::from(out.leadership.is_some_and(|l| l.role == StateRole::Leader));
+        self.stats.snapshots_sent += out
+            .messages
+            .iter()
+            .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+            .count() as u64;
+    }
+
+    /// Asks node `node` for a linearizable read.
+    fn read(&mut self, cluster: &mut Cluster<Register>, node: NodeId) {
+        let context = self.next_read;
+        self.next_read += 1;
+        if let Some(n) = cluster.node_mut(node) {
+            n.read_index(context.to_be_bytes().to_vec());
+            let acked = self.acked.keys().copied().collect();
+            self.asked.insert(context, (node, acked));
+        }
+    }
+
+    /// Checks the per-step invariants (2, 3, 5).
+    fn observe(&mut self, cluster: &Cluster<Register>) {
+        let seed = self.seed;
+        for id in cluster.live() {
+            let node = cluster.node(id).unwrap();
+            let applied = node.applied();
+            if self.checked.get(&id) == Some(&applied) {
+                continue;
+            }
+            self.checked.insert(id, applied);
+            let machine = node.machine();
+            // 2. Equal applied index, byte-identical state.
+            let state = machine.snapshot();
+            let first = self.states.entry(applied).or_insert_with(|| state.clone());
+            assert!(
+                *first == state,
+                "seed {seed}: node {id} diverged at applied index {applied}"
+            );
+            // 3. No proposal applied twice.
+            let unique: BTreeSet<_> = machine.ids.iter().collect();
+            assert_eq!(
+                unique.len(),
+                machine.ids.len(),
+                "seed {seed}: node {id} applied a proposal twice"
+            );
+        }
+        // 5. Reads served once their node applied the read index.
+        let ready: Vec<_> = self
+            .waiting
+            .iter()
+            .filter(|(_, (node, index))| cluster.node(*node).is_some_and(|n| n.applied() >= *index))
+            .map(|(&context, &(node, _))| (context, node))
+            .collect();
+        for (context, node) in ready {
+            self.waiting.remove(&context);
+            let (asked_on, acked_before) = self.asked.remove(&context).expect("asked read");
+            assert_eq!(asked_on, node, "seed {seed}: read answered by another node");
+            let seen: BTreeSet<_> = cluster.node(node).unwrap().machine().ids.iter().collect();
+            for id in acked_before {
+                assert!(
+                    seen.contains(&id),
+                    "seed {seed}: read {context} on node {node} misses proposal {id}, \
+                     acknowledged before the read"
+                );
+            }
+            self.stats.reads_checked += 1;
+        }
+    }
+}
+
+fn run(seed: u64) {
+    let dir = scratch();
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let mut config = ClusterConfig {
+        nodes: if seed % 4 == 3 { 5 } else { 3 },
+        ..ClusterConfig::default()
+    };
+    config.faults.drop = rng.gen_range(0.0..0.15);
+    config.faults.duplicate = rng.gen_range(0.0..0.05);
+    config.faults.max_delay = rng.gen_range(1..40);
+    let ids: Vec<NodeId> = (1..=config.nodes).collect();
+    // Up to a majority down at once: the group stalls, and must recover afterwards.
+    let max_down = ids.len() / 2 + 1;
+    let mut cluster =
+        Cluster::new(seed, dir.path(), config, Register::default).expect("cluster starts");
+    let mut history = History::new(seed);
+    let mut next_id = 1u64;
+    // Nodes crashed right after voting, restarted soon after: at (time, node).
+    let mut quick_restarts: BTreeSet<(u64, NodeId)> = BTreeSet::new();
+
+    for _ in 0..FAULT_MS {
+        // Faults: about one crash and one partition every 2 s, each lasting about 0.5-1 s.
+        if rng.gen_bool(0.0005) {
+            let live = cluster.live();
+            if ids.len() - live.len() < max_down {
+                let victim = live[rng.gen_range(0..live.len())];
+                cluster.crash(victim);
+                history.stats.crashes += 1;
+            }
+        }
+        if rng.gen_bool(0.002) {
+            let down: Vec<_> = ids
+                .iter()
+                .copied()
+                .filter(|id| cluster.node(*id).is_none())
+                .collect();
+            if !down.is_empty() {
+                let id = down[rng.gen_range(0..down.len())];
+                cluster.restart(id).expect("restart");
+                history.stats.restarts += 1;
+            }
+        }
+        if rng.gen_bool(0.0005) {
+            // One partition at a time: a random side against the rest.
+            let side: Vec<_> = ids.iter().copied().filter(|_| rng.gen_bool(0.4)).collect();
+            cluster.net.heal();
+            cluster.net.partition(&side, &ids);
+            history.stats.partitions += 1;
+        }
+        if rng.gen_bool(0.001) {
+            cluster.net.heal();
+        }
+        // A client proposing, and reading from any node, now and then.
+        if rng.gen_bool(0.05) {
+            let payload = vec![rng.gen::<u8>(); rng.gen_range(0..64)];
+            let command = Register::command(next_id, &payload);
+            if cluster.propose(next_id, command.clone()).is_ok() {
+                history.proposed.insert(next_id, command);
+                next_id += 1;
+            }
+        }
+        if rng.gen_bool(0.01) {
+            let node = ids[rng.gen_range(0..ids.len())];
+            history.read(&mut cluster, node);
+        }
+        while let Some(&(at, id)) = quick_restarts.first() {
+            if at > cluster.now() {
+                break;
+            }
+            quick_restarts.pop_first();
+            cluster.restart(id).expect("restart");
+        }
+        for voter in history.step(&mut cluster) {
+            // Crash a node right after it granted a vote, and bring it back within the
+            // election: a vote that did not survive would let it vote twice in one term.
+            if rng.gen_bool(0.3) && ids.len() - cluster.live().len() < max_down {
+                cluster.crash(voter);
+                history.stats.crashes_after_vote += 1;
+                quick_restarts.insert((cluster.now() + rng.gen_range(1..30), voter));
+            }
+        }
+    }
+
+    // Faults stop: heal, restart everyone, let the group converge. A final proposal proves
+    // the healed group makes progress; retried under new ids until one is acknowledged.
+    cluster.net.heal();
+    for &id in &ids {
+        cluster.restart(id).expect("restart");
+    }
+    let final_ids = next_id;
+    let mut settled = false;
+    for _ in 0..SETTLE_MS {
+        let final_acked = history.acked.range(final_ids..).next().is_some();
+        if !final_acked && cluster.now() % 50 == 0 {
+            let command = Register::command(next_id, b"final");
+            if cluster.propose(next_id, command.clone()).is_ok() {
+                history.proposed.insert(next_id, command);
+                next_id += 1;
+            }
+        }
+        history.step(&mut cluster);
+        let applied: BTreeSet<_> = ids
+            .iter()
+            .map(|&id| cluster.node(id).unwrap().applied())
+            .collect();
+        if final_acked && applied.len() == 1 {
+            settled = true;
+            break;
+        }
+    }
+    // 6. Progress after healing.
+    assert!(
+        settled,
+        "seed {seed}: the healed cluster did not converge in {SETTLE_MS} ms (nodes: {:?})",
+        ids.iter()
+            .map(|&id| cluster.node(id).unwrap())
+            .map(|n| (n.id(), n.applied(), n.last_index(), n.leadership()))
+            .collect::<Vec<_>>()
+    );
+
+    // 1. Every acknowledged proposal is on every replica, and replicas are identical.
+    let reference = cluster.node(ids[0]).unwrap().machine().clone();
+    for &id in &ids {
+        let machine = cluster.node(id).unwrap().machine();
+        assert_eq!(
+            machine.snapshot(),
+            reference.snapshot(),
+            "seed {seed}: node {id} differs at the end"
+        );
+    }
+    let applied: BTreeSet<_> = reference.ids.iter().copied().collect();
+    for id in history.acked.keys() {
+        assert!(
+            applied.contains(id),
+            "seed {seed}: acknowledged proposal {id} was lost"
+        );
+    }
+    // 4. Acknowledged results are what applying the log in order computes.
+    let mut replay = Register::default();
+    for (position, id) in reference.ids.iter().enumerate() {
+        let command = history
+            .proposed
+            .get(id)
+            .unwrap_or_else(|| panic!("seed {seed}: applied proposal {id} was never proposed"));
+        let result = replay.apply(position as u64 + 1, command).unwrap();
+        if let Some(acked) = history.acked.get(id) {
+            assert_eq!(
+                acked, &result,
+                "seed {seed}: proposal {id} acknowledged with a result the log does not give"
+            );
+        }
+    }
+    assert_eq!(replay, reference);
+    eprintln!(
+        "seed {seed}: {} nodes, {} acknowledged, applied index {}, {:?}",
+        ids.len(),
+        history.acked.len(),
+        cluster.node(ids[0]).unwrap().applied(),
+        history.stats
+    );
+}
+
+fn run_reporting(seed: u64) {
+    let outcome = std::panic::catch_unwind(|| run(seed));
+    if let Err(panic) = outcome {
+        eprintln!(
+            "simulation failed for seed {seed}; replay with:\n  \
+             LEAKBLOOM_SIM_SEED={seed} cargo test -p leakbloom-raft --test simulation -- \
+             --nocapture"
+        );
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[test]
+fn seeds() {
+    if let Ok(seed) = std::env::var("LEAKBLOOM_SIM_SEED") {
+        let seed = seed.parse().expect("LEAKBLOOM_SIM_SEED must be a number");
+        run_reporting(seed);
+        return;
+    }
+    let number = |name: &str, default: u64| {
+        std::env::var(name)
+            .map(|n| {
+                n.parse()
+                    .unwrap_or_else(|_| panic!("{name} must be a number"))
+            })
+            .unwrap_or(default)
+    };
+    let count = number("LEAKBLOOM_SIM_SEEDS", DEFAULT_SEEDS);
+    let first = number("LEAKBLOOM_SIM_FIRST_SEED", 0);
+    let start = std::time::Instant::now();
+    for seed in first..first + count {
+        run_reporting(seed);
+    }
+    eprintln!("{count} seeds from {first} in {:.1?}", start.elapsed());
+}
