@@ -24,7 +24,10 @@ async fn sets_are_created_listed_described_and_dropped() {
     let node = TestNode::start_default().await;
     let mut client = node.client().await;
 
-    let info = client.create_set("facebook-2021", 1_000_000, 1e-6, "sha256").await.unwrap();
+    let info = client
+        .create_set("facebook-2021", 1_000_000, 1e-6, "sha256")
+        .await
+        .unwrap();
     assert_eq!(info.name, "facebook-2021");
     assert_eq!(info.capacity, 1_000_000);
     assert_eq!(info.fpr, 1e-6);
@@ -32,26 +35,57 @@ async fn sets_are_created_listed_described_and_dropped() {
     assert_eq!(info.shards, 16);
     assert_eq!(info.estimated_keys, 0);
     assert_eq!(info.fill_ratio, 0.0);
-    assert!(info.bits_per_key > 30.0 && info.bits_per_key <= 40.0, "{}", info.bits_per_key);
+    assert!(
+        info.bits_per_key > 30.0 && info.bits_per_key <= 40.0,
+        "{}",
+        info.bits_per_key
+    );
     assert!(info.memory_bytes as f64 >= 1_000_000.0 * info.bits_per_key / 8.0 * 0.99);
 
     // Idempotent with equal parameters; an empty hashing means sha256.
-    let again = client.create_set("facebook-2021", 1_000_000, 1e-6, "").await.unwrap();
+    let again = client
+        .create_set("facebook-2021", 1_000_000, 1e-6, "")
+        .await
+        .unwrap();
     assert_eq!(again, info);
-    let err = client.raw().create_set(create("facebook-2021", 2_000_000, 1e-6, "sha256")).await;
+    let err = client
+        .raw()
+        .create_set(create("facebook-2021", 2_000_000, 1e-6, "sha256"))
+        .await;
     let err = err.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
-    assert!(err.message().contains("capacity=1000000"), "{}", err.message());
+    assert!(
+        err.message().contains("capacity=1000000"),
+        "{}",
+        err.message()
+    );
 
-    client.create_set("adobe-2013", 1000, 1e-3, "hmac-sha256:pepper-2024").await.unwrap();
-    let names: Vec<String> = client.list_sets().await.unwrap().into_iter().map(|s| s.name).collect();
+    client
+        .create_set("adobe-2013", 1000, 1e-3, "hmac-sha256:pepper-2024")
+        .await
+        .unwrap();
+    let names: Vec<String> = client
+        .list_sets()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     assert_eq!(names, ["adobe-2013", "facebook-2021"]);
-    assert_eq!(client.get_set("adobe-2013").await.unwrap().hashing, "hmac-sha256:pepper-2024");
+    assert_eq!(
+        client.get_set("adobe-2013").await.unwrap().hashing,
+        "hmac-sha256:pepper-2024"
+    );
 
     client.drop_set("adobe-2013").await.unwrap();
     let err = client.get_set("adobe-2013").await.unwrap_err();
     assert!(matches!(err, leakbloom_client::Error::Status(s) if s.code() == Code::NotFound));
-    let err = client.raw().drop_set(DropSetRequest { name: "adobe-2013".into() }).await;
+    let err = client
+        .raw()
+        .drop_set(DropSetRequest {
+            name: "adobe-2013".into(),
+        })
+        .await;
     assert_eq!(err.unwrap_err().code(), Code::NotFound);
     node.stop().await;
 }
@@ -60,8 +94,14 @@ async fn sets_are_created_listed_described_and_dropped() {
 async fn inserted_keys_are_always_found_and_bitmaps_follow_the_contract() {
     let node = TestNode::start_default().await;
     let mut client = node.client().await;
-    client.create_set("a", 100_000, 1e-4, "sha256").await.unwrap();
-    client.create_set("b", 100_000, 1e-4, "sha256").await.unwrap();
+    client
+        .create_set("a", 100_000, 1e-4, "sha256")
+        .await
+        .unwrap();
+    client
+        .create_set("b", 100_000, 1e-4, "sha256")
+        .await
+        .unwrap();
 
     let in_a = random_keys(1, 20_000);
     let in_b = random_keys(2, 5_000);
@@ -77,7 +117,9 @@ async fn inserted_keys_are_always_found_and_bitmaps_follow_the_contract() {
     keys.push(in_a[5_000]); // 15 001 keys: the last bitmap byte is partial.
 
     // Raw call: check the wire format (request order, bitmap length, LSB-first bits).
-    let mut raw = LookupClient::connect(format!("http://{}", node.addr)).await.unwrap();
+    let mut raw = LookupClient::connect(format!("http://{}", node.addr))
+        .await
+        .unwrap();
     let reply = raw
         .check(CheckRequest {
             sets: vec!["b".into(), "a".into()],
@@ -107,14 +149,20 @@ async fn inserted_keys_are_always_found_and_bitmaps_follow_the_contract() {
     assert!(false_positives <= 10, "{false_positives} false positives");
 
     // Empty `sets` means every set, in name order.
-    let all = client.check(&[], &in_b[..10], Consistency::AnyReplica).await.unwrap();
+    let all = client
+        .check(&[], &in_b[..10], Consistency::AnyReplica)
+        .await
+        .unwrap();
     let names: Vec<&str> = all.iter().map(|m| m.set.as_str()).collect();
     assert_eq!(names, ["a", "b"]);
     assert!(all[1].present.iter().all(|p| *p));
 
     let info = client.get_set("a").await.unwrap();
     let estimated = info.estimated_keys as f64;
-    assert!((estimated - 20_000.0).abs() < 20_000.0 * 0.05, "estimated {estimated}");
+    assert!(
+        (estimated - 20_000.0).abs() < 20_000.0 * 0.05,
+        "estimated {estimated}"
+    );
     assert!(info.fill_ratio > 0.0 && info.estimated_fpr < 1e-4);
     node.stop().await;
 }
@@ -124,16 +172,31 @@ async fn measured_false_positive_rate_is_within_target_at_capacity() {
     let node = TestNode::start_default().await;
     let mut client = node.client().await;
     let capacity = 50_000;
-    client.create_set("full", capacity, 1e-3, "sha256").await.unwrap();
-    client.insert("full", &random_keys(10, capacity as usize)).await.unwrap();
+    client
+        .create_set("full", capacity, 1e-3, "sha256")
+        .await
+        .unwrap();
+    client
+        .insert("full", &random_keys(10, capacity as usize))
+        .await
+        .unwrap();
     let absent = random_keys(11, 500_000);
-    let result = client.check(&["full".into()], &absent, Consistency::Linearizable).await.unwrap();
+    let result = client
+        .check(&["full".into()], &absent, Consistency::Linearizable)
+        .await
+        .unwrap();
     let positives = result[0].present.iter().filter(|p| **p).count();
     let fpr = positives as f64 / absent.len() as f64;
     assert!(fpr <= 1.5e-3, "measured fpr {fpr} over 1.5x target 1e-3");
-    assert!(fpr > 0.2e-3, "measured fpr {fpr} suspiciously low: is anything inserted?");
+    assert!(
+        fpr > 0.2e-3,
+        "measured fpr {fpr} suspiciously low: is anything inserted?"
+    );
     let info = client.get_set("full").await.unwrap();
-    assert!((info.estimated_fpr / 1e-3) < 1.5 && info.estimated_fpr / 1e-3 > 0.5, "{info:?}");
+    assert!(
+        (info.estimated_fpr / 1e-3) < 1.5 && info.estimated_fpr / 1e-3 > 0.5,
+        "{info:?}"
+    );
     node.stop().await;
 }
 
@@ -157,65 +220,150 @@ async fn bad_input_gets_the_documented_status() {
     };
     let cases: Vec<(CheckRequest, Code, &str)> = vec![
         (check(&["s"], vec![], 0), Code::InvalidArgument, "empty"),
-        (check(&["s"], vec![0; 33], 0), Code::InvalidArgument, "multiple of 32"),
-        (check(&["s"], vec![0; 31], 0), Code::InvalidArgument, "multiple of 32"),
-        (check(&["s"], vec![0; 17 * 32], 0), Code::InvalidArgument, "limit of 16"),
-        (check(&["nope"], vec![0; 32], 0), Code::NotFound, "\"nope\" does not exist"),
-        (check(&["s", "s"], vec![0; 32], 0), Code::InvalidArgument, "more than once"),
-        (check(&["S p"], vec![0; 32], 0), Code::InvalidArgument, "invalid set name"),
-        (check(&["s"], vec![0; 32], 7), Code::InvalidArgument, "consistency"),
+        (
+            check(&["s"], vec![0; 33], 0),
+            Code::InvalidArgument,
+            "multiple of 32",
+        ),
+        (
+            check(&["s"], vec![0; 31], 0),
+            Code::InvalidArgument,
+            "multiple of 32",
+        ),
+        (
+            check(&["s"], vec![0; 17 * 32], 0),
+            Code::InvalidArgument,
+            "limit of 16",
+        ),
+        (
+            check(&["nope"], vec![0; 32], 0),
+            Code::NotFound,
+            "\"nope\" does not exist",
+        ),
+        (
+            check(&["s", "s"], vec![0; 32], 0),
+            Code::InvalidArgument,
+            "more than once",
+        ),
+        (
+            check(&["S p"], vec![0; 32], 0),
+            Code::InvalidArgument,
+            "invalid set name",
+        ),
+        (
+            check(&["s"], vec![0; 32], 7),
+            Code::InvalidArgument,
+            "consistency",
+        ),
     ];
     for (request, code, needle) in cases {
         let status = raw.check(request).await.unwrap_err();
         assert_eq!(status.code(), code, "{status:?}");
-        assert!(status.message().contains(needle), "{:?} lacks {needle:?}", status.message());
+        assert!(
+            status.message().contains(needle),
+            "{:?} lacks {needle:?}",
+            status.message()
+        );
     }
     // The limit itself is fine.
     raw.check(check(&["s"], vec![0; 16 * 32], 0)).await.unwrap();
 
-    let insert = |set: &str, keys: Vec<u8>| InsertRequest { set: set.into(), keys: keys.into() };
+    let insert = |set: &str, keys: Vec<u8>| InsertRequest {
+        set: set.into(),
+        keys: keys.into(),
+    };
     let cases: Vec<(InsertRequest, Code, &str)> = vec![
         (insert("s", vec![]), Code::InvalidArgument, "empty"),
-        (insert("s", vec![1; 40]), Code::InvalidArgument, "multiple of 32"),
-        (insert("s", vec![1; 17 * 32]), Code::InvalidArgument, "limit of 16"),
-        (insert("nope", vec![1; 32]), Code::NotFound, "does not exist"),
+        (
+            insert("s", vec![1; 40]),
+            Code::InvalidArgument,
+            "multiple of 32",
+        ),
+        (
+            insert("s", vec![1; 17 * 32]),
+            Code::InvalidArgument,
+            "limit of 16",
+        ),
+        (
+            insert("nope", vec![1; 32]),
+            Code::NotFound,
+            "does not exist",
+        ),
         (insert("", vec![1; 32]), Code::InvalidArgument, "empty"),
     ];
     for (request, code, needle) in cases {
         let status = raw.insert(request).await.unwrap_err();
         assert_eq!(status.code(), code, "{status:?}");
-        assert!(status.message().contains(needle), "{:?} lacks {needle:?}", status.message());
+        assert!(
+            status.message().contains(needle),
+            "{:?} lacks {needle:?}",
+            status.message()
+        );
     }
 
     let cases: Vec<(CreateSetRequest, Code, &str)> = vec![
         (create("", 10, 1e-3, ""), Code::InvalidArgument, "empty"),
-        (create(&"x".repeat(65), 10, 1e-3, ""), Code::InvalidArgument, "limit is 64"),
-        (create("Upper", 10, 1e-3, ""), Code::InvalidArgument, "[a-z0-9._-]"),
+        (
+            create(&"x".repeat(65), 10, 1e-3, ""),
+            Code::InvalidArgument,
+            "limit is 64",
+        ),
+        (
+            create("Upper", 10, 1e-3, ""),
+            Code::InvalidArgument,
+            "[a-z0-9._-]",
+        ),
         (create("c", 0, 1e-3, ""), Code::InvalidArgument, "capacity"),
         (create("c", 10, 0.0, ""), Code::InvalidArgument, "fpr"),
         (create("c", 10, 1.0, ""), Code::InvalidArgument, "fpr"),
         (create("c", 10, f64::NAN, ""), Code::InvalidArgument, "fpr"),
         (create("c", 10, 1e-3, "md5"), Code::InvalidArgument, "md5"),
-        (create("c", 10, 1e-3, "hmac-sha256:"), Code::InvalidArgument, "pepper"),
-        (create("c", 100_000_000, 1e-6, ""), Code::ResourceExhausted, "max_filter_memory"),
+        (
+            create("c", 10, 1e-3, "hmac-sha256:"),
+            Code::InvalidArgument,
+            "pepper",
+        ),
+        (
+            create("c", 100_000_000, 1e-6, ""),
+            Code::ResourceExhausted,
+            "max_filter_memory",
+        ),
         (create("c", u64::MAX, 1e-6, ""), Code::InvalidArgument, "c"),
     ];
     for (request, code, needle) in cases {
         let status = raw.create_set(request.clone()).await.unwrap_err();
         assert_eq!(status.code(), code, "{request:?}: {status:?}");
-        assert!(status.message().contains(needle), "{:?} lacks {needle:?}", status.message());
+        assert!(
+            status.message().contains(needle),
+            "{:?} lacks {needle:?}",
+            status.message()
+        );
     }
     raw.create_set(create("c2", 10, 1e-3, "")).await.unwrap();
     raw.create_set(create("c3", 10, 1e-3, "")).await.unwrap();
-    let status = raw.create_set(create("c4", 10, 1e-3, "")).await.unwrap_err();
+    let status = raw
+        .create_set(create("c4", 10, 1e-3, ""))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert!(status.message().contains("3 sets"), "{}", status.message());
 
-    let status = raw.get_set(GetSetRequest { name: "nope".into() }).await.unwrap_err();
+    let status = raw
+        .get_set(GetSetRequest {
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
-    let status = raw.get_set(GetSetRequest { name: "N O".into() }).await.unwrap_err();
+    let status = raw
+        .get_set(GetSetRequest { name: "N O".into() })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    let status = raw.drop_set(DropSetRequest { name: "".into() }).await.unwrap_err();
+    let status = raw
+        .drop_set(DropSetRequest { name: "".into() })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     node.stop().await;
 }
@@ -224,7 +372,10 @@ async fn bad_input_gets_the_documented_status() {
 async fn checks_never_miss_acknowledged_inserts_while_inserts_run() {
     let node = TestNode::start_default().await;
     let mut client = node.client().await;
-    client.create_set("live", 200_000, 1e-4, "sha256").await.unwrap();
+    client
+        .create_set("live", 200_000, 1e-4, "sha256")
+        .await
+        .unwrap();
     let keys = random_keys(20, 100_000);
     let acknowledged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
 
@@ -248,7 +399,10 @@ async fn checks_never_miss_acknowledged_inserts_while_inserts_run() {
                 .await
                 .unwrap();
             let missing = result[0].present.iter().position(|p| !p);
-            assert_eq!(missing, None, "acknowledged key missing after {done} inserts");
+            assert_eq!(
+                missing, None,
+                "acknowledged key missing after {done} inserts"
+            );
             checks += 1;
         }
         if done == keys.len() {
@@ -275,7 +429,9 @@ async fn health_and_reflection_are_served() {
     let mut health = HealthClient::new(channel.clone());
     for service in ["", "leakbloom.v1.Lookup"] {
         let reply = health
-            .check(HealthCheckRequest { service: service.into() })
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
             .await
             .unwrap()
             .into_inner();
@@ -303,8 +459,14 @@ async fn health_and_reflection_are_served() {
             panic!("unexpected reflection reply {reply:?}");
         };
         let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-        assert!(names.contains(&"leakbloom.v1.Lookup".to_string()), "{names:?}");
-        assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"leakbloom.v1.Lookup".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"grpc.health.v1.Health".to_string()),
+            "{names:?}"
+        );
     }
     {
         use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;

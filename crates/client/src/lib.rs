@@ -21,8 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use leakbloom_proto::v1::lookup_client::LookupClient;
 use leakbloom_proto::v1::{
-    CheckRequest, CreateSetRequest, DropSetRequest, GetSetRequest, InsertRequest,
-    ListSetsRequest,
+    CheckRequest, CreateSetRequest, DropSetRequest, GetSetRequest, InsertRequest, ListSetsRequest,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -173,7 +172,12 @@ impl Client {
 
     /// Every set, in name order.
     pub async fn list_sets(&mut self) -> Result<Vec<SetInfo>, Error> {
-        Ok(self.inner.list_sets(ListSetsRequest {}).await?.into_inner().sets)
+        Ok(self
+            .inner
+            .list_sets(ListSetsRequest {})
+            .await?
+            .into_inner()
+            .sets)
     }
 
     /// One set with its statistics.
@@ -231,8 +235,7 @@ impl Client {
                 )));
             }
             for (membership, result) in merged.iter_mut().zip(&results) {
-                if membership.set != result.set || result.present.len() != batch.len().div_ceil(8)
-                {
+                if membership.set != result.set || result.present.len() != batch.len().div_ceil(8) {
                     return Err(Error::Reply(format!(
                         "unexpected result for set {:?} in batch {n}",
                         result.set

@@ -118,7 +118,9 @@ impl Config {
             )));
         }
         if self.max_sets == 0 {
-            return Err(ConfigError::Invalid("max_sets = 0 allows no set at all".into()));
+            return Err(ConfigError::Invalid(
+                "max_sets = 0 allows no set at all".into(),
+            ));
         }
         Ok(())
     }

@@ -50,7 +50,9 @@ pub enum Error {
     #[error("set {0:?} is named more than once in the request: name each set once")]
     DuplicateSet(String),
     /// An unknown `Consistency` value.
-    #[error("unknown consistency value {0}: use CONSISTENCY_LINEARIZABLE or CONSISTENCY_ANY_REPLICA")]
+    #[error(
+        "unknown consistency value {0}: use CONSISTENCY_LINEARIZABLE or CONSISTENCY_ANY_REPLICA"
+    )]
     Consistency(i32),
     /// The set does not exist.
     #[error("set {0:?} does not exist: create it first, or list sets with ListSets")]

@@ -162,7 +162,10 @@ impl Node {
                 });
             }
         } else {
-            self.check_limits(&spec, geometry.bytes().saturating_mul(self.shards.len() as u64))?;
+            self.check_limits(
+                &spec,
+                geometry.bytes().saturating_mul(self.shards.len() as u64),
+            )?;
         }
         let create = spec.command(geometry);
         for shard in 0..self.config.shards {
@@ -295,8 +298,8 @@ fn check_bitmap(
 ) -> Vec<u8> {
     let filter = |i: usize| -> &Filter { &partitions[shard_ids[i] as usize].filter };
     let mut bitmap = vec![0u8; keys.len().div_ceil(8)];
-    for i in 0..keys.len().min(PREFETCH_DISTANCE) {
-        filter(i).prefetch(&keys[i]);
+    for (i, key) in keys.iter().enumerate().take(PREFETCH_DISTANCE) {
+        filter(i).prefetch(key);
     }
     for (i, key) in keys.iter().enumerate() {
         if let Some(ahead) = keys.get(i + PREFETCH_DISTANCE) {

@@ -49,7 +49,10 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then finishes in-flight requests and returns.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
         let max_batch = self.node.config().max_batch;
         let max_message = max_batch * leakbloom_filter::KEY_LEN + MESSAGE_OVERHEAD;
         let lookup = LookupServer::new(LookupService::new(self.node.clone()))

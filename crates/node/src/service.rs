@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use leakbloom_proto::v1::lookup_server::Lookup;
 use leakbloom_proto::v1::{
-    CheckRequest, CheckResponse, CreateSetRequest, DropSetRequest, DropSetResponse,
-    GetSetRequest, InsertRequest, InsertResponse, ListSetsRequest, ListSetsResponse, SetInfo,
+    CheckRequest, CheckResponse, CreateSetRequest, DropSetRequest, DropSetResponse, GetSetRequest,
+    InsertRequest, InsertResponse, ListSetsRequest, ListSetsResponse, SetInfo,
 };
 use tonic::{Request, Response, Status};
 
@@ -27,7 +27,10 @@ impl LookupService {
 
 #[tonic::async_trait]
 impl Lookup for LookupService {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
         let request = request.into_inner();
         let results = self
             .node

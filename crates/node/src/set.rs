@@ -24,7 +24,10 @@ pub fn validate_name(name: &str) -> Result<()> {
     let reason = if name.is_empty() {
         "it is empty".to_string()
     } else if name.len() > MAX_SET_NAME_LEN {
-        format!("it is {} bytes long, the limit is {MAX_SET_NAME_LEN}", name.len())
+        format!(
+            "it is {} bytes long, the limit is {MAX_SET_NAME_LEN}",
+            name.len()
+        )
     } else if let Some(c) = name
         .chars()
         .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '-'))
@@ -61,7 +64,9 @@ impl SetSpec {
             reason,
         };
         if capacity == 0 {
-            return Err(invalid("capacity is 0: give the number of keys to size for".into()));
+            return Err(invalid(
+                "capacity is 0: give the number of keys to size for".into(),
+            ));
         }
         if !(fpr.is_finite() && (MIN_FPR..1.0).contains(&fpr)) {
             return Err(invalid(format!(
@@ -69,7 +74,11 @@ impl SetSpec {
                  e.g. 1e-6"
             )));
         }
-        let hashing = if hashing.is_empty() { DEFAULT_HASHING } else { hashing };
+        let hashing = if hashing.is_empty() {
+            DEFAULT_HASHING
+        } else {
+            hashing
+        };
         let hashing = hashing
             .parse::<Hashing>()
             .map_err(|e| invalid(e.to_string()))?;

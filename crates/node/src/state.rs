@@ -195,7 +195,10 @@ mod tests {
                 keys: vec![1u8; 33].into(),
             })),
         };
-        assert!(matches!(state.apply(&torn), Err(Error::KeyLength { len: 33 })));
+        assert!(matches!(
+            state.apply(&torn),
+            Err(Error::KeyLength { len: 33 })
+        ));
         let bad_create = Command {
             id: 0,
             kind: Some(command::Kind::CreateSet(CreateSetCommand {

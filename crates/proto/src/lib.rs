@@ -8,7 +8,12 @@
 //! are sliced, not copied, on their way through a node.
 
 /// Package `leakbloom.v1`.
-#[allow(missing_docs, missing_debug_implementations, clippy::all, rust_2018_idioms)]
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    rust_2018_idioms
+)]
 pub mod v1 {
     tonic::include_proto!("leakbloom.v1");
 }
