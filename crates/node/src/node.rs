@@ -1,5 +1,5 @@
 //! The node's operations, independent of gRPC: validate a request, turn a change into one
-//! [`Command`] per shard and apply it through [`Node::propose`], answer reads from the shards'
+//! [`Command`] per shard and apply it through `Node::propose`, answer reads from the shards'
 //! state.
 //!
 //! Today every shard is a single in-memory replica and `propose` applies the command at once.
