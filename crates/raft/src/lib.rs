@@ -14,6 +14,9 @@
 //! - [`sim`]: a seeded [`sim::Network`] (delay, loss, duplication, reordering, partitions)
 //!   and [`sim::Cluster`] (crashes, restarts, a logical clock); `tests/simulation.rs` runs
 //!   seeds against it and checks the invariants.
+//! - [`driver`]: the async shell: [`Driver::spawn`] runs a [`GroupNode`] in its own loop
+//!   and returns a cloneable [`GroupHandle`] (`step`, `propose`, `read_index`, leadership);
+//!   the caller supplies a [`Transport`].
 //! - [`log`]: raft-rs logs through slog; [`log::TracingDrain`] forwards it to `tracing`.
 //! - `examples/append_throughput.rs`: synced append throughput of the store.
 //!
@@ -28,6 +31,15 @@
 //! messages and apply its committed entries, `advance_apply`; then compact by policy. A leader
 //! that loses its role fails every pending proposal with the retryable
 //! [`Error::NotLeader`].
+//!
+//! # Driver
+//! Each replica runs on a dedicated std thread that owns its [`GroupNode`] and runs one
+//! `select!` loop on a current-thread tokio runtime: ticks, inbound messages, proposals,
+//! batched ReadIndex reads and shutdown go in; after each event it handles Readies until none
+//! is left, sends messages through the [`Transport`] and answers callers through oneshots.
+//! The blocking, synced writes of [`GroupNode::handle_ready`] thus run on that thread, never on
+//! the caller's runtime (which may be of either flavour); the cost is a thread per replica and
+//! one fsync per group per Ready.
 //!
 //! # Fsync discipline
 //! Every write goes through one store-wide path: one raft-engine batch, written with
@@ -65,12 +77,14 @@
 //! - The simulation crashes nodes between steps, never inside
 //!   [`GroupNode::handle_ready`]; the storage tests cover torn writes.
 
+pub mod driver;
 mod error;
 pub mod log;
 pub mod node;
 pub mod sim;
 pub mod storage;
 
+pub use driver::{Driver, GroupHandle, Transport};
 pub use error::{Error, Result};
 pub use node::{GroupNode, Leadership, NodeConfig, Output, StateMachine};
 pub use storage::{GroupStorage, Persist, Store, StoreConfig};
