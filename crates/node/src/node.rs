@@ -22,9 +22,8 @@ use crate::set::{self, Partition, SetSpec};
 use crate::shard::{shard_of, ShardId};
 use crate::state::{Applied, ShardState};
 
-/// How many keys ahead a check prefetches filter blocks. Enough to cover a memory round trip
-/// (~100 ns) at ~10 ns per key, while staying well inside the core's ~20 outstanding misses.
-const PREFETCH_DISTANCE: usize = 8;
+/// How many keys ahead a check prefetches filter blocks: the engine's measured batch distance.
+const PREFETCH_DISTANCE: usize = leakbloom_filter::CHECK_PREFETCH_DISTANCE;
 
 /// A node: the replicas of every shard it hosts.
 #[derive(Debug)]

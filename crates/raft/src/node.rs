@@ -619,21 +619,32 @@ mod tests {
         assert_eq!(node.storage().conf_state().learners, vec![2]);
     }
 
-    #[test]
-    fn read_index_on_leader_and_follower() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A simulated cluster whose network only delays (up to `max_delay`), stepped until it has
+    /// a leader.
+    fn lossless_cluster_with_leader(
+        seed: u64,
+        dir: &std::path::Path,
+        max_delay: u64,
+    ) -> Cluster<Register> {
         let config = ClusterConfig {
             faults: Faults {
                 drop: 0.0,
                 duplicate: 0.0,
-                max_delay: 3,
+                max_delay,
             },
             ..ClusterConfig::default()
         };
-        let mut cluster = Cluster::new(3, dir.path(), config, Register::default).unwrap();
+        let mut cluster = Cluster::new(seed, dir, config, Register::default).unwrap();
         while cluster.leader().is_none() {
             cluster.step().unwrap();
         }
+        cluster
+    }
+
+    #[test]
+    fn read_index_on_leader_and_follower() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster = lossless_cluster_with_leader(3, dir.path(), 3);
         let leader = cluster.leader().unwrap();
         cluster.propose(1, Register::command(1, b"a")).unwrap();
         let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
@@ -667,18 +678,7 @@ mod tests {
     #[test]
     fn leadership_loss_fails_pending_proposals_and_hints_the_leader() {
         let dir = tempfile::tempdir().unwrap();
-        let config = ClusterConfig {
-            faults: Faults {
-                drop: 0.0,
-                duplicate: 0.0,
-                max_delay: 2,
-            },
-            ..ClusterConfig::default()
-        };
-        let mut cluster = Cluster::new(11, dir.path(), config, Register::default).unwrap();
-        while cluster.leader().is_none() {
-            cluster.step().unwrap();
-        }
+        let mut cluster = lossless_cluster_with_leader(11, dir.path(), 2);
         let old = cluster.leader().unwrap();
         let ids = cluster.ids();
         // Cut the leader off, then propose on it: the proposal cannot commit.
