@@ -328,7 +328,11 @@ async fn bad_input_gets_the_documented_status() {
             Code::ResourceExhausted,
             "max_filter_memory",
         ),
-        (create("c", u64::MAX, 1e-6, ""), Code::InvalidArgument, "c"),
+        (
+            create("c", u64::MAX, 1e-6, ""),
+            Code::InvalidArgument,
+            "invalid parameters for set",
+        ),
     ];
     for (request, code, needle) in cases {
         let status = raw.create_set(request.clone()).await.unwrap_err();
