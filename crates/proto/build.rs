@@ -6,7 +6,11 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["leakbloom/v1/lookup.proto", "leakbloom/v1/command.proto"];
+    let files = [
+        "leakbloom/v1/lookup.proto",
+        "leakbloom/v1/command.proto",
+        "leakbloom/v1/peer.proto",
+    ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }

@@ -1,7 +1,14 @@
 //! The node's error type, and the one place errors become `tonic::Status`.
 
 use leakbloom_filter::KEY_LEN;
+use leakbloom_raft::NodeId;
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
+
+use crate::shard::ShardId;
+
+/// Metadata key of an `UNAVAILABLE` status naming the node id that leads the shard, when known.
+pub const LEADER_METADATA: &str = "leakbloom-leader";
 
 /// Everything a node operation can fail with. Messages say what was wrong and how to fix it;
 /// none of them ever contains a key.
@@ -95,6 +102,33 @@ pub enum Error {
     /// The filter engine refused (e.g. sizing out of range, allocation failed).
     #[error(transparent)]
     Filter(#[from] leakbloom_filter::Error),
+    /// The shard cannot take the request right now: no leader is known, leadership moved while
+    /// the request was in flight, or the leader could not be reached. Retryable.
+    #[error("shard {shard} is unavailable ({reason}){}; retry shortly", leader_hint(*.leader))]
+    Unavailable {
+        /// The shard.
+        shard: ShardId,
+        /// The node that leads the shard, as far as this node knows.
+        leader: Option<NodeId>,
+        /// What happened, for a person.
+        reason: String,
+    },
+    /// This node's replica failed in a way a retry cannot fix (its disk, a corrupt snapshot).
+    /// The message names the file and what to do.
+    #[error("shard {shard} replica on this node failed: {reason}")]
+    Replica {
+        /// The shard.
+        shard: ShardId,
+        /// What failed and how to recover.
+        reason: String,
+    },
+}
+
+fn leader_hint(leader: Option<NodeId>) -> String {
+    match leader {
+        Some(leader) => format!("; its leader is node {leader}"),
+        None => String::new(),
+    }
 }
 
 impl From<Error> for Status {
@@ -112,8 +146,20 @@ impl From<Error> for Status {
             Error::MemoryLimit { .. } | Error::TooManySets { .. } => Code::ResourceExhausted,
             Error::Filter(leakbloom_filter::Error::Alloc { .. }) => Code::ResourceExhausted,
             Error::Filter(_) => Code::InvalidArgument,
+            Error::Unavailable { .. } => Code::Unavailable,
+            Error::Replica { .. } => Code::Internal,
         };
-        Status::new(code, error.to_string())
+        let mut status = Status::new(code, error.to_string());
+        if let Error::Unavailable {
+            leader: Some(leader),
+            ..
+        } = &error
+        {
+            status
+                .metadata_mut()
+                .insert(LEADER_METADATA, MetadataValue::from(*leader));
+        }
+        status
     }
 }
 

@@ -33,3 +33,5 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use node::Node;
 pub use server::Server;
+pub mod machine;
+pub mod peer;

@@ -1,0 +1,1 @@
+//! The peer service and transport (being written).
