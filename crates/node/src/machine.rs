@@ -1,1 +1,325 @@
-//! The shard state machine as a Raft [`leakbloom_raft::StateMachine`] (being written).
+//! A shard's state as the Raft group's [`StateMachine`]: committed entries in, encoded results
+//! out.
+//!
+//! [`Machine`] shares its [`ShardState`] with the node: the group's thread applies entries
+//! through it while checks on other threads read the same filters.
+//!
+//! # Entries and results
+//! An entry is a protobuf `leakbloom.v1.Command`; its result is a `leakbloom.v1.CommandResult`
+//! ([`encode_outcome`]), which the proposer turns back into the [`Applied`] or the [`Error`] that
+//! [`ShardState::apply_at`] returned ([`decode_outcome`]), whether the command was applied on
+//! this node or on the leader it was forwarded to. Rejections (a set that exists with other
+//! parameters, an unknown set, torn keys, invalid parameters) are deterministic, so they are
+//! ordinary results (`Ok` bytes): every replica computes the same one.
+//!
+//! What is left for `Err(String)`, which the Raft layer hands to the proposer as
+//! `Rejected`: entries that are not a `Command` at all (a proposer bug, or a newer version's
+//! format this one cannot read). Every replica of the same version refuses them alike, and
+//! they leave the state (applied index included) unchanged, like the Raft layer's own empty
+//! entries.
+//!
+//! Failures that are not the same on every replica are never results: a replica that cannot
+//! allocate a new set's filter panics (see [`ShardState::apply_at`]) rather than skip a
+//! committed command.
+
+use std::sync::Arc;
+
+use leakbloom_proto::v1::command_result::{self, Outcome};
+use leakbloom_proto::v1::{Command, CommandResult};
+use leakbloom_raft::StateMachine;
+use prost::Message as _;
+
+use crate::error::{Error, Result};
+use crate::shard::ShardId;
+use crate::state::{Applied, ShardState};
+
+/// One shard's replica state, applied by its Raft group.
+#[derive(Debug, Clone)]
+pub struct Machine(Arc<ShardState>);
+
+impl Machine {
+    /// A state machine applying to `state`, which the caller may keep reading.
+    pub fn new(state: Arc<ShardState>) -> Machine {
+        Machine(state)
+    }
+
+    /// The state this machine applies to.
+    pub fn state(&self) -> &Arc<ShardState> {
+        &self.0
+    }
+}
+
+impl Default for Machine {
+    /// An empty state of shard 0 (for tests: the simulation builds machines from nothing).
+    fn default() -> Machine {
+        Machine::new(Arc::new(ShardState::new(0)))
+    }
+}
+
+impl StateMachine for Machine {
+    fn apply(&mut self, index: u64, command: &[u8]) -> std::result::Result<Vec<u8>, String> {
+        let command = Command::decode(command).map_err(|e| {
+            format!(
+                "log entry {index} of shard {} ({} bytes) is not a command this version \
+                 reads: {e}",
+                self.0.shard(),
+                command.len()
+            )
+        })?;
+        Ok(encode_outcome(&self.0.apply_at(index, &command)))
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.snapshot()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> std::result::Result<(), String> {
+        self.0.restore(snapshot).map_err(|e| e.to_string())
+    }
+}
+
+/// Encodes what [`ShardState::apply_at`] returned as a `CommandResult`.
+///
+/// Every error `apply_at` returns has a field of its own and decodes to an equal error; any
+/// other error (none today) travels as its message and decodes to [`Error::Replica`].
+pub fn encode_outcome(outcome: &Result<Applied>) -> Vec<u8> {
+    use command_result::{InvalidSet, SetExists};
+    let outcome = match outcome {
+        Ok(Applied::Created) => Outcome::Created(command_result::Created {}),
+        Ok(Applied::Dropped) => Outcome::Dropped(command_result::Dropped {}),
+        Ok(Applied::Inserted { keys }) => Outcome::Inserted(*keys),
+        Ok(Applied::Nothing) => Outcome::Nothing(command_result::Nothing {}),
+        Err(Error::SetExists {
+            name,
+            existing,
+            requested,
+        }) => Outcome::SetExists(SetExists {
+            name: name.clone(),
+            existing: existing.clone(),
+            requested: requested.clone(),
+        }),
+        Err(Error::SetNotFound(name)) => Outcome::SetNotFound(name.clone()),
+        Err(Error::KeyLength { len }) => Outcome::KeyLength(*len as u64),
+        Err(Error::SetName { name, reason }) => Outcome::SetName(InvalidSet {
+            name: name.clone(),
+            reason: reason.clone(),
+        }),
+        Err(Error::SetParameters { name, reason }) => Outcome::SetParameters(InvalidSet {
+            name: name.clone(),
+            reason: reason.clone(),
+        }),
+        Err(other) => Outcome::Other(other.to_string()),
+    };
+    CommandResult {
+        outcome: Some(outcome),
+    }
+    .encode_to_vec()
+}
+
+/// Decodes [`encode_outcome`]'s bytes for a command of shard `shard`. Bytes that do not decode,
+/// or hold a result of a kind this version does not know, are an [`Error::Replica`]: the
+/// nodes run incompatible versions.
+pub fn decode_outcome(shard: ShardId, bytes: &[u8]) -> Result<Applied> {
+    let incompatible = |what: String| Error::Replica {
+        shard,
+        reason: format!(
+            "{what}: the nodes of this shard run incompatible leakbloom versions; upgrade them \
+             all to one version"
+        ),
+    };
+    let result = CommandResult::decode(bytes)
+        .map_err(|e| incompatible(format!("a command's result does not decode ({e})")))?;
+    match result.outcome {
+        Some(Outcome::Created(_)) => Ok(Applied::Created),
+        Some(Outcome::Dropped(_)) => Ok(Applied::Dropped),
+        Some(Outcome::Inserted(keys)) => Ok(Applied::Inserted { keys }),
+        Some(Outcome::Nothing(_)) => Ok(Applied::Nothing),
+        Some(Outcome::SetExists(e)) => Err(Error::SetExists {
+            name: e.name,
+            existing: e.existing,
+            requested: e.requested,
+        }),
+        Some(Outcome::SetNotFound(name)) => Err(Error::SetNotFound(name)),
+        Some(Outcome::KeyLength(len)) => Err(Error::KeyLength {
+            len: usize::try_from(len).unwrap_or(usize::MAX),
+        }),
+        Some(Outcome::SetName(e)) => Err(Error::SetName {
+            name: e.name,
+            reason: e.reason,
+        }),
+        Some(Outcome::SetParameters(e)) => Err(Error::SetParameters {
+            name: e.name,
+            reason: e.reason,
+        }),
+        Some(Outcome::Other(message)) => Err(Error::Replica {
+            shard,
+            reason: message,
+        }),
+        None => Err(incompatible(
+            "a command's result is of an unknown kind".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::set::SetSpec;
+    use leakbloom_filter::KEY_LEN;
+    use leakbloom_proto::v1::{command, CreateSetCommand, InsertCommand};
+    use tonic::Status;
+
+    /// A create command for set `name`, valid or not.
+    fn create(name: &str, capacity: u64) -> Vec<u8> {
+        let spec = SetSpec::new("valid", capacity, 1e-3, "sha256").unwrap();
+        let geometry = spec.partition_geometry(1).unwrap();
+        let create = CreateSetCommand {
+            name: name.into(),
+            ..spec.command(geometry)
+        };
+        Command {
+            id: 1,
+            kind: Some(command::Kind::CreateSet(create)),
+        }
+        .encode_to_vec()
+    }
+
+    fn insert(name: &str, keys: &[u8]) -> Vec<u8> {
+        Command {
+            id: 2,
+            kind: Some(command::Kind::Insert(InsertCommand {
+                set: name.into(),
+                keys: keys.to_vec().into(),
+            })),
+        }
+        .encode_to_vec()
+    }
+
+    /// Status code and message: what a client sees.
+    fn status(error: Error) -> (tonic::Code, String) {
+        let status = Status::from(error);
+        (status.code(), status.message().to_string())
+    }
+
+    fn assert_round_trip(outcome: Result<Applied>) {
+        let shown = format!("{outcome:?}");
+        let decoded = decode_outcome(7, &encode_outcome(&outcome));
+        assert_eq!(format!("{decoded:?}"), shown);
+        match (outcome, decoded) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b),
+            (Err(a), Err(b)) => assert_eq!(status(a), status(b)),
+            (a, b) => panic!("{a:?} decoded as {b:?}"),
+        }
+    }
+
+    #[test]
+    fn every_outcome_round_trips() {
+        for applied in [
+            Applied::Created,
+            Applied::Dropped,
+            Applied::Nothing,
+            Applied::Inserted { keys: 0 },
+            Applied::Inserted { keys: u64::MAX },
+        ] {
+            assert_round_trip(Ok(applied));
+        }
+        for error in [
+            Error::SetExists {
+                name: "s".into(),
+                existing: "capacity=1 fpr=0.001 hashing=sha256".into(),
+                requested: "capacity=2 fpr=0.001 hashing=sha256".into(),
+            },
+            Error::SetNotFound("facebook-2021".into()),
+            Error::SetNotFound(String::new()),
+            Error::KeyLength { len: 33 },
+            Error::KeyLength { len: 0 },
+            Error::SetName {
+                name: "Bad".into(),
+                reason: "'B' is not allowed".into(),
+            },
+            Error::SetParameters {
+                name: "s".into(),
+                reason: "capacity is 0".into(),
+            },
+        ] {
+            assert_round_trip(Err(error));
+        }
+    }
+
+    #[test]
+    fn other_errors_keep_their_message() {
+        let error = Error::TooManySets { max: 3 };
+        let message = error.to_string();
+        let decoded = decode_outcome(2, &encode_outcome(&Err(error))).unwrap_err();
+        assert!(
+            matches!(&decoded, Error::Replica { shard: 2, reason } if *reason == message),
+            "{decoded:?}"
+        );
+    }
+
+    #[test]
+    fn undecodable_results_are_errors() {
+        for bytes in [&[0xffu8][..], &[0x0a, 0x05], &[]] {
+            let err = decode_outcome(4, bytes).unwrap_err();
+            assert!(
+                matches!(&err, Error::Replica { shard: 4, reason } if reason.contains("incompatible")),
+                "{bytes:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn applies_commands_and_returns_encoded_results() {
+        let mut machine = Machine::default();
+        let applied = |m: &mut Machine, index, bytes: &[u8]| {
+            decode_outcome(0, &m.apply(index, bytes).unwrap())
+        };
+        assert_eq!(
+            applied(&mut machine, 1, &create("s", 100)).unwrap(),
+            Applied::Created
+        );
+        assert_eq!(
+            applied(&mut machine, 2, &insert("s", &[5; 2 * KEY_LEN])).unwrap(),
+            Applied::Inserted { keys: 2 }
+        );
+        // Rejections are results, decoded into the error the state returned.
+        let direct = ShardState::new(0);
+        direct
+            .apply(&Command::decode(&create("s", 100)[..]).unwrap())
+            .unwrap();
+        for (bytes, index) in [
+            (create("s", 200), 3),
+            (insert("t", &[5; KEY_LEN]), 4),
+            (insert("s", &[5; KEY_LEN + 1]), 5),
+            (create("S", 100), 6),
+        ] {
+            let via_machine = applied(&mut machine, index, &bytes).unwrap_err();
+            let command = Command::decode(&bytes[..]).unwrap();
+            let direct = direct.apply(&command).unwrap_err();
+            assert_eq!(status(via_machine), status(direct));
+        }
+        assert_eq!(machine.state().applied(), 6);
+        // Bytes that are not a command: refused alike everywhere, state untouched.
+        let before = machine.snapshot();
+        let err = machine.apply(7, &[0xff, 0xff]).unwrap_err();
+        assert!(err.contains("not a command"), "{err}");
+        assert_eq!(machine.snapshot(), before);
+    }
+
+    #[test]
+    fn snapshot_and_restore_delegate_to_the_state() {
+        let mut a = Machine::default();
+        a.apply(1, &create("s", 100)).unwrap();
+        a.apply(3, &insert("s", &[9; KEY_LEN])).unwrap();
+        let mut b = Machine::default();
+        b.restore(&a.snapshot()).unwrap();
+        assert_eq!(b.snapshot(), a.snapshot());
+        assert_eq!(b.state().applied(), 3);
+        let err = b.restore(b"LBSHARD\0 not really").unwrap_err();
+        assert!(err.contains("snapshot"), "{err}");
+        let err = Machine::new(Arc::new(ShardState::new(1)))
+            .restore(&a.snapshot())
+            .unwrap_err();
+        assert!(err.contains("shard 0, not of shard 1"), "{err}");
+    }
+}

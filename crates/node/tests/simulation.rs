@@ -1,0 +1,646 @@
+//! Seeded fault simulation of one shard: its Raft group of 3 or 5 replicas applying the real
+//! state machine ([`Machine`]: sets and filters), under message delay, loss, duplication and
+//! reordering, partitions and heals, crashes (losing everything not synced) and restarts,
+//! with a small `snapshot_entries` so that snapshots of real filters are taken, sent and
+//! restored. A client creates a set, then proposes inserts of seeded random keys (and now and
+//! then a command that must be rejected) to the leader, and makes linearizable reads
+//! (ReadIndex: answered once the node's applied index reaches the read index). Invariants:
+//!
+//! 1. Every acknowledged insert's keys are present on every linearizable read asked after the
+//!    acknowledgement, and on every replica at the end.
+//! 2. Replicas at equal applied index have byte-identical state (snapshot bytes), at every step.
+//! 3. A key a linearizable read saw present is present on every linearizable read asked after
+//!    that read was answered (filters only grow; probe keys never inserted are tracked too).
+//! 4. Every acknowledged result decodes to what the command must give (`Applied`, or the same
+//!    rejection a single node returns); entries that are not commands are rejected by the Raft
+//!    layer with the state machine's message.
+//! 5. The healed group converges and makes progress, and its replicas end byte-identical.
+//! 6. Nothing panics.
+//!
+//! Caveat: the simulation runs every replica's log store on one thread, and raft-engine 0.4.2
+//! caches the last entries block it read in a thread-local keyed by file number, offset and
+//! length only, not by engine. Two stores with a block at the same place then read each
+//! other's entries: raft-engine panics in `read_entry_from_file` (`left == right`, entry
+//! indexes), or could return another store's entry of the same index. Such a seed is a fault
+//! of the harness, not of the shard: seeds 207, 613, 1212, 2169 and 3852 of the first 4000
+//! hit it, and pass once each store reads on a thread of its own. A node in production runs
+//! one store, so it is not affected.
+//!
+//! `cargo test` runs [`DEFAULT_SEEDS`] seeds from 0; `LEAKBLOOM_NODE_SIM_SEEDS=N` runs N seeds
+//! (from `LEAKBLOOM_NODE_SIM_FIRST_SEED`, default 0), `LEAKBLOOM_NODE_SIM_SEED=S` replays seed
+//! S (a failing seed prints the command).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use leakbloom_filter::KEY_LEN;
+use leakbloom_node::machine::{decode_outcome, Machine};
+use leakbloom_node::set::SetSpec;
+use leakbloom_node::state::{Applied, ShardState};
+use leakbloom_node::Result;
+use leakbloom_proto::v1::{command, Command, CreateSetCommand, InsertCommand};
+use leakbloom_raft::sim::{Cluster, ClusterConfig};
+use leakbloom_raft::{NodeId, StateMachine as _};
+use prost::Message as _;
+use raft::eraftpb::MessageType;
+use raft::StateRole;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Seeds `cargo test` runs by default: every fault shows up in each few seeds, and 200 seeds
+/// fit the crate's test budget in a debug build.
+const DEFAULT_SEEDS: u64 = 200;
+/// Logical ms of faults and client traffic per seed (about 5 crashes and 5 partitions).
+const FAULT_MS: u64 = 10_000;
+/// Logical ms allowed for the set's creation before faults start, and for the healed group to
+/// converge at the end; generous against election storms.
+const SETTLE_MS: u64 = 10_000;
+/// The set's name.
+const SET: &str = "s";
+/// Keys the set is sized for: about what a seed inserts, so the filter fills as in use.
+const CAPACITY: u64 = 2_000;
+/// Target false-positive rate: small filters (a few KiB), still a realistic k.
+const FPR: f64 = 1e-3;
+/// Keys never inserted whose membership is tracked too: false positives must not flicker.
+const PROBES: usize = 200;
+/// Applied entries between snapshots: small, so snapshots travel often.
+const SNAPSHOT_ENTRIES: u64 = 25;
+
+/// Where node directories go: tmpfs when there is one (fsync is then cheap, and the
+/// simulation tests logic, not the disk).
+fn scratch() -> tempfile::TempDir {
+    let shm = PathBuf::from("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(&shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().expect("temporary directory")
+}
+
+type Key = [u8; KEY_LEN];
+
+fn command(id: u64, kind: command::Kind) -> Command {
+    Command {
+        id,
+        kind: Some(kind),
+    }
+}
+
+/// A create command for set `name`, valid or not.
+fn create(id: u64, name: &str, capacity: u64) -> Command {
+    thread_local! {
+        /// Create commands by capacity: sizing is a numeric search, slow in debug builds.
+        static SIZED: RefCell<BTreeMap<u64, CreateSetCommand>> = RefCell::default();
+    }
+    let sized = SIZED.with_borrow_mut(|sized| {
+        sized
+            .entry(capacity)
+            .or_insert_with(|| {
+                let spec = SetSpec::new("valid", capacity, FPR, "sha256").expect("valid spec");
+                spec.command(spec.partition_geometry(1).expect("valid geometry"))
+            })
+            .clone()
+    });
+    let create = CreateSetCommand {
+        name: name.into(),
+        ..sized
+    };
+    command(id, command::Kind::CreateSet(create))
+}
+
+fn insert(id: u64, set: &str, keys: Vec<u8>) -> Command {
+    command(
+        id,
+        command::Kind::Insert(InsertCommand {
+            set: set.into(),
+            keys: keys.into(),
+        }),
+    )
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    crashes: u64,
+    restarts: u64,
+    partitions: u64,
+    leader_changes: u64,
+    snapshots_sent: u64,
+    failed_proposals: u64,
+    acked_inserts: u64,
+    acked_rejections: u64,
+    reads_checked: u64,
+}
+
+/// A proposal the leader accepted: what the client expects back, and the keys it inserts.
+struct Proposal {
+    /// What the result must decode to (`Debug` form), or `None` for bytes that are not a
+    /// command (the Raft layer rejects them).
+    expected: Option<String>,
+    /// Indexes into [`History::keys`] of the keys an insert carries.
+    keys: std::ops::Range<usize>,
+}
+
+/// A linearizable read in flight.
+struct Read {
+    node: NodeId,
+    /// Logical time when it was asked.
+    asked: u64,
+    /// Number of acknowledged keys (a prefix of [`History::acked`]) when it was asked.
+    acked: usize,
+    /// The read index, once the node answered it.
+    index: Option<u64>,
+}
+
+/// What the client saw, and what the checks compare against.
+struct History {
+    seed: u64,
+    stats: Stats,
+    /// Every key proposed, then the probes: the keys whose membership reads track.
+    keys: Vec<Key>,
+    /// Proposals a leader accepted and not yet answered, by id.
+    proposed: BTreeMap<u64, Proposal>,
+    /// Indexes into `keys` of acknowledged keys, in acknowledgement order.
+    acked: Vec<usize>,
+    /// Ids of acknowledged proposals.
+    acked_ids: BTreeSet<u64>,
+    /// Per applied index, the state first observed there (snapshot bytes).
+    states: BTreeMap<u64, Vec<u8>>,
+    /// Per node, the applied index last checked.
+    checked: BTreeMap<NodeId, u64>,
+    /// Reads asked and not yet checked, by context.
+    reads: BTreeMap<u64, Read>,
+    next_read: u64,
+    /// Per key index, the logical time a read that saw it present was answered (first one).
+    present_since: BTreeMap<usize, u64>,
+}
+
+impl History {
+    fn new(seed: u64) -> History {
+        History {
+            seed,
+            stats: Stats::default(),
+            keys: Vec::new(),
+            proposed: BTreeMap::new(),
+            acked: Vec::new(),
+            acked_ids: BTreeSet::new(),
+            states: BTreeMap::new(),
+            checked: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            next_read: 0,
+            present_since: BTreeMap::new(),
+        }
+    }
+
+    /// Proposes `bytes` as proposal `id` on the leader, if there is one that accepts it.
+    fn propose(
+        &mut self,
+        cluster: &mut Cluster<Machine>,
+        id: u64,
+        bytes: Vec<u8>,
+        proposal: Proposal,
+    ) -> bool {
+        let accepted = cluster.propose(id, bytes).is_ok();
+        if accepted {
+            self.proposed.insert(id, proposal);
+        }
+        accepted
+    }
+
+    /// Steps the cluster once, records what came out and checks the per-step invariants.
+    fn step(&mut self, cluster: &mut Cluster<Machine>) {
+        let seed = self.seed;
+        for (node, out) in cluster.step().expect("step") {
+            self.stats.leader_changes +=
+                u64::from(out.leadership.is_some_and(|l| l.role == StateRole::Leader));
+            self.stats.snapshots_sent += out
+                .messages
+                .iter()
+                .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+                .count() as u64;
+            for (id, result) in out.results {
+                let proposal = self
+                    .proposed
+                    .remove(&id)
+                    .unwrap_or_else(|| panic!("seed {seed}: result for unknown proposal {id}"));
+                self.answer(id, proposal, result);
+            }
+            for (context, index) in out.reads {
+                let context = u64::from_be_bytes(context.try_into().expect("our read context"));
+                // A duplicated response may answer a read twice; the first answer counts.
+                if let Some(read) = self.reads.get_mut(&context) {
+                    assert_eq!(
+                        read.node, node,
+                        "seed {seed}: read answered by another node"
+                    );
+                    read.index.get_or_insert(index);
+                }
+            }
+        }
+        self.observe(cluster);
+    }
+
+    /// Checks a proposal's result against what it must be (invariant 4).
+    fn answer(&mut self, id: u64, proposal: Proposal, result: leakbloom_raft::Result<Vec<u8>>) {
+        let seed = self.seed;
+        let bytes = match result {
+            Err(e) if e.is_retryable() => {
+                self.stats.failed_proposals += 1;
+                return;
+            }
+            Err(leakbloom_raft::Error::Rejected(reason)) if proposal.expected.is_none() => {
+                assert!(reason.contains("not a command"), "seed {seed}: {reason}");
+                self.stats.acked_rejections += 1;
+                return;
+            }
+            Err(e) => panic!("seed {seed}: proposal {id} failed: {e}"),
+            Ok(bytes) => bytes,
+        };
+        let outcome = decode_outcome(0, &bytes);
+        let expected = proposal.expected.unwrap_or_default();
+        assert_eq!(
+            format!("{outcome:?}"),
+            expected,
+            "seed {seed}: proposal {id} acknowledged with an unexpected result"
+        );
+        match outcome {
+            Ok(Applied::Inserted { .. }) => self.stats.acked_inserts += 1,
+            Err(_) => self.stats.acked_rejections += 1,
+            Ok(_) => {}
+        }
+        self.acked.extend(proposal.keys);
+        self.acked_ids.insert(id);
+    }
+
+    /// Asks node `node` for a linearizable read.
+    fn read(&mut self, cluster: &mut Cluster<Machine>, node: NodeId) {
+        let context = self.next_read;
+        self.next_read += 1;
+        if let Some(n) = cluster.node_mut(node) {
+            n.read_index(context.to_be_bytes().to_vec());
+            let read = Read {
+                node,
+                asked: cluster.now(),
+                acked: self.acked.len(),
+                index: None,
+            };
+            self.reads.insert(context, read);
+        }
+    }
+
+    /// Checks the per-step invariants (2, and 1 and 3 for reads now answerable).
+    fn observe(&mut self, cluster: &Cluster<Machine>) {
+        let seed = self.seed;
+        for id in cluster.live() {
+            let node = cluster.node(id).unwrap();
+            let applied = node.applied();
+            if self.checked.get(&id) == Some(&applied) {
+                continue;
+            }
+            self.checked.insert(id, applied);
+            // 2. Equal applied index, byte-identical state.
+            let state = node.machine().snapshot();
+            let first = self.states.entry(applied).or_insert_with(|| state.clone());
+            assert!(
+                *first == state,
+                "seed {seed}: node {id} diverged at applied index {applied}"
+            );
+            assert!(node.machine().state().applied() <= applied);
+        }
+        // Reads are answered once their node applied the read index.
+        let ready: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| {
+                r.index
+                    .is_some_and(|i| cluster.node(r.node).is_some_and(|n| n.applied() >= i))
+            })
+            .map(|(&context, _)| context)
+            .collect();
+        for context in ready {
+            let read = self.reads.remove(&context).unwrap();
+            let state = cluster.node(read.node).unwrap().machine().state();
+            let partition = state
+                .partition(SET)
+                .unwrap_or_else(|| panic!("seed {seed}: read {context} finds no set"));
+            let filter = &partition.filter;
+            // 1. Every key acknowledged before the read was asked is present.
+            for &key in &self.acked[..read.acked] {
+                assert!(
+                    filter.contains(&self.keys[key]),
+                    "seed {seed}: read {context} on node {} misses key {key}, acknowledged \
+                     before the read",
+                    read.node
+                );
+            }
+            // 3. Keys seen present by a read answered before this one was asked stay present.
+            let now = cluster.now();
+            for (index, key) in self.keys.iter().enumerate() {
+                let present = filter.contains(key);
+                match self.present_since.get(&index) {
+                    Some(&since) if since <= read.asked => assert!(
+                        present,
+                        "seed {seed}: key {index} was present at {since} ms, absent for read \
+                         {context} asked at {} ms on node {}",
+                        read.asked, read.node
+                    ),
+                    Some(_) => {}
+                    None if present => {
+                        self.present_since.insert(index, now);
+                    }
+                    None => {}
+                }
+            }
+            self.stats.reads_checked += 1;
+        }
+    }
+}
+
+/// The client's next proposal: mostly inserts of fresh random keys, sometimes a command with
+/// a known rejection or a no-op, rarely bytes that are not a command. `reference` holds the
+/// set already, and applying to it gives the result every replica must return (none of these
+/// results depends on the order the commands commit in).
+fn next_proposal(
+    rng: &mut StdRng,
+    history: &mut History,
+    reference: &ShardState,
+    id: u64,
+) -> (Vec<u8>, Proposal) {
+    let expect = |command: &Command| -> Option<String> {
+        let outcome: Result<Applied> = reference.apply(command);
+        Some(format!("{outcome:?}"))
+    };
+    let no_keys = history.keys.len()..history.keys.len();
+    let command = match rng.gen_range(0..100) {
+        0..85 => {
+            let n = rng.gen_range(1..=8);
+            let start = history.keys.len();
+            let mut packed = Vec::with_capacity(n * KEY_LEN);
+            for _ in 0..n {
+                let key: Key = rng.gen();
+                packed.extend_from_slice(&key);
+                history.keys.push(key);
+            }
+            let command = insert(id, SET, packed);
+            let expected = expect(&command);
+            return (
+                command.encode_to_vec(),
+                Proposal {
+                    expected,
+                    keys: start..history.keys.len(),
+                },
+            );
+        }
+        // Idempotent with equal parameters; refused with others.
+        85..88 => create(id, SET, CAPACITY),
+        88..91 => create(id, SET, CAPACITY * 2),
+        91..94 => insert(id, "missing", vec![7; KEY_LEN]),
+        94..96 => insert(id, SET, vec![7; KEY_LEN + 1]),
+        96..98 => create(id, "Not-A-Name", CAPACITY),
+        98 => Command { id, kind: None },
+        _ => {
+            // Not a protobuf at all: the state machine refuses it through the Raft layer.
+            let bytes = [&[0xffu8, 0xff][..], &id.to_be_bytes()].concat();
+            let proposal = Proposal {
+                expected: None,
+                keys: no_keys,
+            };
+            return (bytes, proposal);
+        }
+    };
+    let expected = expect(&command);
+    (
+        command.encode_to_vec(),
+        Proposal {
+            expected,
+            keys: no_keys,
+        },
+    )
+}
+
+/// Steps until the set's creation is acknowledged, proposing it (under a new id) every 50 ms
+/// until one is.
+fn create_set(cluster: &mut Cluster<Machine>, history: &mut History, next_id: &mut u64) {
+    let seed = history.seed;
+    let first = *next_id;
+    let deadline = cluster.now() + SETTLE_MS;
+    while history.acked_ids.range(first..).next().is_none() {
+        assert!(
+            cluster.now() < deadline,
+            "seed {seed}: creating the set was not acknowledged in {SETTLE_MS} ms"
+        );
+        if cluster.now().is_multiple_of(50) {
+            let command = create(*next_id, SET, CAPACITY);
+            let proposal = Proposal {
+                expected: Some(format!("{:?}", Ok::<_, ()>(Applied::Created))),
+                keys: 0..0,
+            };
+            if history.propose(cluster, *next_id, command.encode_to_vec(), proposal) {
+                *next_id += 1;
+            }
+        }
+        history.step(cluster);
+    }
+}
+
+fn run(seed: u64) -> Stats {
+    let dir = scratch();
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x0b10_0f11);
+    let mut config = ClusterConfig {
+        nodes: if seed % 4 == 3 { 5 } else { 3 },
+        ..ClusterConfig::default()
+    };
+    config.node.snapshot_entries = SNAPSHOT_ENTRIES;
+    config.faults.drop = rng.gen_range(0.0..0.15);
+    config.faults.duplicate = rng.gen_range(0.0..0.05);
+    config.faults.max_delay = rng.gen_range(1..40);
+    let ids: Vec<NodeId> = (1..=config.nodes).collect();
+    // Up to a majority down at once: the group stalls, and must recover afterwards.
+    let max_down = ids.len() / 2 + 1;
+    let mut cluster =
+        Cluster::new(seed, dir.path(), config, Machine::default).expect("cluster starts");
+    let mut history = History::new(seed);
+    let mut next_id = 1u64;
+
+    create_set(&mut cluster, &mut history, &mut next_id);
+    let reference = ShardState::new(0);
+    reference
+        .apply(&create(0, SET, CAPACITY))
+        .expect("reference set");
+    let probes: Vec<Key> = (0..PROBES).map(|_| rng.gen()).collect();
+    history.keys.extend(probes);
+
+    for _ in 0..FAULT_MS {
+        // Faults: about one crash and one partition every 2 s, each lasting about 0.5-1 s.
+        if rng.gen_bool(0.0005) {
+            let live = cluster.live();
+            if ids.len() - live.len() < max_down {
+                cluster.crash(live[rng.gen_range(0..live.len())]);
+                history.stats.crashes += 1;
+            }
+        }
+        if rng.gen_bool(0.002) {
+            let down: Vec<_> = ids
+                .iter()
+                .copied()
+                .filter(|&id| cluster.node(id).is_none())
+                .collect();
+            if !down.is_empty() {
+                cluster
+                    .restart(down[rng.gen_range(0..down.len())])
+                    .expect("restart");
+                history.stats.restarts += 1;
+            }
+        }
+        if rng.gen_bool(0.0005) {
+            // One partition at a time: a random side against the rest.
+            let side: Vec<_> = ids.iter().copied().filter(|_| rng.gen_bool(0.4)).collect();
+            cluster.net.heal();
+            cluster.net.partition(&side, &ids);
+            history.stats.partitions += 1;
+        }
+        if rng.gen_bool(0.001) {
+            cluster.net.heal();
+        }
+        // A client proposing, and reading from any node, now and then.
+        if rng.gen_bool(0.05) {
+            let (bytes, proposal) = next_proposal(&mut rng, &mut history, &reference, next_id);
+            if history.propose(&mut cluster, next_id, bytes, proposal) {
+                next_id += 1;
+            }
+        }
+        if rng.gen_bool(0.01) {
+            let node = ids[rng.gen_range(0..ids.len())];
+            history.read(&mut cluster, node);
+        }
+        history.step(&mut cluster);
+    }
+
+    // Faults stop: heal, restart everyone, let the group converge. A final insert proves the
+    // healed group makes progress; retried under new ids until one is acknowledged.
+    cluster.net.heal();
+    for &id in &ids {
+        cluster.restart(id).expect("restart");
+    }
+    let final_ids = next_id;
+    let mut settled = false;
+    for _ in 0..SETTLE_MS {
+        let final_acked = history.acked_ids.range(final_ids..).next().is_some();
+        if !final_acked && cluster.now().is_multiple_of(50) {
+            let start = history.keys.len();
+            let key: Key = rng.gen();
+            history.keys.push(key);
+            let command = insert(next_id, SET, key.to_vec());
+            let proposal = Proposal {
+                expected: Some(format!("{:?}", reference.apply(&command))),
+                keys: start..start + 1,
+            };
+            if history.propose(&mut cluster, next_id, command.encode_to_vec(), proposal) {
+                next_id += 1;
+            }
+        }
+        history.step(&mut cluster);
+        let applied: BTreeSet<_> = ids
+            .iter()
+            .map(|&id| cluster.node(id).unwrap().applied())
+            .collect();
+        if final_acked && applied.len() == 1 {
+            settled = true;
+            break;
+        }
+    }
+    // 5. Progress after healing.
+    assert!(
+        settled,
+        "seed {seed}: the healed group did not converge in {SETTLE_MS} ms (nodes: {:?})",
+        ids.iter()
+            .map(|&id| cluster.node(id).unwrap())
+            .map(|n| (n.id(), n.applied(), n.last_index(), n.leadership()))
+            .collect::<Vec<_>>()
+    );
+
+    // 5. Replicas end byte-identical; 1. every acknowledged key is on every replica.
+    let reference_bytes = cluster.node(ids[0]).unwrap().machine().snapshot();
+    for &id in &ids {
+        let machine = cluster.node(id).unwrap().machine();
+        assert!(
+            machine.snapshot() == reference_bytes,
+            "seed {seed}: node {id} differs at the end"
+        );
+        let partition = machine.state().partition(SET).expect("the set");
+        for &key in &history.acked {
+            assert!(
+                partition.filter.contains(&history.keys[key]),
+                "seed {seed}: acknowledged key {key} is missing on node {id}"
+            );
+        }
+    }
+    eprintln!(
+        "seed {seed}: {} nodes, applied index {}, {} keys acknowledged, {:?}",
+        ids.len(),
+        cluster.node(ids[0]).unwrap().applied(),
+        history.acked.len(),
+        history.stats
+    );
+    history.stats
+}
+
+fn run_reporting(seed: u64) -> Stats {
+    match std::panic::catch_unwind(|| run(seed)) {
+        Ok(stats) => stats,
+        Err(panic) => {
+            eprintln!(
+                "node simulation failed for seed {seed}; replay with:\n  \
+                 LEAKBLOOM_NODE_SIM_SEED={seed} cargo test -p leakbloom-node --test simulation \
+                 -- --nocapture"
+            );
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+#[test]
+fn seeds() {
+    if let Ok(seed) = std::env::var("LEAKBLOOM_NODE_SIM_SEED") {
+        let seed = seed
+            .parse()
+            .expect("LEAKBLOOM_NODE_SIM_SEED must be a number");
+        run_reporting(seed);
+        return;
+    }
+    let number = |name: &str, default: u64| {
+        std::env::var(name)
+            .map(|n| {
+                n.parse()
+                    .unwrap_or_else(|_| panic!("{name} must be a number"))
+            })
+            .unwrap_or(default)
+    };
+    let count = number("LEAKBLOOM_NODE_SIM_SEEDS", DEFAULT_SEEDS);
+    let first = number("LEAKBLOOM_NODE_SIM_FIRST_SEED", 0);
+    let start = std::time::Instant::now();
+    let mut total = Stats::default();
+    for seed in first..first + count {
+        let stats = run_reporting(seed);
+        total.snapshots_sent += stats.snapshots_sent;
+        total.reads_checked += stats.reads_checked;
+        total.acked_inserts += stats.acked_inserts;
+        total.acked_rejections += stats.acked_rejections;
+    }
+    eprintln!(
+        "{count} seeds from {first} in {:.1?}: {} snapshots sent, {} reads checked, {} inserts \
+         and {} rejections acknowledged",
+        start.elapsed(),
+        total.snapshots_sent,
+        total.reads_checked,
+        total.acked_inserts,
+        total.acked_rejections
+    );
+    // The run must have exercised what it claims to check.
+    if count >= 20 {
+        assert!(total.snapshots_sent > 0, "no snapshot was sent");
+        assert!(total.reads_checked > 0, "no read was checked");
+        assert!(total.acked_rejections > 0, "no rejection was acknowledged");
+    }
+}
