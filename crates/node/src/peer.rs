@@ -1,1 +1,0 @@
-//! The peer service and transport (being written).

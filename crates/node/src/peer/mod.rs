@@ -1,0 +1,296 @@
+//! The peer service and transport: everything nodes say to each other, over the
+//! `leakbloom.v1.Peer` gRPC service (`proto/leakbloom/v1/peer.proto`) on the peer port.
+//!
+//! # Layout
+//! - [`Local`]: what the peer side needs of the node it runs in: its id, its replica of a
+//!   group, its check of a shard. The node implements it.
+//! - [`PeerService`] (`service.rs`): the server. `Raft` steps each message into the local
+//!   replica of its group; `Snapshot` reassembles a chunked snapshot and steps it; `Propose`
+//!   proposes a forwarded command on the local replica (which must lead its group); `Check`
+//!   hands a shard check to [`Local::check_shard`].
+//! - [`Peers`] (`transport.rs`): the client, one per node. It is every local group's
+//!   [`leakbloom_raft::Transport`], and it forwards proposals ([`Peers::propose`]) and checks
+//!   ([`Peers::check`]) to other nodes.
+//!
+//! # Raft messages: one call per destination per round
+//! [`Transport::send`](leakbloom_raft::Transport::send) runs on a group's own thread between
+//! Readies, so it only queues: each destination node has a bounded queue, drained by one task
+//! on the runtime [`Peers::new`] was called on (spawned on first use). The task takes
+//! everything queued for its node — messages of every group, in send order — up to
+//! [`MAX_BATCH_BYTES`], sends it as one `Raft` call, waits for the acknowledgement and repeats.
+//! While a call is in flight the next batch builds up, so a busy link carries large batches and
+//! an idle one sends each heartbeat at once. A failed call drops its batch (Raft retransmits)
+//! and reports the node unreachable to each group in it, so their leaders fall back to probing
+//! it; a full queue does the same for the message that did not fit.
+//!
+//! # Snapshots
+//! A `MsgSnapshot` carries a whole state machine (a shard's filters: megabytes to gigabytes).
+//! It goes through the client-streaming `Snapshot` call on a task of its own and on a
+//! connection of its own, so heartbeats never wait behind it. The first chunk carries the
+//! group and the message with its snapshot data taken out; every chunk carries the next
+//! [`SNAPSHOT_CHUNK_BYTES`] of the data, sliced from the message's buffer without copying. The
+//! receiver joins the pieces (refusing more than [`MAX_SNAPSHOT_BYTES`]), puts the data back
+//! and steps the message. Whatever happens, the sender then tells its group through
+//! [`GroupHandle::report_snapshot`], as raft-rs requires.
+//!
+//! # Errors
+//! The server makes statuses only through `impl From<Error> for Status` (`error.rs`). The
+//! client turns a failed call back into an [`Error`]:
+//! - `UNAVAILABLE` from the peer: [`Error::Unavailable`] with the peer's reason and its
+//!   `leakbloom-leader` hint;
+//! - no connection, a broken connection or no answer within the timeout:
+//!   [`Error::Unavailable`] without a hint, reason `node N at ADDR unreachable: ...`; likewise
+//!   for a node without a configured (or valid) address;
+//! - `CANCELLED`, `DEADLINE_EXCEEDED` and `ABORTED` from the peer: [`Error::Unavailable`] too
+//!   (retryable);
+//! - `NOT_FOUND` naming one of a check's sets: [`Error::SetNotFound`];
+//! - anything else: [`Error::Replica`] with the peer's code and message.
+//!
+//! # Caveats
+//! - No authentication and no TLS: anyone who reaches the peer port can step Raft messages
+//!   into any group. Keep the port on a private network (the cluster's own network policy)
+//!   until mTLS comes (roadmap step 6).
+//! - raft-rs 0.7 decodes messages with protobuf 2.28, which has RUSTSEC-2024-0437 (stack
+//!   overflow by deep recursion on untrusted input; see `leakbloom_raft`'s docs). Only peers
+//!   may reach this service: never serve it on the client port.
+//! - A received snapshot is held whole in memory (up to [`MAX_SNAPSHOT_BYTES`]) before it is
+//!   stepped, as raft-rs's `Snapshot` holds its data in one buffer.
+//! - The peer addresses are fixed when [`Peers`] is created; membership changes will need a
+//!   way to add and remove destinations.
+
+use bytes::Bytes;
+use leakbloom_proto::v1::{ShardCheckRequest, ShardCheckResponse};
+use leakbloom_raft::{GroupHandle, GroupId, NodeId};
+use tonic::{Code, Status};
+
+use crate::error::{Error, LEADER_METADATA};
+use crate::shard::ShardId;
+
+mod service;
+mod transport;
+
+pub use service::PeerService;
+pub use transport::Peers;
+
+/// Largest gRPC message either side of the peer service encodes or decodes: room for a full
+/// [`MAX_BATCH_BYTES`] batch, one oversized Raft message (an entry of a 65 536-key insert is
+/// 2 MiB) or a check of the largest batch, far above gRPC's 4 MiB default.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Encoded Raft messages per `Raft` call, at most (a lone larger message still goes alone):
+/// large enough to carry every group's appends of a busy round, small enough that one call
+/// does not hold up the next round's heartbeats for long.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// Snapshot data per streamed chunk: far below the message limit, and large enough that the
+/// per-message overhead is negligible.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Largest snapshot a node accepts. It is held in memory whole; a shard of a 533 M-key set at
+/// 1e-6 is about 2.6 GB, so this leaves room while refusing a runaway stream.
+pub const MAX_SNAPSHOT_BYTES: u64 = 8 << 30;
+
+/// What the peer service needs of the node it runs in. The node implements it; tests
+/// implement it over bare Raft groups.
+#[tonic::async_trait]
+pub trait Local: Send + Sync + 'static {
+    /// This node's id.
+    fn id(&self) -> NodeId;
+
+    /// This node's replica of `group`, if it hosts one (and it runs).
+    fn replica(&self, group: GroupId) -> Option<GroupHandle>;
+
+    /// Checks keys of one shard against this node's replica of it, for another node.
+    async fn check_shard(&self, request: ShardCheckRequest) -> Result<ShardCheckResponse, Error>;
+}
+
+/// The shard a group replicates (groups are numbered by shard). An id out of range, which only
+/// a broken peer can send, shows as `u32::MAX` in messages.
+fn shard_of_group(group: GroupId) -> ShardId {
+    ShardId::try_from(group).unwrap_or(ShardId::MAX)
+}
+
+/// Turns a failed call to node `node` at `address` back into the node's error: the reverse of
+/// `From<Error> for Status`, with the mapping in the [module docs](self). `sets` are the sets a
+/// check asked for (empty for other calls), to recognise a `NOT_FOUND` set.
+fn error_from_status(
+    status: &Status,
+    shard: ShardId,
+    node: NodeId,
+    address: &str,
+    sets: &[String],
+) -> Error {
+    // A status decoded from the peer's answer has no source; one made here from a connection
+    // failure (refused, reset, GOAWAY) has the failure as its source.
+    if std::error::Error::source(status).is_some() {
+        return unreachable(shard, node, address, &describe(status));
+    }
+    let message = status.message();
+    match status.code() {
+        Code::Unavailable => Error::Unavailable {
+            shard,
+            leader: status
+                .metadata()
+                .get(LEADER_METADATA)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.parse().ok()),
+            reason: unavailable_reason(message, shard),
+        },
+        Code::Cancelled | Code::DeadlineExceeded | Code::Aborted => Error::Unavailable {
+            shard,
+            leader: None,
+            reason: format!("node {node} gave up: {message}"),
+        },
+        Code::NotFound => match sets
+            .iter()
+            .find(|set| message.starts_with(&format!("set {set:?} ")))
+        {
+            Some(set) => Error::SetNotFound(set.clone()),
+            None => replica_error(status, shard, node),
+        },
+        _ => replica_error(status, shard, node),
+    }
+}
+
+fn replica_error(status: &Status, shard: ShardId, node: NodeId) -> Error {
+    Error::Replica {
+        shard,
+        reason: format!(
+            "node {node} answered {:?}: {}",
+            status.code(),
+            status.message()
+        ),
+    }
+}
+
+/// [`Error::Unavailable`] for a node that could not be reached.
+fn unreachable(shard: ShardId, node: NodeId, address: &str, why: &str) -> Error {
+    Error::Unavailable {
+        shard,
+        leader: None,
+        reason: format!("node {node} at {address} unreachable: {why}"),
+    }
+}
+
+/// The reason inside a peer's `UNAVAILABLE` message, which `Error::Unavailable` rendered as
+/// `shard S is unavailable (REASON); ...`, so it is not wrapped twice; the whole message when
+/// it has another shape.
+fn unavailable_reason(message: &str, shard: ShardId) -> String {
+    message
+        .strip_prefix(&format!("shard {shard} is unavailable ("))
+        .and_then(|rest| rest.rsplit_once(')'))
+        .map_or(message, |(reason, _)| reason)
+        .to_string()
+}
+
+/// A status's message and the chain of errors behind it, e.g. `transport error: tcp connect
+/// error: Connection refused (os error 111)`.
+fn describe(status: &Status) -> String {
+    let mut text = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        let part = error.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = error.source();
+    }
+    text
+}
+
+/// Joins received snapshot pieces into one buffer, copying only when there is more than one.
+fn join(mut parts: Vec<Bytes>, total: usize) -> Bytes {
+    if parts.len() == 1 {
+        return parts.pop().expect("one part");
+    }
+    let mut data = Vec::with_capacity(total);
+    for part in &parts {
+        data.extend_from_slice(part);
+    }
+    Bytes::from(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(error: Error, sets: &[String]) -> Error {
+        error_from_status(&Status::from(error), 7, 2, "127.0.0.1:1", sets)
+    }
+
+    #[test]
+    fn unavailable_keeps_reason_and_leader() {
+        let error = round_trip(
+            Error::Unavailable {
+                shard: 7,
+                leader: Some(3),
+                reason: "node 2 does not lead it (yet)".into(),
+            },
+            &[],
+        );
+        let Error::Unavailable {
+            shard,
+            leader,
+            reason,
+        } = &error
+        else {
+            panic!("{error:?}");
+        };
+        assert_eq!((*shard, *leader), (7, Some(3)));
+        assert_eq!(reason, "node 2 does not lead it (yet)");
+
+        let error = round_trip(
+            Error::Unavailable {
+                shard: 7,
+                leader: None,
+                reason: "no leader".into(),
+            },
+            &[],
+        );
+        assert!(
+            matches!(&error, Error::Unavailable { leader: None, reason, .. } if reason == "no leader"),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_sets_and_other_failures() {
+        let sets = vec!["a".to_string(), "breach-2021".to_string()];
+        let error = round_trip(Error::SetNotFound("breach-2021".into()), &sets);
+        assert!(matches!(&error, Error::SetNotFound(set) if set == "breach-2021"));
+        // A set the request did not name: not something the caller can act on.
+        let error = round_trip(Error::SetNotFound("other".into()), &sets);
+        assert!(
+            matches!(error, Error::Replica { shard: 7, .. }),
+            "{error:?}"
+        );
+        let error = round_trip(Error::KeyLength { len: 33 }, &sets);
+        let Error::Replica { reason, .. } = &error else {
+            panic!("{error:?}");
+        };
+        assert!(
+            reason.starts_with("node 2 answered InvalidArgument: keys is 33 bytes"),
+            "{reason}"
+        );
+        let error = error_from_status(&Status::cancelled("stop"), 7, 2, "h:1", &[]);
+        assert!(
+            matches!(error, Error::Unavailable { leader: None, .. }),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn groups_outside_the_shard_range_do_not_wrap() {
+        assert_eq!(shard_of_group(15), 15);
+        assert_eq!(shard_of_group(1 << 40), ShardId::MAX);
+    }
+
+    #[test]
+    fn join_copies_only_several_parts() {
+        let one = Bytes::from_static(b"abc");
+        assert_eq!(join(vec![one.clone()], 3).as_ptr(), one.as_ptr());
+        let parts = vec![one, Bytes::new(), Bytes::from_static(b"de")];
+        assert_eq!(join(parts, 5), Bytes::from_static(b"abcde"));
+    }
+}
