@@ -8,20 +8,25 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// A node serving on a free loopback port.
+/// A one-node cluster serving on free loopback ports, with its data in a temporary directory.
 #[derive(Debug)]
 pub struct TestNode {
     /// Where it listens.
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    _data: tempfile::TempDir,
 }
 
 impl TestNode {
-    /// Starts a node with `config` (its `listen` is replaced by `127.0.0.1:0`).
+    /// Starts a node with `config` (its `listen` and `peer_listen` are replaced by
+    /// `127.0.0.1:0`, its `data_dir` by a fresh temporary directory).
     pub async fn start(config: Config) -> TestNode {
+        let data = tempfile::tempdir().expect("temporary directory");
         let config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
+            peer_listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: data.path().to_path_buf(),
             ..config
         };
         let server = Server::bind(config).await.expect("bind 127.0.0.1:0");
@@ -39,6 +44,7 @@ impl TestNode {
             addr,
             shutdown: Some(tx),
             task: Some(task),
+            _data: data,
         }
     }
 

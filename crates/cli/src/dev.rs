@@ -1,6 +1,11 @@
-//! `leakbloom dev`: a local node with a demo set, for trying the API in one command.
+//! `leakbloom dev`: a local 3-node cluster (every shard replicated on all three by Raft) with a
+//! demo set, for trying the API in one command. Nodes run in this process but talk to each
+//! other over real peer sockets and keep their data on disk under `--data-dir`, so a restart
+//! reuses it (`--fresh` wipes it first).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use base64::Engine as _;
@@ -11,11 +16,23 @@ use leakbloom_node::{Config, Server};
 /// Name of the demo set.
 pub const DEMO_SET: &str = "demo";
 
+/// Nodes in the dev cluster: the smallest that keeps a Raft quorum with one node down.
+pub const DEV_NODES: u16 = 3;
+
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
-    /// Client API address.
+    /// Client API address of node 1; nodes 2 and 3 take the next two ports.
     #[arg(long, env = "LEAKBLOOM_LISTEN", default_value = crate::DEFAULT_ADDR)]
     listen: SocketAddr,
+    /// Peer address of node 1; nodes 2 and 3 take the next two ports.
+    #[arg(long, default_value = "127.0.0.1:7061")]
+    peer_listen: SocketAddr,
+    /// Where the nodes keep their data (one subdirectory each); reused on restart.
+    #[arg(long, default_value = "leakbloom-dev")]
+    data_dir: PathBuf,
+    /// Delete the data directory first.
+    #[arg(long)]
+    fresh: bool,
     /// Synthetic identifiers in the demo set (half emails, half phone numbers).
     #[arg(long, default_value_t = 200_000)]
     demo_identifiers: u64,
@@ -35,22 +52,69 @@ pub fn demo_phone(i: u64) -> String {
     format!("+4474{:08}", i % 100_000_000)
 }
 
-pub async fn run(args: DevArgs) -> Result<()> {
-    let config = Config {
-        listen: args.listen,
-        shards: args.shards,
-        ..Config::default()
-    };
-    config.validate()?;
-    let server = Server::bind(config).await.with_context(|| {
-        format!(
-            "cannot listen on {} (is another node running? try --listen)",
-            args.listen
-        )
-    })?;
-    let addr = server.local_addr();
-    let serving = tokio::spawn(server.run(crate::shutdown_signal()));
+/// The address of node `i` (from 0): `base` with its port plus `i`. Port 0 stays 0 for client
+/// addresses (any free port); peers must know each other's ports in advance, so a peer base
+/// of port 0 picks a free port now (`peer` set).
+fn nth(base: SocketAddr, i: u16, peer: bool) -> Result<SocketAddr> {
+    if base.port() == 0 {
+        if !peer {
+            return Ok(base);
+        }
+        let probe = std::net::TcpListener::bind(base)
+            .with_context(|| format!("cannot find a free port on {}", base.ip()))?;
+        return Ok(probe.local_addr()?);
+    }
+    let port = base
+        .port()
+        .checked_add(i)
+        .with_context(|| format!("{base}: give a port below 65533"))?;
+    Ok(SocketAddr::new(base.ip(), port))
+}
 
+pub async fn run(args: DevArgs) -> Result<()> {
+    if args.fresh && args.data_dir.exists() {
+        std::fs::remove_dir_all(&args.data_dir)
+            .with_context(|| format!("cannot delete {}", args.data_dir.display()))?;
+    }
+    let mut peers = BTreeMap::new();
+    for i in 0..DEV_NODES {
+        peers.insert(u64::from(i) + 1, nth(args.peer_listen, i, true)?);
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut addrs = Vec::new();
+    let mut serving = Vec::new();
+    for i in 0..DEV_NODES {
+        let id = u64::from(i) + 1;
+        let config = Config {
+            id,
+            listen: nth(args.listen, i, false)?,
+            peer_listen: peers[&id],
+            peers: peers
+                .iter()
+                .map(|(&id, addr)| (id, addr.to_string()))
+                .collect(),
+            data_dir: args.data_dir.join(format!("node-{id}")),
+            shards: args.shards,
+            ..Config::default()
+        };
+        config.validate()?;
+        let server = Server::bind(config).await.with_context(|| {
+            format!(
+                "node {id} cannot start (is another dev cluster running? try --listen, \
+                 --peer-listen, or --data-dir)"
+            )
+        })?;
+        addrs.push(server.local_addr());
+        let mut stopped = stopped.clone();
+        serving.push(tokio::spawn(server.run(async move {
+            let _ = stopped.wait_for(|&stop| stop).await;
+        })));
+    }
+    tokio::spawn(async move {
+        crate::shutdown_signal().await;
+        stop.send_replace(true);
+    });
+    let addr = addrs[0];
     let mut client = Client::connect(&addr.to_string()).await?;
     let capacity = args.demo_identifiers.max(1_000_000);
     client
@@ -70,7 +134,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let key = leakbloom_ident::key(Kind::Email, &example, None, None)?.1;
     let key_b64 = base64::engine::general_purpose::STANDARD.encode(key);
     println!(
-        "leakbloom dev: node serving on {addr} ({shards} shards, in memory)\n\
+        "leakbloom dev: {nodes} nodes serving on {all} ({shards} shards, each on all {nodes} \
+         nodes by Raft; data in {dir})\n\
          demo set {DEMO_SET:?}: {n} synthetic identifiers: {emails} emails {first} .. {last_email}, \
          {phones} phones {phone0} ..\n\n\
          try:\n\
@@ -82,6 +147,13 @@ pub async fn run(args: DevArgs) -> Result<()> {
          \x20   (keys = base64 of SHA-256(\"{example}\"); present \"AQ==\" means bit 0 is set: may be in the set)\n\n\
          Ctrl-C stops it.",
         shards = args.shards,
+        nodes = DEV_NODES,
+        all = addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        dir = args.data_dir.display(),
         n = args.demo_identifiers,
         emails = half,
         first = demo_email(0),
@@ -89,6 +161,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
         phones = args.demo_identifiers - half,
         phone0 = demo_phone(0),
     );
-    serving.await??;
+    for node in serving {
+        node.await??;
+    }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! Identifiers (phone numbers, emails) exist only inside this binary: they are normalised and
 //! hashed here (crate `leakbloom-ident`) and only 32-byte keys go to the server.
 
+mod bench_e2e;
 mod bench_filter;
 mod client_cmd;
 mod dev;
@@ -69,6 +70,9 @@ struct BenchArgs {
 enum BenchCommand {
     /// The filter engine against the `bloomfilter` crate on the same keys, one thread.
     Filter(bench_filter::FilterBenchArgs),
+    /// End-to-end load on a node on this machine: Check or Insert requests of random keys
+    /// over several connections; one line of keys/s and latency percentiles.
+    E2e(bench_e2e::E2eBenchArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -107,6 +111,9 @@ fn run(command: Command) -> Result<()> {
         Command::Bench(BenchArgs {
             which: BenchCommand::Filter(args),
         }) => bench_filter::run(&args),
+        Command::Bench(BenchArgs {
+            which: BenchCommand::E2e(args),
+        }) => runtime()?.block_on(bench_e2e::run(args)),
     }
 }
 

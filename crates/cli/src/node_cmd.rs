@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use leakbloom_node::config::parse_peers;
 use leakbloom_node::{Config, Server};
 
 /// Every field is optional: unset flags (and variables) leave the config file's value.
@@ -12,9 +13,25 @@ pub struct NodeArgs {
     /// TOML config file (see deploy/leakbloom.toml).
     #[arg(long, env = "LEAKBLOOM_CONFIG")]
     pub config: Option<PathBuf>,
+    /// This node's id, 1 or more (with a StatefulSet: the pod ordinal plus one).
+    #[arg(long, env = "LEAKBLOOM_ID")]
+    pub id: Option<u64>,
     /// Client API address.
     #[arg(long, env = "LEAKBLOOM_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Peer API address (Raft and forwarding between nodes; never expose it to clients).
+    #[arg(long, env = "LEAKBLOOM_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+    /// Every node's peer address, this one included: ID=HOST:PORT,ID=HOST:PORT,...
+    /// (none: a one-node cluster).
+    #[arg(long, env = "LEAKBLOOM_PEERS")]
+    pub peers: Option<String>,
+    /// Directory of the Raft log, snapshots and the cluster record.
+    #[arg(long, env = "LEAKBLOOM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Replicas per shard (default 3, or the node count when smaller).
+    #[arg(long, env = "LEAKBLOOM_REPLICATION")]
+    pub replication: Option<u32>,
     /// Shards the key space is split into.
     #[arg(long, env = "LEAKBLOOM_SHARDS")]
     pub shards: Option<u32>,
@@ -33,8 +50,23 @@ impl NodeArgs {
     /// The effective configuration: defaults, then the file, then variables and flags.
     pub fn config(&self) -> Result<Config> {
         let mut config = Config::load(self.config.as_deref())?;
+        if let Some(id) = self.id {
+            config.id = id;
+        }
         if let Some(listen) = self.listen {
             config.listen = listen;
+        }
+        if let Some(peer_listen) = self.peer_listen {
+            config.peer_listen = peer_listen;
+        }
+        if let Some(peers) = &self.peers {
+            config.peers = parse_peers(peers)?;
+        }
+        if let Some(data_dir) = &self.data_dir {
+            config.data_dir = data_dir.clone();
+        }
+        if let Some(replication) = self.replication {
+            config.replication = Some(replication);
         }
         if let Some(shards) = self.shards {
             config.shards = shards;
@@ -55,10 +87,10 @@ impl NodeArgs {
 
 pub async fn run(args: NodeArgs) -> Result<()> {
     let config = args.config()?;
-    let listen = config.listen;
+    let id = config.id;
     let server = Server::bind(config)
         .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+        .with_context(|| format!("node {id} cannot start"))?;
     server.run(crate::shutdown_signal()).await?;
     Ok(())
 }

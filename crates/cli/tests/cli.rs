@@ -47,10 +47,16 @@ impl Drop for Running {
 /// Starts `leakbloom ARGS` and waits for a line on `stream` (stdout or stderr) containing
 /// `marker`; returns the child and the address following `marker`.
 fn start(args: &[&str], from_stderr: bool, marker: &str) -> (Running, String) {
+    // The stream not read goes nowhere: a full pipe would block the child.
+    let (out, err) = if from_stderr {
+        (Stdio::null(), Stdio::piped())
+    } else {
+        (Stdio::piped(), Stdio::null())
+    };
     let mut child = Command::new(BIN)
         .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(out)
+        .stderr(err)
         .env("LEAKBLOOM_LOG_FORMAT", "text")
         .env("NO_COLOR", "1")
         .spawn()
@@ -138,10 +144,21 @@ fn invalid_identifiers_are_named_by_position_and_fail() {
 
 #[test]
 fn node_serves_sets_insert_and_check() {
+    let data = tempfile::tempdir().unwrap();
     let (_node, addr) = start(
-        &["node", "--listen", "127.0.0.1:0", "--shards", "4"],
+        &[
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--shards",
+            "4",
+        ],
         true,
-        "listen=",
+        " listen=",
     );
     let addr = addr.as_str();
 
@@ -245,16 +262,21 @@ fn node_serves_sets_insert_and_check() {
 
 #[test]
 fn dev_serves_a_demo_set() {
+    let data = tempfile::tempdir().unwrap();
     let (_dev, addr) = start(
         &[
             "dev",
             "--listen",
             "127.0.0.1:0",
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.path().to_str().unwrap(),
             "--demo-identifiers",
             "2000",
         ],
         false,
-        "node serving on ",
+        "nodes serving on ",
     );
     let addr = addr.as_str();
     let checked = stdout(&run(&[

@@ -2,15 +2,34 @@
 //! `LEAKBLOOM_*` environment variables and flags on top (see `deploy/leakbloom.toml` for a
 //! commented sample).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use leakbloom_raft::NodeId;
 use serde::Deserialize;
 
+use crate::cluster::{Layout, Record};
 use crate::shard::MAX_SHARDS;
 
 /// Default client API address: the conventional local gRPC port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+/// Default peer address (Raft traffic and forwarded requests between nodes).
+pub const DEFAULT_PEER_LISTEN: &str = "127.0.0.1:7061";
+
+/// Default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "leakbloom-data";
+
+/// Default replicas per shard: survives one node down and keeps a quorum for writes.
+pub const DEFAULT_REPLICATION: u32 = 3;
+
+/// Default Raft tick: heartbeats every 2 ticks (200 ms), elections after 10-20 ticks (1-2 s).
+pub const DEFAULT_TICK_MS: u64 = 100;
+
+/// Default applied entries between snapshots of a shard: with ~1000-key inserts that is about
+/// 10 M keys of log to replay on restart, and a filter-sized write per 10 000 entries.
+pub const DEFAULT_SNAPSHOT_ENTRIES: u64 = 10_000;
 
 /// Default shard count: enough to spread 3-5 nodes' worth of Raft groups evenly, few enough
 /// that per-shard overhead (heartbeats, snapshots, one filter per set) stays small.
@@ -58,8 +77,24 @@ pub enum ConfigError {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// This node's id (1 or more; with a StatefulSet, the pod ordinal plus one).
+    pub id: NodeId,
     /// Address of the client API (`leakbloom.v1.Lookup`, health, reflection).
     pub listen: SocketAddr,
+    /// Address of the peer API (Raft and forwarded requests). Never expose it to clients.
+    pub peer_listen: SocketAddr,
+    /// Every node of the cluster (this one included) by id: `ID=HOST:PORT` peer addresses,
+    /// comma separated. Empty: a one-node cluster of this node at `peer_listen`.
+    #[serde(deserialize_with = "deserialize_peers")]
+    pub peers: BTreeMap<NodeId, String>,
+    /// Where the Raft log, snapshots and the cluster record live.
+    pub data_dir: PathBuf,
+    /// Replicas per shard; at most the number of nodes. `None`: 3, or fewer with fewer nodes.
+    pub replication: Option<u32>,
+    /// Milliseconds per Raft tick.
+    pub tick_ms: u64,
+    /// Applied entries between snapshots of a shard (which also compact its log).
+    pub snapshot_entries: u64,
     /// Number of shards the key space is split into. Fixed when the data is created.
     pub shards: u32,
     /// Most keys accepted in one Check or Insert request.
@@ -73,7 +108,14 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
+            id: 1,
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            peer_listen: DEFAULT_PEER_LISTEN.parse().expect("valid default address"),
+            peers: BTreeMap::new(),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            replication: None,
+            tick_ms: DEFAULT_TICK_MS,
+            snapshot_entries: DEFAULT_SNAPSHOT_ENTRIES,
             shards: DEFAULT_SHARDS,
             max_batch: DEFAULT_MAX_BATCH,
             max_filter_memory: DEFAULT_MAX_FILTER_MEMORY,
@@ -103,8 +145,61 @@ impl Config {
         Config::from_toml(&text, &path.display().to_string())
     }
 
+    /// Every node's peer address by id: `peers`, or this node alone.
+    pub fn members(&self) -> BTreeMap<NodeId, String> {
+        if self.peers.is_empty() {
+            BTreeMap::from([(self.id, self.peer_listen.to_string())])
+        } else {
+            self.peers.clone()
+        }
+    }
+
+    /// The replica layout this config describes.
+    pub fn layout(&self) -> Result<Layout, ConfigError> {
+        let members = self.members();
+        let replication = self
+            .replication
+            .unwrap_or(DEFAULT_REPLICATION.min(members.len() as u32));
+        Layout::new(members.keys().copied(), self.shards, replication)
+    }
+
+    /// The record of this config kept in the data directory (see [`Record`]).
+    pub fn record(&self) -> Result<Record, ConfigError> {
+        let layout = self.layout()?;
+        Ok(Record {
+            id: self.id,
+            shards: self.shards,
+            replication: layout.replication(),
+            peers: self
+                .members()
+                .into_iter()
+                .map(|(id, addr)| (id.to_string(), addr))
+                .collect(),
+        })
+    }
+
     /// Checks ranges; call after every override is applied.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(ConfigError::Invalid(
+                "id = 0 is reserved by Raft: number nodes from 1 (a StatefulSet pod's ordinal \
+                 plus one)"
+                    .into(),
+            ));
+        }
+        if !self.peers.is_empty() && !self.peers.contains_key(&self.id) {
+            return Err(ConfigError::Invalid(format!(
+                "peers lists nodes {:?} but not this node's id {}: list every node, this one \
+                 included",
+                self.peers.keys().collect::<Vec<_>>(),
+                self.id
+            )));
+        }
+        if self.tick_ms == 0 || self.snapshot_entries == 0 {
+            return Err(ConfigError::Invalid(
+                "tick_ms and snapshot_entries must be at least 1".into(),
+            ));
+        }
         if !(1..=MAX_SHARDS).contains(&self.shards) {
             return Err(ConfigError::Invalid(format!(
                 "shards = {} is out of range 1..={MAX_SHARDS}",
@@ -122,8 +217,50 @@ impl Config {
                 "max_sets = 0 allows no set at all".into(),
             ));
         }
+        self.layout()?;
         Ok(())
     }
+}
+
+/// Parses `ID=HOST:PORT,ID=HOST:PORT,...` (the `--peers` syntax).
+pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
+    let mut peers = BTreeMap::new();
+    for item in text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
+        let invalid = |why: &str| {
+            ConfigError::Invalid(format!(
+                "peers entry {item:?} {why}: write ID=HOST:PORT, e.g. \
+                 1=127.0.0.1:7061,2=127.0.0.1:7062"
+            ))
+        };
+        let (id, addr) = item.split_once('=').ok_or_else(|| invalid("has no '='"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| invalid("does not start with a node id"))?;
+        let addr = addr.trim();
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            return Err(invalid("has no HOST:PORT address"));
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(invalid("repeats a node id"));
+        }
+    }
+    Ok(peers)
+}
+
+fn deserialize_peers<'de, D>(deserializer: D) -> Result<BTreeMap<NodeId, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text = String::deserialize(deserializer)?;
+    parse_peers(&text).map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]
@@ -146,6 +283,38 @@ mod tests {
         assert!(config.validate().is_err());
         let config = Config::from_toml("max_batch = 0", "t").unwrap();
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn peers_parse_and_layout_follows() {
+        let config = Config::from_toml(
+            "id = 2\npeers = \"1=127.0.0.1:7061, 2=127.0.0.1:7062,3=node-2.svc:7061\"\n",
+            "t",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.peers[&3], "node-2.svc:7061");
+        assert_eq!(config.layout().unwrap().replication(), 3);
+        assert!(parse_peers("1=a:1,1=b:2").is_err());
+        assert!(parse_peers("x=a:1").is_err());
+        assert!(parse_peers("1=nohost").is_err());
+        let alone = Config::default();
+        alone.validate().unwrap();
+        assert_eq!(alone.layout().unwrap().replication(), 1);
+        let missing = Config {
+            id: 4,
+            ..config.clone()
+        };
+        assert!(missing.validate().is_err());
+        let too_many = Config {
+            replication: Some(5),
+            ..config
+        };
+        assert!(too_many
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("replication = 5"));
     }
 
     #[test]

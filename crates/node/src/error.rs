@@ -5,6 +5,7 @@ use leakbloom_raft::NodeId;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
+use crate::config::ConfigError;
 use crate::shard::ShardId;
 
 /// Metadata key of an `UNAVAILABLE` status naming the node id that leads the shard, when known.
@@ -122,6 +123,9 @@ pub enum Error {
         /// What failed and how to recover.
         reason: String,
     },
+    /// The node's configuration or data directory does not allow it to start.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 fn leader_hint(leader: Option<NodeId>) -> String {
@@ -148,6 +152,7 @@ impl From<Error> for Status {
             Error::Filter(_) => Code::InvalidArgument,
             Error::Unavailable { .. } => Code::Unavailable,
             Error::Replica { .. } => Code::Internal,
+            Error::Config(_) => Code::FailedPrecondition,
         };
         let mut status = Status::new(code, error.to_string());
         if let Error::Unavailable {

@@ -1,25 +1,36 @@
-//! A leakbloom node: the replicas of every shard, the set state machine, and the public
-//! `leakbloom.v1.Lookup` gRPC service.
+//! A leakbloom node: replicas of the shards it hosts, each one member of that shard's Raft
+//! group, the set state machine they apply, the public `leakbloom.v1.Lookup` gRPC service and
+//! the peer service other nodes use.
 //!
 //! # Layout
 //! - [`shard`]: key → shard (key bytes 0..8, multiply-shift).
+//! - [`cluster`]: the static layout (nodes, replica placement) and the record of it kept in the
+//!   data directory, which makes a node refuse to start with another shard count.
 //! - [`set`]: set names and parameters ([`set::SetSpec`]) and a set's per-shard
 //!   [`set::Partition`] (one filter).
-//! - [`state`]: one shard's state machine; every change is a `Command` applied by
-//!   [`state::ShardState::apply`], deterministically, in log order.
+//! - [`state`]: one shard's state machine; every change is a `Command` applied
+//!   deterministically, in log order; snapshots of the whole shard.
+//! - [`machine`]: [`state::ShardState`] as a `leakbloom_raft::StateMachine` (commands and
+//!   their outcomes as bytes).
 //! - [`node`]: the operations ([`Node::check`], [`Node::insert`], set management): validate,
-//!   split by shard, propose one command per shard, read from applied state.
-//! - [`service`]: the `Lookup` gRPC service over a [`Node`]; [`server`]: the tonic server with
-//!   health and reflection.
+//!   split by shard, commit one command per touched shard through its leader, read from the
+//!   applied state after a ReadIndex barrier (or at once for any-replica reads).
+//! - [`peer`]: the peer gRPC service (Raft messages batched per destination, snapshots in
+//!   chunks, forwarded proposals and checks) and [`peer::Peers`], its client side and the Raft
+//!   transport.
+//! - [`service`]: the `Lookup` gRPC service over a [`Node`]; [`server`]: both tonic servers
+//!   (client port with health and reflection, peer port).
 //! - [`error`]: the [`Error`] enum and the single conversion into `tonic::Status`.
 //! - [`config`]: the typed [`Config`].
 //!
 //! # Caveats
-//! State lives in memory only, one replica per shard, and `Node::propose` applies commands
-//! directly. Replication (Raft groups per shard, durable logs, snapshots) replaces `propose`
-//! and leaves the rest as it is. A set is created and dropped shard by shard; with a single
-//! process nothing can observe the half-way state.
+//! - Membership is static: nodes and replication are fixed at bootstrap (no adding or removing
+//!   nodes yet).
+//! - A set is created and dropped shard by shard, each shard its own Raft group: a crash
+//!   part-way leaves it on some shards, invisible until the request is retried (see [`node`]).
+//! - The peer port has no authentication; keep it on a private network.
 
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod node;
@@ -32,6 +43,6 @@ pub mod state;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use node::Node;
-pub use server::Server;
+pub use server::{Server, StartError};
 pub mod machine;
 pub mod peer;

@@ -1,23 +1,52 @@
 //! The node's operations, independent of gRPC: validate a request, turn a change into one
-//! [`Command`] per shard and apply it through `Node::propose`, answer reads from the shards'
-//! state.
+//! [`Command`] per touched shard and commit it through that shard's Raft group, answer reads
+//! from the replicas' applied state.
 //!
-//! Today every shard is a single in-memory replica and `propose` applies the command at once.
-//! Replication puts a Raft group behind `propose` (commit first, then apply on every replica);
-//! nothing above it changes.
+//! # Writes
+//! [`Node::insert`] splits the keys by shard and proposes one `Insert` command per touched
+//! shard, all concurrently. A proposal goes to the shard's leader: the local replica when this
+//! node leads, otherwise the leader node through the peer `Propose` RPC. A retryable failure
+//! (no leader yet, leadership moved, leader unreachable) is retried with backoff for up to
+//! [`PROPOSE_TIMEOUT`], then reported as `UNAVAILABLE` with the leader hint. Inserts are
+//! idempotent (bits only get set), so a retry after an ambiguous failure is harmless. The
+//! request is acknowledged only when every touched shard has committed and applied its part.
+//!
+//! # Reads
+//! A `CONSISTENCY_LINEARIZABLE` check first gets a read index from every touched local replica
+//! (concurrent reads share ReadIndex rounds in the driver) and waits until the replica has
+//! applied it; then it reads the filters. `CONSISTENCY_ANY_REPLICA` reads the local filters at
+//! once. Shards this node holds no replica of are checked by a replica node through the peer
+//! `Check` RPC.
+//!
+//! # Sets
+//! `CreateSet` and `DropSet` are proposed to every shard. They are not atomic across shards: a
+//! crash part-way leaves the set on some shards only. Such a set is invisible (checks and
+//! inserts answer `NOT_FOUND`, `ListSets` skips it) until the same `CreateSet` or `DropSet` is
+//! retried, which completes it (both are idempotent per shard).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::{join_all, try_join_all};
 use leakbloom_filter::{Filter, KEY_LEN};
 use leakbloom_proto::v1::{
     command, Command, Consistency, CreateSetRequest, DropSetCommand, InsertCommand, SetInfo,
-    SetResult,
+    SetResult, ShardCheckRequest, ShardCheckResponse,
 };
-use std::sync::Arc;
+use leakbloom_raft::{
+    Driver, GroupHandle, GroupId, GroupNode, NodeConfig, NodeId, Store, Transport,
+};
+use prost::Message as _;
+use raft::StateRole;
 
+use crate::cluster::Layout;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::machine::{self, Machine};
+use crate::peer::{Local, Peers};
 use crate::set::{self, Partition, SetSpec};
 use crate::shard::{shard_of, ShardId};
 use crate::state::{Applied, ShardState};
@@ -25,18 +54,98 @@ use crate::state::{Applied, ShardState};
 /// How many keys ahead a check prefetches filter blocks: the engine's measured batch distance.
 const PREFETCH_DISTANCE: usize = leakbloom_filter::CHECK_PREFETCH_DISTANCE;
 
-/// A node: the replicas of every shard it hosts.
+/// How long a proposal keeps retrying retryable failures: longer than an election (1-2 s with
+/// default ticks), so a write survives one leader change.
+pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// First retry delay; doubled up to [`MAX_BACKOFF`]. A new leader usually answers in a tick.
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Longest retry delay: a few ticks, so a retry never waits long after a leader appears.
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
+
+/// This node's replica of one shard.
+#[derive(Debug)]
+struct Replica {
+    state: Arc<ShardState>,
+    handle: GroupHandle,
+}
+
+/// A node: the replicas of the shards it hosts, and the way to every other shard.
 #[derive(Debug)]
 pub struct Node {
     config: Config,
-    shards: Vec<ShardState>,
+    layout: Layout,
+    peers: Arc<Peers>,
+    /// Indexed by shard; `None` where this node holds no replica.
+    replicas: Vec<Option<Replica>>,
+    /// Last leader learned for each shard not hosted here (0: unknown).
+    leaders: Vec<AtomicU64>,
 }
 
 impl Node {
-    /// A node with empty state for every shard of `config.shards`.
-    pub fn new(config: Config) -> Node {
-        let shards = (0..config.shards).map(ShardState::new).collect();
-        Node { config, shards }
+    /// Opens the node's data directory and starts a Raft group for every shard it hosts,
+    /// sending through `peers`. Blocking (recovers every replica from disk): call it off the
+    /// async runtime. A fresh group's preferred leader (its first replica) campaigns at once, so
+    /// a new cluster elects leaders spread over the nodes within a tick or two.
+    pub fn open(config: Config, peers: Arc<Peers>) -> Result<Node> {
+        config.validate()?;
+        let layout = config.layout()?;
+        config.record()?.check_or_create(&config.data_dir)?;
+        let store = Store::open(config.data_dir.join("raft")).map_err(|e| Error::Replica {
+            shard: 0,
+            reason: e.to_string(),
+        })?;
+        let tick = Duration::from_millis(config.tick_ms);
+        let node_config = NodeConfig {
+            snapshot_entries: config.snapshot_entries,
+            ..NodeConfig::default()
+        };
+        let transport: Arc<dyn Transport> = peers.clone();
+        let mut replicas = Vec::with_capacity(config.shards as usize);
+        for shard in 0..config.shards {
+            let voters = layout.replicas(shard);
+            if !voters.contains(&config.id) {
+                replicas.push(None);
+                continue;
+            }
+            let replica_error = |e: leakbloom_raft::Error| Error::Replica {
+                shard,
+                reason: e.to_string(),
+            };
+            let storage = store.group(GroupId::from(shard)).map_err(replica_error)?;
+            let fresh = storage.is_empty();
+            let state = Arc::new(ShardState::new(shard));
+            let mut group = GroupNode::new(
+                config.id,
+                storage,
+                &voters,
+                Machine::new(state.clone()),
+                node_config.clone(),
+            )
+            .map_err(replica_error)?;
+            if voters.len() == 1 || (fresh && voters[0] == config.id) {
+                group.campaign().map_err(replica_error)?;
+            }
+            let handle = Driver::spawn(group, transport.clone(), tick);
+            replicas.push(Some(Replica { state, handle }));
+        }
+        tracing::info!(
+            node = config.id,
+            shards = config.shards,
+            replication = layout.replication(),
+            hosted = replicas.iter().filter(|r| r.is_some()).count(),
+            data_dir = %config.data_dir.display(),
+            "replicas started"
+        );
+        let leaders = (0..config.shards).map(|_| AtomicU64::new(0)).collect();
+        Ok(Node {
+            config,
+            layout,
+            peers,
+            replicas,
+            leaders,
+        })
     }
 
     /// The node's configuration.
@@ -44,14 +153,93 @@ impl Node {
         &self.config
     }
 
-    /// The state of one shard (for tests and diagnostics).
-    pub fn shard(&self, shard: ShardId) -> &ShardState {
-        &self.shards[shard as usize]
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.config.id
     }
 
-    /// Hands `command` to shard `shard` and returns its result once applied.
-    async fn propose(&self, shard: ShardId, command: Command) -> Result<Applied> {
-        self.shards[shard as usize].apply(&command)
+    /// The replica layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// This node's replica state of `shard`, if it hosts one (for tests and diagnostics).
+    pub fn shard(&self, shard: ShardId) -> Option<&Arc<ShardState>> {
+        self.replica(shard).map(|r| &r.state)
+    }
+
+    /// This node's Raft handle of `shard`, if it hosts a replica.
+    pub fn group(&self, shard: ShardId) -> Option<&GroupHandle> {
+        self.replica(shard).map(|r| &r.handle)
+    }
+
+    fn replica(&self, shard: ShardId) -> Option<&Replica> {
+        self.replicas.get(shard as usize)?.as_ref()
+    }
+
+    /// Stops every local replica and waits until their stores are closed.
+    pub async fn shutdown(&self) {
+        join_all(self.replicas.iter().flatten().map(|r| r.handle.shutdown())).await;
+    }
+
+    /// The node that leads `shard`, as far as this node knows.
+    fn leader_of(&self, shard: ShardId) -> Option<NodeId> {
+        match self.replica(shard) {
+            Some(replica) => {
+                let leadership = replica.handle.leadership();
+                if leadership.role == StateRole::Leader {
+                    Some(self.id())
+                } else {
+                    leadership.leader
+                }
+            }
+            None => match self.leaders[shard as usize].load(Ordering::Relaxed) {
+                // Unknown: ask the preferred leader, which answers or hints.
+                0 => self.layout.replicas(shard).first().copied(),
+                leader => Some(leader),
+            },
+        }
+    }
+
+    /// Commits `command` on shard `shard` through its leader and returns what applying it did.
+    async fn propose(&self, shard: ShardId, command: &Command) -> Result<Applied> {
+        let bytes = Bytes::from(command.encode_to_vec());
+        let deadline = Instant::now() + PROPOSE_TIMEOUT;
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let attempt = match self.leader_of(shard) {
+                Some(leader) if leader == self.id() => {
+                    let replica = self.replica(shard).expect("a leader hosts a replica");
+                    replica
+                        .handle
+                        .propose(bytes.to_vec())
+                        .await
+                        .map(Bytes::from)
+                        .map_err(|e| raft_error(shard, e))
+                }
+                Some(leader) => {
+                    self.peers
+                        .propose(leader, GroupId::from(shard), bytes.clone())
+                        .await
+                }
+                None => Err(Error::Unavailable {
+                    shard,
+                    leader: None,
+                    reason: "no leader elected yet".into(),
+                }),
+            };
+            match attempt {
+                Ok(result) => return machine::decode_outcome(shard, &result),
+                Err(Error::Unavailable { leader, .. }) if Instant::now() + backoff < deadline => {
+                    if let Some(leader) = leader {
+                        self.leaders[shard as usize].store(leader, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Splits packed key bytes into keys after checking the batch limits.
@@ -68,13 +256,67 @@ impl Node {
         }
     }
 
-    /// The partitions of set `name` on every shard, indexed by shard.
-    fn partitions(&self, name: &str) -> Result<Vec<Arc<Partition>>> {
-        self.shards
+    /// The local replicas' states, in shard order.
+    fn local_states(&self) -> impl Iterator<Item = &Arc<ShardState>> {
+        self.replicas.iter().flatten().map(|r| &r.state)
+    }
+
+    /// Names of every set (as the local replicas see it), in name order.
+    fn set_names(&self) -> Vec<String> {
+        self.local_states()
+            .next()
+            .map(|state| {
+                state
+                    .partitions()
+                    .into_iter()
+                    .map(|p| p.spec.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The partitions of set `name` on every shard, indexed by shard (`None` for shards not
+    /// hosted here). `NOT_FOUND` unless every local replica has it.
+    fn partitions(&self, name: &str) -> Result<Vec<Option<Arc<Partition>>>> {
+        self.replicas
             .iter()
-            .map(|shard| shard.partition(name))
+            .map(|replica| match replica {
+                Some(replica) => replica.state.partition(name).map(Some),
+                None => Some(None),
+            })
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| Error::SetNotFound(name.to_string()))
+    }
+
+    /// The sets a check asks for (every set when `sets` is empty), validated.
+    fn check_sets(&self, sets: &[String]) -> Result<Vec<String>> {
+        if sets.is_empty() {
+            return Ok(self.set_names());
+        }
+        let mut seen = HashSet::new();
+        for name in sets {
+            set::validate_name(name)?;
+            if !seen.insert(name.as_str()) {
+                return Err(Error::DuplicateSet(name.clone()));
+            }
+        }
+        Ok(sets.to_vec())
+    }
+
+    /// Waits until every listed local replica has applied a linearizable read point.
+    async fn read_barrier(&self, shards: impl Iterator<Item = ShardId>) -> Result<()> {
+        try_join_all(shards.filter_map(|shard| {
+            let replica = self.replica(shard)?;
+            Some(async move {
+                replica
+                    .handle
+                    .read_index()
+                    .await
+                    .map_err(|e| raft_error(shard, e))
+            })
+        }))
+        .await?;
+        Ok(())
     }
 
     /// Which of `sets` (every set when empty) may contain each key: one bitmap per set.
@@ -85,61 +327,177 @@ impl Node {
         consistency: i32,
     ) -> Result<Vec<SetResult>> {
         let keys = self.keys(keys)?;
-        // A single replica per shard has applied everything it acknowledged, so both
-        // consistency levels read the same state; the value still has to be a known one.
-        Consistency::try_from(consistency).map_err(|_| Error::Consistency(consistency))?;
-        let sets: Vec<(String, Vec<Arc<Partition>>)> = if sets.is_empty() {
-            self.set_names()
-                .into_iter()
-                .filter_map(|name| Some((name.clone(), self.partitions(&name).ok()?)))
-                .collect()
-        } else {
-            let mut seen = HashSet::new();
-            sets.iter()
-                .map(|name| {
-                    set::validate_name(name)?;
-                    if !seen.insert(name.as_str()) {
-                        return Err(Error::DuplicateSet(name.clone()));
-                    }
-                    Ok((name.clone(), self.partitions(name)?))
-                })
-                .collect::<Result<_>>()?
-        };
-        let shard_ids: Vec<ShardId> = keys
+        let consistency =
+            Consistency::try_from(consistency).map_err(|_| Error::Consistency(consistency))?;
+        let shards = self.config.shards;
+        let shard_ids: Vec<ShardId> = keys.iter().map(|key| shard_of(key, shards)).collect();
+        let mut touched = vec![false; shards as usize];
+        for &shard in &shard_ids {
+            touched[shard as usize] = true;
+        }
+        let touched: Vec<ShardId> = (0..shards).filter(|&s| touched[s as usize]).collect();
+        if consistency == Consistency::Linearizable {
+            self.read_barrier(touched.iter().copied()).await?;
+        }
+        let names = self.check_sets(sets)?;
+        let partitions = names
             .iter()
-            .map(|key| shard_of(key, self.config.shards))
+            .map(|name| self.partitions(name))
+            .collect::<Result<Vec<_>>>()?;
+        let mut bitmaps: Vec<Vec<u8>> = partitions
+            .iter()
+            .map(|partitions| check_bitmap(partitions, keys, &shard_ids))
             .collect();
-        Ok(sets
+        // Shards without a local replica: ask a replica node, then scatter its bits back.
+        let remote: Vec<ShardId> = touched
             .into_iter()
-            .map(|(set, partitions)| SetResult {
+            .filter(|&shard| self.replica(shard).is_none())
+            .collect();
+        let answers = try_join_all(remote.iter().map(|&shard| {
+            let positions: Vec<usize> =
+                (0..keys.len()).filter(|&i| shard_ids[i] == shard).collect();
+            let mut packed = Vec::with_capacity(positions.len() * KEY_LEN);
+            for &i in &positions {
+                packed.extend_from_slice(&keys[i]);
+            }
+            let request = ShardCheckRequest {
+                group: GroupId::from(shard),
+                sets: names.clone(),
+                keys: packed.into(),
+                consistency: consistency.into(),
+            };
+            async move {
+                let answer = self.remote_check(shard, request).await?;
+                Ok::<_, Error>((positions, answer))
+            }
+        }))
+        .await?;
+        for (positions, answer) in answers {
+            for (bitmap, present) in bitmaps.iter_mut().zip(&answer.present) {
+                for (j, &i) in positions.iter().enumerate() {
+                    if present
+                        .get(j / 8)
+                        .is_some_and(|byte| byte & (1 << (j % 8)) != 0)
+                    {
+                        bitmap[i / 8] |= 1 << (i % 8);
+                    }
+                }
+            }
+        }
+        Ok(names
+            .into_iter()
+            .zip(bitmaps)
+            .map(|(set, present)| SetResult {
                 set,
-                present: check_bitmap(&partitions, keys, &shard_ids).into(),
+                present: present.into(),
             })
             .collect())
     }
 
-    /// Adds keys to a set. Returns the number of keys once every shard applied its part.
+    /// Checks one shard on a node holding a replica of it: the leader when known, else each
+    /// replica in turn.
+    async fn remote_check(
+        &self,
+        shard: ShardId,
+        request: ShardCheckRequest,
+    ) -> Result<ShardCheckResponse> {
+        let mut candidates = self.layout.replicas(shard);
+        if let Some(leader) = self.leader_of(shard) {
+            candidates.retain(|&node| node != leader);
+            candidates.insert(0, leader);
+        }
+        let mut last = None;
+        for node in candidates {
+            match self.peers.check(node, request.clone()).await {
+                Ok(answer) if answer.present.len() == request.sets.len() => return Ok(answer),
+                Ok(_) => {
+                    last = Some(Error::Replica {
+                        shard,
+                        reason: format!("node {node} answered a check with the wrong set count"),
+                    })
+                }
+                Err(error @ Error::Unavailable { .. }) => last = Some(error),
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last.unwrap_or(Error::Unavailable {
+            shard,
+            leader: None,
+            reason: "no replica answered".into(),
+        }))
+    }
+
+    /// Serves a check of one local shard for another node (the peer `Check` RPC).
+    async fn check_local_shard(&self, request: ShardCheckRequest) -> Result<ShardCheckResponse> {
+        let shard = ShardId::try_from(request.group)
+            .ok()
+            .filter(|&shard| self.replica(shard).is_some())
+            .ok_or_else(|| Error::Unavailable {
+                shard: request.group as ShardId,
+                leader: None,
+                reason: format!("node {} holds no replica of it", self.id()),
+            })?;
+        let replica = self.replica(shard).expect("checked above");
+        let (keys, rest) = request.keys.as_chunks::<KEY_LEN>();
+        if !rest.is_empty() {
+            return Err(Error::KeyLength {
+                len: request.keys.len(),
+            });
+        }
+        let consistency = Consistency::try_from(request.consistency)
+            .map_err(|_| Error::Consistency(request.consistency))?;
+        if consistency == Consistency::Linearizable {
+            self.read_barrier(std::iter::once(shard)).await?;
+        }
+        let present = request
+            .sets
+            .iter()
+            .map(|name| {
+                let partition = replica
+                    .state
+                    .partition(name)
+                    .ok_or_else(|| Error::SetNotFound(name.clone()))?;
+                let mut bitmap = vec![0u8; keys.len().div_ceil(8)];
+                for (i, key) in keys.iter().enumerate() {
+                    if partition.filter.contains(key) {
+                        bitmap[i / 8] |= 1 << (i % 8);
+                    }
+                }
+                Ok(Bytes::from(bitmap))
+            })
+            .collect::<Result<_>>()?;
+        Ok(ShardCheckResponse { present })
+    }
+
+    /// Adds keys to a set. Returns the number of keys once every touched shard has committed and
+    /// applied its part.
     pub async fn insert(&self, set: &str, keys: Bytes) -> Result<u64> {
         set::validate_name(set)?;
         let parsed = self.keys(&keys)?;
-        self.partitions(set)?;
-        let mut per_shard: Vec<Vec<u8>> = vec![Vec::new(); self.shards.len()];
+        if self.partitions(set).is_err() {
+            // This replica may not have applied a set just created through another node yet.
+            self.read_barrier(0..self.config.shards).await?;
+            self.partitions(set)?;
+        }
+        let mut per_shard: Vec<Vec<u8>> = vec![Vec::new(); self.config.shards as usize];
         for key in parsed {
             per_shard[shard_of(key, self.config.shards) as usize].extend_from_slice(key);
         }
-        for (shard, shard_keys) in per_shard.into_iter().enumerate() {
-            if shard_keys.is_empty() {
-                continue;
-            }
-            let command = Command {
-                id: 0,
-                kind: Some(command::Kind::Insert(InsertCommand {
-                    set: set.to_string(),
-                    keys: shard_keys.into(),
-                })),
-            };
-            self.propose(shard as ShardId, command).await?;
-        }
+        let proposals = per_shard
+            .into_iter()
+            .enumerate()
+            .filter(|(_, keys)| !keys.is_empty())
+            .map(|(shard, keys)| {
+                let command = Command {
+                    id: 0,
+                    kind: Some(command::Kind::Insert(InsertCommand {
+                        set: set.to_string(),
+                        keys: keys.into(),
+                    })),
+                };
+                async move { self.propose(shard as ShardId, &command).await }
+            });
+        try_join_all(proposals).await?;
         Ok(parsed.len() as u64)
     }
 
@@ -152,7 +510,10 @@ impl Node {
             &request.hashing,
         )?;
         let geometry = spec.partition_geometry(self.config.shards)?;
-        if let Some(existing) = self.shards[0].partition(&spec.name) {
+        let existing = self
+            .local_states()
+            .find_map(|state| state.partition(&spec.name));
+        if let Some(existing) = existing {
             if existing.spec != spec {
                 return Err(Error::SetExists {
                     name: spec.name.clone(),
@@ -161,34 +522,33 @@ impl Node {
                 });
             }
         } else {
-            self.check_limits(
-                &spec,
-                geometry.bytes().saturating_mul(self.shards.len() as u64),
-            )?;
+            let hosted = self.local_states().count() as u64;
+            self.check_limits(&spec, geometry.bytes().saturating_mul(hosted))?;
         }
         let create = spec.command(geometry);
-        for shard in 0..self.config.shards {
+        try_join_all((0..self.config.shards).map(|shard| {
             let command = Command {
                 id: 0,
                 kind: Some(command::Kind::CreateSet(create.clone())),
             };
-            self.propose(shard, command).await?;
-        }
+            async move { self.propose(shard, &command).await }
+        }))
+        .await?;
+        // Leaders applied it; this node's replicas may lag behind: answer from caught-up state.
+        self.read_barrier(0..self.config.shards).await?;
         self.set_info(&spec.name)
     }
 
     /// Refuses a new set that would take the node over `max_sets` or `max_filter_memory`.
     fn check_limits(&self, spec: &SetSpec, needed: u64) -> Result<()> {
-        let partitions = self.shards[0].partitions();
-        if partitions.len() >= self.config.max_sets {
+        if self.set_names().len() >= self.config.max_sets {
             return Err(Error::TooManySets {
                 max: self.config.max_sets,
             });
         }
         let used: u64 = self
-            .shards
-            .iter()
-            .flat_map(|shard| shard.partitions())
+            .local_states()
+            .flat_map(|state| state.partitions())
             .map(|p| p.filter.memory_bytes())
             .sum();
         let limit = self.config.max_filter_memory;
@@ -207,15 +567,19 @@ impl Node {
     /// Drops a set from every shard.
     pub async fn drop_set(&self, name: &str) -> Result<()> {
         set::validate_name(name)?;
-        let mut found = false;
-        for shard in 0..self.config.shards {
+        let results = join_all((0..self.config.shards).map(|shard| {
             let command = Command {
                 id: 0,
                 kind: Some(command::Kind::DropSet(DropSetCommand {
                     name: name.to_string(),
                 })),
             };
-            match self.propose(shard, command).await {
+            async move { self.propose(shard, &command).await }
+        }))
+        .await;
+        let mut found = false;
+        for result in results {
+            match result {
                 Ok(_) => found = true,
                 Err(Error::SetNotFound(_)) => {}
                 Err(e) => return Err(e),
@@ -226,15 +590,6 @@ impl Node {
         } else {
             Err(Error::SetNotFound(name.to_string()))
         }
-    }
-
-    /// Names of every set, in name order.
-    fn set_names(&self) -> Vec<String> {
-        self.shards[0]
-            .partitions()
-            .into_iter()
-            .map(|p| p.spec.name.clone())
-            .collect()
     }
 
     /// Every set with its statistics, in name order.
@@ -253,13 +608,49 @@ impl Node {
     }
 
     fn set_info(&self, name: &str) -> Result<SetInfo> {
-        let partitions = self.partitions(name)?;
-        Ok(set_info(&partitions))
+        let partitions: Vec<Arc<Partition>> =
+            self.partitions(name)?.into_iter().flatten().collect();
+        if partitions.is_empty() {
+            return Err(Error::SetNotFound(name.to_string()));
+        }
+        Ok(set_info(&partitions, self.config.shards))
     }
 }
 
-/// Sums a set's statistics over its partitions (one per shard).
-fn set_info(partitions: &[Arc<Partition>]) -> SetInfo {
+/// Turns a Raft error of a local replica into the node's error.
+fn raft_error(shard: ShardId, error: leakbloom_raft::Error) -> Error {
+    match error {
+        leakbloom_raft::Error::NotLeader { leader, .. } => Error::Unavailable {
+            shard,
+            leader,
+            reason: "this replica does not lead the shard (or leadership moved)".into(),
+        },
+        other => Error::Replica {
+            shard,
+            reason: other.to_string(),
+        },
+    }
+}
+
+#[tonic::async_trait]
+impl Local for Node {
+    fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    fn replica(&self, group: GroupId) -> Option<GroupHandle> {
+        let shard = ShardId::try_from(group).ok()?;
+        self.group(shard).cloned()
+    }
+
+    async fn check_shard(&self, request: ShardCheckRequest) -> Result<ShardCheckResponse> {
+        self.check_local_shard(request).await
+    }
+}
+
+/// Sums a set's statistics over the partitions this node holds. When it holds only some shards
+/// the key count and memory are scaled to all `shards` (keys spread evenly over shards).
+fn set_info(partitions: &[Arc<Partition>], shards: u32) -> SetInfo {
     let spec = &partitions[0].spec;
     let geometry = partitions[0].filter.geometry();
     let (mut bits, mut bits_set, mut keys, mut fpr_sum, mut memory) = (0u64, 0u64, 0u64, 0.0, 0);
@@ -271,40 +662,52 @@ fn set_info(partitions: &[Arc<Partition>]) -> SetInfo {
         fpr_sum += stats.estimated_fpr;
         memory += partition.filter.memory_bytes();
     }
+    let scale = |value: u64| value * u64::from(shards) / partitions.len() as u64;
     SetInfo {
         name: spec.name.clone(),
         capacity: spec.capacity,
         fpr: spec.fpr,
         hashing: spec.hashing.to_string(),
-        estimated_keys: keys,
+        estimated_keys: scale(keys),
         fill_ratio: bits_set as f64 / bits as f64,
         // Keys are uniform over shards: an absent key meets each shard's filter equally often.
         estimated_fpr: fpr_sum / partitions.len() as f64,
-        memory_bytes: memory,
-        shards: partitions.len() as u32,
+        memory_bytes: scale(memory),
+        shards,
         hash_count: geometry.hashes,
-        bits_per_key: bits as f64 / spec.capacity as f64,
+        bits_per_key: bits as f64 * f64::from(shards)
+            / partitions.len() as f64
+            / spec.capacity as f64,
     }
 }
 
-/// Checks `keys` against one set's partitions (indexed by shard): bit i of the result is set
-/// when key i may be present. Prefetches the block of key `i + PREFETCH_DISTANCE` while
-/// checking key `i`, so cache misses overlap across shards' filters.
+/// Checks `keys` against one set's partitions (indexed by shard; `None` for shards checked
+/// elsewhere, whose bits stay 0): bit i of the result is set when key i may be present.
+/// Prefetches the block of key `i + PREFETCH_DISTANCE` while checking key `i`, so cache misses
+/// overlap across shards' filters.
 fn check_bitmap(
-    partitions: &[Arc<Partition>],
+    partitions: &[Option<Arc<Partition>>],
     keys: &[[u8; KEY_LEN]],
     shard_ids: &[ShardId],
 ) -> Vec<u8> {
-    let filter = |i: usize| -> &Filter { &partitions[shard_ids[i] as usize].filter };
+    let filter = |i: usize| -> Option<&Filter> {
+        partitions[shard_ids[i] as usize]
+            .as_ref()
+            .map(|p| &p.filter)
+    };
     let mut bitmap = vec![0u8; keys.len().div_ceil(8)];
     for (i, key) in keys.iter().enumerate().take(PREFETCH_DISTANCE) {
-        filter(i).prefetch(key);
+        if let Some(filter) = filter(i) {
+            filter.prefetch(key);
+        }
     }
     for (i, key) in keys.iter().enumerate() {
         if let Some(ahead) = keys.get(i + PREFETCH_DISTANCE) {
-            filter(i + PREFETCH_DISTANCE).prefetch(ahead);
+            if let Some(filter) = filter(i + PREFETCH_DISTANCE) {
+                filter.prefetch(ahead);
+            }
         }
-        if filter(i).contains(key) {
+        if filter(i).is_some_and(|filter| filter.contains(key)) {
             bitmap[i / 8] |= 1 << (i % 8);
         }
     }

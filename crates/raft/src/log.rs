@@ -33,7 +33,10 @@ impl Drain for TracingDrain {
         match record.level() {
             Level::Critical | Level::Error => tracing::error!(target: "raft", "{msg}{kv}"),
             Level::Warning => tracing::warn!(target: "raft", "{msg}{kv}"),
-            Level::Info => tracing::info!(target: "raft", "{msg}{kv}"),
+            // raft-rs narrates every election step of every group at info (hundreds of lines
+            // when a node with many groups starts); leadership changes are logged by
+            // `GroupNode` instead.
+            Level::Info => tracing::debug!(target: "raft", "{msg}{kv}"),
             Level::Debug => tracing::debug!(target: "raft", "{msg}{kv}"),
             Level::Trace => tracing::trace!(target: "raft", "{msg}{kv}"),
         }

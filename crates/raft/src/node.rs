@@ -378,14 +378,25 @@ impl<M: StateMachine> GroupNode<M> {
                 ));
             }
         }
-        tracing::info!(
-            group = self.group,
-            node = self.id,
-            role = ?role,
-            leader,
-            term = now.term,
-            "leadership changed"
-        );
+        // A known leader is news for operators; the candidate steps before it are not.
+        if now.leader.is_some() {
+            tracing::info!(
+                group = self.group,
+                node = self.id,
+                role = ?role,
+                leader,
+                term = now.term,
+                "leadership changed"
+            );
+        } else {
+            tracing::debug!(
+                group = self.group,
+                node = self.id,
+                role = ?role,
+                term = now.term,
+                "leadership changed"
+            );
+        }
         self.leadership = now;
         out.leadership = Some(now);
     }

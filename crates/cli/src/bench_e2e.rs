@@ -1,0 +1,632 @@
+//! `leakbloom bench e2e`: an end-to-end load generator against a node (or router) on this
+//! machine, through the generated tonic client.
+//!
+//! It opens `--conns` separate HTTP/2 connections (TCP_NODELAY, 256 KiB frames, as
+//! `leakbloom_client` connects), keeps `--concurrency` requests in flight spread over them
+//! (one task per in-flight request, task `t` on connection `t % conns`), and sends `Check` or
+//! `Insert` requests of `--batch` random keys to one set for `--seconds` after a `--warmup`.
+//! It prints exactly one line on stdout:
+//!
+//! ```text
+//! mode=check batch=1024 conns=2 consistency=any keys_per_s=8501373 p50_ms=1.450 p99_ms=8.126 p999_ms=16.056 errors=0
+//! ```
+//!
+//! - `keys_per_s`: keys in successful requests started in the measured window, divided by the
+//!   time from the window's start until the last of them finished. For `batch=1` it is also the
+//!   request rate; `requests_per_s` and the largest latency go to stderr.
+//! - `p50_ms`, `p99_ms`, `p999_ms`: latency of one successful request (send to decoded reply)
+//!   as the client sees it, from a log-linear histogram (≤ 0.8 % relative error), in ms.
+//! - `errors`: failed requests in the measured window (error statuses, malformed replies, and
+//!   requests still unanswered [`STRAGGLER_TIMEOUT`] after the window). The first error's code
+//!   and message go to stderr once; keys never do.
+//!
+//! Before the timed window it connects, generates all key buffers (from `--seed`, so the
+//! generator does not time its own random numbers; each request sends a refcounted `Bytes`
+//! slice of them, which prost copies once into the HTTP/2 buffer, with no packing of its own)
+//! and sends one probe request, so a missing set, an oversized batch or
+//! an unreachable server fails at once with a message saying what to do. The set must exist:
+//! this command never creates one.
+//!
+//! Caveats:
+//! - Loopback only (127.0.0.0/8, `[::1]`, `localhost`): this tool generates heavy load, so any
+//!   other address is refused before a connection is made.
+//! - Client and server share this machine's cores (2 on the project's VMs): a faster client
+//!   leaves less CPU to the server, so read the numbers as "this machine serving and loading
+//!   itself", a lower bound for a server with cores of its own. Compare runs on one machine only.
+//! - Keys are uniform random. A check of random keys is mostly absent keys; an insert of them
+//!   fills the set past its capacity if run long enough (the pool of at most
+//!   [`POOL_KEYS`] keys repeats, so bits stop changing, but the work per key does not).
+//! - `--consistency linearizable` costs whatever the node's linearizable read costs (a Raft
+//!   ReadIndex round where replication is wired in): run `any` beside it to see that cost.
+//! - It runs on the CLI's multi-thread tokio runtime: a current-thread client runtime measured
+//!   no better here (single-key checks within noise, batch 1024 about 10 % slower).
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use bytes::Bytes;
+use leakbloom_client::Client;
+use leakbloom_proto::v1::lookup_client::LookupClient;
+use leakbloom_proto::v1::{CheckRequest, InsertRequest};
+use rand::{rngs::StdRng, RngCore, SeedableRng};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::DEFAULT_ADDR;
+
+/// Most keys per request: 32 MiB of keys, far past any server's `max_batch`.
+const MAX_BATCH: usize = 1 << 20;
+/// Most requests in flight: each task keeps a 58 KiB histogram, and two cores are saturated
+/// long before this.
+const MAX_CONCURRENCY: usize = 1024;
+/// Longest measured window: a load generator must stop by itself.
+const MAX_SECONDS: f64 = 3600.0;
+/// Longest warm-up.
+const MAX_WARMUP: f64 = 600.0;
+/// Distinct keys generated before the run (32 MiB): enough that checks touch filter blocks
+/// all over memory instead of a few cached ones.
+const POOL_KEYS: usize = 1 << 20;
+/// How long the probe request may take before the run is abandoned.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long requests still in flight at the end of the window may take before they count as
+/// errors: this bounds the whole run to warm-up + seconds + this.
+pub const STRAGGLER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Arguments of `leakbloom bench e2e`.
+#[derive(clap::Args, Debug)]
+pub struct E2eBenchArgs {
+    /// Address of a leakbloom node or router on this machine (loopback only).
+    #[arg(long, env = "LEAKBLOOM_ADDR", default_value = DEFAULT_ADDR)]
+    pub addr: String,
+    /// What each request does.
+    #[arg(long, value_enum, default_value_t = Mode::Check)]
+    pub mode: Mode,
+    /// The set to check or insert into; it must exist (`leakbloom sets create`).
+    #[arg(long, default_value = "demo")]
+    pub set: String,
+    /// Keys per request (1..=1048576; the server refuses more than its max batch).
+    #[arg(long, default_value_t = 1024)]
+    pub batch: usize,
+    /// Separate HTTP/2 connections.
+    #[arg(long, default_value_t = 2)]
+    pub conns: usize,
+    /// Requests in flight at once, spread over the connections (at least --conns).
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Read consistency of checks (inserts are always acknowledged once committed).
+    #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+    pub consistency: ConsistencyArg,
+    /// Length of the measured window in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Seconds of load before the measured window, excluded from the numbers.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Seed of the random keys.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// What each request does.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// `Check` against the one set.
+    Check,
+    /// `Insert` into the set.
+    Insert,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Check => "check",
+            Mode::Insert => "insert",
+        }
+    }
+}
+
+/// Read consistency of checks.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConsistencyArg {
+    /// Any replica's applied state (`CONSISTENCY_ANY_REPLICA`).
+    Any,
+    /// Linearizable (`CONSISTENCY_LINEARIZABLE`).
+    Linearizable,
+}
+
+impl ConsistencyArg {
+    fn name(self) -> &'static str {
+        match self {
+            ConsistencyArg::Any => "any",
+            ConsistencyArg::Linearizable => "linearizable",
+        }
+    }
+
+    fn proto(self) -> leakbloom_proto::v1::Consistency {
+        match self {
+            ConsistencyArg::Any => leakbloom_proto::v1::Consistency::AnyReplica,
+            ConsistencyArg::Linearizable => leakbloom_proto::v1::Consistency::Linearizable,
+        }
+    }
+}
+
+impl E2eBenchArgs {
+    /// Checks the arguments; the error names the first bad one and what is allowed.
+    fn validate(&self) -> Result<()> {
+        ensure!(
+            (1..=MAX_BATCH).contains(&self.batch),
+            "--batch must be 1..={MAX_BATCH} keys, got {}",
+            self.batch
+        );
+        ensure!(self.conns >= 1, "--conns must be at least 1");
+        ensure!(
+            self.concurrency >= self.conns,
+            "--concurrency ({}) must be at least --conns ({}): each connection needs a request \
+             in flight",
+            self.concurrency,
+            self.conns
+        );
+        ensure!(
+            self.concurrency <= MAX_CONCURRENCY,
+            "--concurrency must be at most {MAX_CONCURRENCY}, got {}",
+            self.concurrency
+        );
+        ensure!(
+            self.seconds > 0.0 && self.seconds <= MAX_SECONDS,
+            "--seconds must be more than 0 and at most {MAX_SECONDS}, got {}",
+            self.seconds
+        );
+        ensure!(
+            (0.0..=MAX_WARMUP).contains(&self.warmup),
+            "--warmup must be 0..={MAX_WARMUP} seconds, got {}",
+            self.warmup
+        );
+        ensure!(
+            !(self.mode == Mode::Insert && self.consistency == ConsistencyArg::Any),
+            "--consistency any applies to checks only: inserts are always acknowledged once \
+             committed (drop --consistency, or use --mode check)"
+        );
+        Ok(())
+    }
+}
+
+/// Runs the benchmark and prints its line.
+pub async fn run(args: E2eBenchArgs) -> Result<()> {
+    args.validate()?;
+    let addr = loopback_addr(&args.addr)?;
+    let mut connections = Vec::with_capacity(args.conns);
+    for _ in 0..args.conns {
+        let mut client = Client::connect(&addr).await?;
+        connections.push(client.raw().clone());
+    }
+    let load = Arc::new(Load {
+        mode: args.mode,
+        set: args.set.clone(),
+        consistency: args.consistency.proto().into(),
+        batch: args.batch,
+        buffers: key_buffers(args.batch, args.seed),
+        tasks: args.concurrency,
+    });
+    probe(&load, &mut connections[0], &args).await?;
+
+    let from = Instant::now() + Duration::from_secs_f64(args.warmup);
+    let window = Window {
+        from,
+        until: from + Duration::from_secs_f64(args.seconds),
+    };
+    let tasks: Vec<_> = (0..args.concurrency)
+        .map(|task| {
+            let client = connections[task % args.conns].clone();
+            tokio::spawn(drive(load.clone(), client, task, window))
+        })
+        .collect();
+    let mut total = Tally::default();
+    for task in tasks {
+        total.merge(task.await.context("a load task panicked")?);
+    }
+    let measured = Instant::now().saturating_duration_since(window.from);
+
+    if let Some(status) = &total.first_error {
+        eprintln!(
+            "bench e2e: first error: {:?}: {}",
+            status.code(),
+            status.message()
+        );
+    }
+    let seconds = measured.as_secs_f64();
+    let keys_per_s = total.keys as f64 / seconds;
+    let ms = |q: f64| match total.latency.quantile(q) {
+        Some(nanos) => format!("{:.3}", nanos as f64 / 1e6),
+        None => "nan".to_string(),
+    };
+    println!(
+        "mode={} batch={} conns={} consistency={} keys_per_s={keys_per_s:.0} p50_ms={} \
+         p99_ms={} p999_ms={} errors={}",
+        args.mode.name(),
+        args.batch,
+        args.conns,
+        args.consistency.name(),
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        total.errors,
+    );
+    eprintln!(
+        "bench e2e: concurrency={} requests={} requests_per_s={:.0} max_ms={} measured_s={seconds:.3}",
+        args.concurrency,
+        total.latency.count(),
+        total.latency.count() as f64 / seconds,
+        ms(1.0),
+    );
+    ensure!(
+        total.latency.count() > 0,
+        "no request succeeded in the measured window"
+    );
+    Ok(())
+}
+
+/// `addr` as `host:port` if it names this machine; an error naming the rule otherwise. IP
+/// literals are checked as they are; `localhost` is resolved (from /etc/hosts) and must give
+/// only loopback addresses; any other name is refused without being resolved.
+fn loopback_addr(addr: &str) -> Result<String> {
+    let authority = match addr.split_once("://") {
+        Some(("http", rest)) => rest.trim_end_matches('/'),
+        Some((scheme, _)) => {
+            bail!("unsupported scheme {scheme:?} in --addr {addr:?}: use host:port or http://")
+        }
+        None => addr,
+    };
+    let refuse = || {
+        anyhow::anyhow!(
+            "refusing --addr {addr:?}: bench e2e generates heavy load and only targets this \
+             machine's loopback (127.0.0.0/8, [::1] or localhost, e.g. {DEFAULT_ADDR})"
+        )
+    };
+    if let Ok(socket) = authority.parse::<SocketAddr>() {
+        return match socket.ip().is_loopback() {
+            true => Ok(authority.to_string()),
+            false => Err(refuse()),
+        };
+    }
+    let Some((host, port)) = authority.rsplit_once(':') else {
+        bail!("invalid --addr {addr:?}: expected host:port, e.g. {DEFAULT_ADDR}");
+    };
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("invalid port in --addr {addr:?}"))?;
+    if !host.eq_ignore_ascii_case("localhost") {
+        return Err(refuse());
+    }
+    let resolved: Vec<IpAddr> = (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {host}"))?
+        .map(|socket| socket.ip())
+        .collect();
+    ensure!(
+        !resolved.is_empty() && resolved.iter().all(IpAddr::is_loopback),
+        "refusing --addr {addr:?}: {host} resolves to {resolved:?} here, not only to loopback \
+         addresses; pass 127.0.0.1:{port} instead"
+    );
+    Ok(authority.to_string())
+}
+
+/// The request buffers: `POOL_KEYS / batch` buffers of `batch` random keys each (one buffer of
+/// `batch` keys when that is larger), all slices of one allocation.
+fn key_buffers(batch: usize, seed: u64) -> Vec<Bytes> {
+    let count = (POOL_KEYS / batch).max(1);
+    let len = batch * std::mem::size_of::<leakbloom_client::Key>();
+    let mut pool = vec![0u8; count * len];
+    StdRng::seed_from_u64(seed).fill_bytes(&mut pool);
+    let pool = Bytes::from(pool);
+    (0..count)
+        .map(|i| pool.slice(i * len..(i + 1) * len))
+        .collect()
+}
+
+/// What every request is, shared by all tasks.
+#[derive(Debug)]
+struct Load {
+    mode: Mode,
+    set: String,
+    /// `leakbloom.v1.Consistency` as sent.
+    consistency: i32,
+    batch: usize,
+    buffers: Vec<Bytes>,
+    /// Tasks in all: task `t` sends buffers `t`, `t + tasks`, `t + 2 tasks`, ...
+    tasks: usize,
+}
+
+impl Load {
+    /// Sends one request of `keys` and checks that the reply matches it.
+    async fn send(&self, client: &mut LookupClient<Channel>, keys: Bytes) -> Result<(), Status> {
+        match self.mode {
+            Mode::Check => {
+                let request = CheckRequest {
+                    sets: vec![self.set.clone()],
+                    keys,
+                    consistency: self.consistency,
+                };
+                let reply = client.check(request).await?.into_inner();
+                match reply.results.as_slice() {
+                    [result] if result.present.len() == self.batch.div_ceil(8) => Ok(()),
+                    _ => Err(Status::internal(
+                        "client-side check: the Check reply is not one bitmap of --batch bits",
+                    )),
+                }
+            }
+            Mode::Insert => {
+                let request = InsertRequest {
+                    set: self.set.clone(),
+                    keys,
+                };
+                let reply = client.insert(request).await?.into_inner();
+                match reply.keys == self.batch as u64 {
+                    true => Ok(()),
+                    false => Err(Status::internal(
+                        "client-side check: the Insert reply acknowledged another number of keys",
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// One request before the clock starts: fails the run with a useful message if the set is
+/// missing, the batch too large or the server unwell.
+async fn probe(load: &Load, client: &mut LookupClient<Channel>, args: &E2eBenchArgs) -> Result<()> {
+    let sent = tokio::time::timeout(PROBE_TIMEOUT, load.send(client, load.buffers[0].clone()));
+    let status = match sent.await {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(status)) => status,
+        Err(_) => {
+            bail!("the first request got no reply within {PROBE_TIMEOUT:?}; nothing was measured")
+        }
+    };
+    if status.code() == Code::NotFound {
+        bail!(
+            "set {:?} does not exist on {}: create it first, e.g. `leakbloom sets create {} \
+             --capacity 10000000 --fpr 1e-6 --addr {}` (bench e2e never creates sets); the \
+             server said: {}",
+            args.set,
+            args.addr,
+            args.set,
+            args.addr,
+            status.message()
+        );
+    }
+    bail!(
+        "the first request failed, nothing was measured: {:?}: {}",
+        status.code(),
+        status.message()
+    )
+}
+
+/// The measured window: requests started in `from..until` count.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    from: Instant,
+    until: Instant,
+}
+
+/// One task's (then all tasks') results for the measured window.
+#[derive(Debug, Default)]
+struct Tally {
+    latency: Histogram,
+    /// Keys in successful requests.
+    keys: u64,
+    /// Failed requests.
+    errors: u64,
+    /// The first failure seen, warm-up included.
+    first_error: Option<Status>,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.latency.merge(&other.latency);
+        self.keys += other.keys;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// One in-flight request after another on `client` until the window closes.
+async fn drive(
+    load: Arc<Load>,
+    mut client: LookupClient<Channel>,
+    task: usize,
+    window: Window,
+) -> Tally {
+    let mut tally = Tally::default();
+    let deadline = window.until + STRAGGLER_TIMEOUT;
+    let mut next = task;
+    loop {
+        let started = Instant::now();
+        if started >= window.until {
+            return tally;
+        }
+        let keys = load.buffers[next % load.buffers.len()].clone();
+        next += load.tasks;
+        let result = match tokio::time::timeout_at(deadline, load.send(&mut client, keys)).await {
+            Ok(result) => result,
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no reply within {STRAGGLER_TIMEOUT:?} after the measured window"
+            ))),
+        };
+        let measured = started >= window.from;
+        match result {
+            Ok(()) if measured => {
+                tally.latency.record(started.elapsed().as_nanos() as u64);
+                tally.keys += load.batch as u64;
+            }
+            Ok(()) => {}
+            Err(status) => {
+                tally.errors += u64::from(measured);
+                tally.first_error.get_or_insert(status);
+            }
+        }
+    }
+}
+
+/// Sub-buckets per power of two, as a power of two: 2^7 = 128 gives ≤ 1/128 relative error.
+const SUB_BITS: u32 = 7;
+/// Sub-buckets per power of two.
+const SUB: usize = 1 << SUB_BITS;
+/// Buckets for every `u64`: bucket(u64::MAX) + 1.
+const BUCKETS: usize = (64 - SUB_BITS as usize) * SUB + SUB;
+
+/// A log-linear histogram of nanoseconds: exact below 256, then 128 buckets per power of
+/// two, like HdrHistogram with 2 significant digits, in 58 KiB.
+#[derive(Clone, Debug)]
+struct Histogram {
+    counts: Vec<u64>,
+    count: u64,
+    max: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: vec![0; BUCKETS],
+            count: 0,
+            max: 0,
+        }
+    }
+}
+
+impl Histogram {
+    /// The bucket of `value`: values below 2·SUB have their own; above, the top SUB_BITS + 1
+    /// bits of `value` pick one of SUB buckets in its power of two.
+    fn bucket(value: u64) -> usize {
+        let shift = (63 - (value | 1).leading_zeros()).saturating_sub(SUB_BITS);
+        shift as usize * SUB + (value >> shift) as usize
+    }
+
+    /// The largest value that falls in `bucket`.
+    fn highest(bucket: usize) -> u64 {
+        if bucket < 2 * SUB {
+            return bucket as u64;
+        }
+        let shift = bucket / SUB - 1;
+        let top = (bucket - shift * SUB) as u128;
+        u64::try_from(((top + 1) << shift) - 1).unwrap_or(u64::MAX)
+    }
+
+    fn record(&mut self, value: u64) {
+        self.counts[Self::bucket(value)] += 1;
+        self.count += 1;
+        self.max = self.max.max(value);
+    }
+
+    fn merge(&mut self, other: &Histogram) {
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+        self.count += other.count;
+        self.max = self.max.max(other.max);
+    }
+
+    fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The value at quantile `q` (0..=1): the highest value of the bucket holding the
+    /// ⌈q·count⌉-th smallest value, at most the largest recorded. `None` when empty.
+    fn quantile(&self, q: f64) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
+        let mut seen = 0;
+        for (bucket, &n) in self.counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(Self::highest(bucket).min(self.max));
+            }
+        }
+        unreachable!("the counts add up to count")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_contiguous_and_tight() {
+        assert_eq!(Histogram::bucket(u64::MAX), BUCKETS - 1);
+        assert_eq!(Histogram::highest(BUCKETS - 1), u64::MAX);
+        for bucket in 0..BUCKETS - 1 {
+            let high = Histogram::highest(bucket);
+            assert_eq!(Histogram::bucket(high), bucket, "bucket {bucket}");
+            assert_eq!(Histogram::bucket(high + 1), bucket + 1, "bucket {bucket}");
+        }
+        for value in [0, 1, 255, 256, 257, 1_000_000, 123_456_789_012] {
+            let high = Histogram::highest(Histogram::bucket(value));
+            assert!(high >= value && (high - value) as f64 <= value as f64 / 128.0);
+        }
+    }
+
+    #[test]
+    fn quantiles_of_a_known_distribution() {
+        let mut a = Histogram::default();
+        let mut b = Histogram::default();
+        assert_eq!(a.quantile(0.5), None);
+        for micros in 1..=1000u64 {
+            let target = if micros % 2 == 0 { &mut a } else { &mut b };
+            target.record(micros * 1000);
+        }
+        a.merge(&b);
+        assert_eq!(a.count(), 1000);
+        for (q, exact) in [(0.5, 500_000u64), (0.99, 990_000), (0.999, 999_000)] {
+            let got = a.quantile(q).unwrap();
+            assert!(
+                got >= exact && got - exact <= exact / 128,
+                "q={q} got {got}"
+            );
+        }
+        assert_eq!(a.quantile(1.0), Some(1_000_000));
+        // The smallest value's bucket, reported by its highest value.
+        assert!((1000..=1000 + 1000 / 128).contains(&a.quantile(0.0).unwrap()));
+    }
+
+    #[test]
+    fn only_loopback_addresses_are_accepted() {
+        for ok in [
+            "127.0.0.1:50051",
+            "127.3.2.1:1",
+            "[::1]:50051",
+            "http://127.0.0.1:50051/",
+        ] {
+            assert!(loopback_addr(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(loopback_addr("http://127.0.0.1:7/").unwrap(), "127.0.0.1:7");
+        for refused in [
+            "10.0.0.1:50051",
+            "192.168.1.2:50051",
+            "8.8.8.8:53",
+            "[2001:db8::1]:50051",
+            "example.com:50051",
+            "0.0.0.0:50051",
+        ] {
+            let error = loopback_addr(refused).unwrap_err().to_string();
+            assert!(error.contains("loopback"), "{refused}: {error}");
+        }
+        assert!(loopback_addr("https://127.0.0.1:1").is_err());
+        assert!(loopback_addr("127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn key_buffers_are_slices_of_whole_keys() {
+        let buffers = key_buffers(1000, 7);
+        assert_eq!(buffers.len(), POOL_KEYS / 1000);
+        assert!(buffers.iter().all(|b| b.len() == 32_000));
+        assert_ne!(buffers[0], buffers[1]);
+        assert_eq!(key_buffers(1000, 7)[5], buffers[5]);
+        assert_eq!(key_buffers(MAX_BATCH, 1).len(), 1);
+    }
+}

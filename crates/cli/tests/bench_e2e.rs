@@ -1,0 +1,240 @@
+//! `leakbloom bench e2e` as a user runs it: a real node process on 127.0.0.1:0, a set made
+//! with `leakbloom sets create`, one-second runs in insert and check mode.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_leakbloom");
+/// Precedes the client address in the node's "node serving" log line.
+const MARKER: &str = " listen=";
+
+/// The fields of the result line, in order.
+const FIELDS: [&str; 9] = [
+    "mode",
+    "batch",
+    "conns",
+    "consistency",
+    "keys_per_s",
+    "p50_ms",
+    "p99_ms",
+    "p999_ms",
+    "errors",
+];
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("LEAKBLOOM_ADDR")
+        .output()
+        .expect("run leakbloom")
+}
+
+/// A node process on 127.0.0.1:0, killed on drop.
+struct Node {
+    child: Child,
+    addr: String,
+}
+
+impl Node {
+    /// Starts a one-node `leakbloom node` with its data in `data` and reads the client address
+    /// it bound from its ` listen=` log line (` peer_listen=` is the peer port).
+    fn start(data: &Path) -> Node {
+        let mut child = Command::new(BIN)
+            .args([
+                "node",
+                "--listen",
+                "127.0.0.1:0",
+                "--peer-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--shards", "4"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("LEAKBLOOM_LOG_FORMAT", "text")
+            .env("NO_COLOR", "1")
+            .spawn()
+            .expect("spawn leakbloom node");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            // Keep reading after the address so the node never blocks on a full pipe.
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find(MARKER) {
+                    let addr: String = line[at + MARKER.len()..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                        .collect();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the node did not report its address in time");
+        Node { child, addr }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `bench e2e` for one second without warm-up; returns its one stdout line as
+/// (field, value) pairs after checking the fields and their order.
+fn bench(addr: &str, extra: &[&str]) -> Vec<(String, String)> {
+    let mut args = vec![
+        "bench",
+        "e2e",
+        "--addr",
+        addr,
+        "--set",
+        "bench",
+        "--seconds",
+        "1",
+        "--warmup",
+        "0",
+    ];
+    args.extend(extra);
+    let output = run(&args);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout: {stdout}\nstderr: {stderr}",
+        output.status
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly one line on stdout: {stdout}");
+    let fields: Vec<(String, String)> = lines[0]
+        .split(' ')
+        .map(|field| {
+            let (name, value) = field.split_once('=').expect("name=value");
+            (name.to_string(), value.to_string())
+        })
+        .collect();
+    let names: Vec<&str> = fields.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, FIELDS, "{stdout}");
+    fields
+}
+
+fn value<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
+    &fields.iter().find(|(n, _)| n == name).unwrap().1
+}
+
+#[test]
+fn bench_e2e_loads_a_node_and_refuses_what_it_must() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(data.path());
+    let addr = node.addr.as_str();
+    let created = run(&[
+        "sets",
+        "create",
+        "bench",
+        "--capacity",
+        "1000000",
+        "--fpr",
+        "1e-4",
+        "--addr",
+        addr,
+    ]);
+    assert!(created.status.success(), "{created:?}");
+
+    for (mode, consistency, batch) in [
+        ("insert", "linearizable", "256"),
+        ("check", "linearizable", "1024"),
+        ("check", "any", "1"),
+    ] {
+        let fields = bench(
+            addr,
+            &[
+                "--mode",
+                mode,
+                "--consistency",
+                consistency,
+                "--batch",
+                batch,
+                "--conns",
+                "2",
+                "--concurrency",
+                "4",
+            ],
+        );
+        assert_eq!(value(&fields, "mode"), mode);
+        assert_eq!(value(&fields, "batch"), batch);
+        assert_eq!(value(&fields, "conns"), "2");
+        assert_eq!(value(&fields, "consistency"), consistency);
+        assert_eq!(value(&fields, "errors"), "0");
+        let keys_per_s: f64 = value(&fields, "keys_per_s").parse().unwrap();
+        assert!(keys_per_s > 0.0, "{fields:?}");
+        let percentiles: Vec<f64> = ["p50_ms", "p99_ms", "p999_ms"]
+            .iter()
+            .map(|name| {
+                let text = value(&fields, name);
+                assert_eq!(text.split('.').nth(1).map(str::len), Some(3), "{text}");
+                text.parse().unwrap()
+            })
+            .collect();
+        assert!(
+            0.0 < percentiles[0] && percentiles[0] <= percentiles[1],
+            "{fields:?}"
+        );
+        assert!(percentiles[1] <= percentiles[2], "{fields:?}");
+    }
+    let info = run(&["sets", "get", "bench", "--addr", addr]);
+    assert!(
+        String::from_utf8_lossy(&info.stdout).contains("estimated_keys="),
+        "{info:?}"
+    );
+
+    // A missing set fails at once, says how to create it, and sends nothing timed.
+    let output = run(&[
+        "bench",
+        "e2e",
+        "--addr",
+        addr,
+        "--set",
+        "nope",
+        "--seconds",
+        "30",
+    ]);
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("\"nope\" does not exist") && stderr.contains("leakbloom sets create"),
+        "{stderr}"
+    );
+
+    // Anything but loopback is refused before a connection is made.
+    for addr in ["10.1.2.3:50051", "example.com:50051"] {
+        let output = run(&["bench", "e2e", "--addr", addr, "--seconds", "1"]);
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("loopback"), "{stderr}");
+    }
+
+    // Bad arguments are named.
+    for (args, message) in [
+        (&["--batch", "0"][..], "--batch"),
+        (&["--conns", "4", "--concurrency", "2"][..], "--concurrency"),
+        (&["--seconds", "0"][..], "--seconds"),
+    ] {
+        let mut all = vec!["bench", "e2e", "--addr", addr];
+        all.extend(args);
+        let output = run(&all);
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+}

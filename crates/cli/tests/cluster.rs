@@ -1,0 +1,259 @@
+//! Three real `leakbloom node` processes on 127.0.0.1 with RF=3: a client streams inserts
+//! while the leader of shard 0 is killed with SIGKILL and restarted; afterwards every
+//! acknowledged insert is present on every replica (each node checked on its own, from its
+//! local applied state), and a node restarted with another shard count refuses to start.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use leakbloom_client::{Client, Consistency, Key};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+const BIN: &str = env!("CARGO_BIN_EXE_leakbloom");
+const NODES: u64 = 3;
+const SHARDS: &str = "4";
+
+/// A free port on 127.0.0.1 (bound, then released for the child to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One node's fixed command line.
+struct Spec {
+    id: u64,
+    listen: String,
+    peers: String,
+    peer_listen: String,
+    data_dir: std::path::PathBuf,
+}
+
+impl Spec {
+    fn args(&self, shards: &str) -> Vec<String> {
+        [
+            "node",
+            "--id",
+            &self.id.to_string(),
+            "--listen",
+            &self.listen,
+            "--peer-listen",
+            &self.peer_listen,
+            "--peers",
+            &self.peers,
+            "--data-dir",
+            self.data_dir.to_str().unwrap(),
+            "--shards",
+            shards,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+}
+
+/// A node process, killed (SIGKILL) on drop. Its stderr lines are collected.
+struct Proc {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    ready: mpsc::Receiver<()>,
+}
+
+impl Proc {
+    fn start(args: &[String]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("LEAKBLOOM_LOG_FORMAT", "text")
+            .env("NO_COLOR", "1")
+            .env_remove("LEAKBLOOM_LOG")
+            .spawn()
+            .expect("spawn leakbloom node");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, ready) = mpsc::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("node serving") {
+                    let _ = tx.send(());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Proc { child, log, ready }
+    }
+
+    fn wait_serving(&self) {
+        self.ready
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("node did not start:\n{}", self.log()));
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn keys(rng: &mut StdRng, n: usize) -> Vec<Key> {
+    (0..n).map(|_| rng.gen()).collect()
+}
+
+#[test]
+fn acknowledged_inserts_survive_a_killed_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer_ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+    let peers = (1..=NODES)
+        .map(|id| format!("{id}=127.0.0.1:{}", peer_ports[id as usize - 1]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let specs: Vec<Spec> = (1..=NODES)
+        .map(|id| Spec {
+            id,
+            listen: format!("127.0.0.1:{}", free_port()),
+            peer_listen: format!("127.0.0.1:{}", peer_ports[id as usize - 1]),
+            peers: peers.clone(),
+            data_dir: dir.path().join(format!("node-{id}")),
+        })
+        .collect();
+    let mut procs: Vec<Option<Proc>> = specs
+        .iter()
+        .map(|spec| Some(Proc::start(&spec.args(SHARDS))))
+        .collect();
+    for proc in procs.iter().flatten() {
+        proc.wait_serving();
+    }
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // Node 1 is shard 0's preferred leader (its first replica) and campaigns first on a fresh
+    // cluster; the log says whether it won.
+    let (killed, survivor) = (0usize, &specs[1]);
+    runtime.block_on(async {
+        let mut client = Client::connect(&survivor.listen).await.unwrap();
+        client
+            .create_set("leak", 1_000_000, 1e-6, "sha256")
+            .await
+            .unwrap();
+    });
+    let log = procs[killed].as_ref().unwrap().log();
+    assert!(
+        log.lines().any(|l| l.contains("leadership changed")
+            && l.contains("group=0")
+            && l.contains("role=Leader")),
+        "node 1 did not become leader of shard 0:\n{log}"
+    );
+
+    // Stream inserts through a surviving node; remember what was acknowledged.
+    let acknowledged: Arc<Mutex<Vec<Key>>> = Arc::default();
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acknowledged, failures, stop) = (acknowledged.clone(), failures.clone(), stop.clone());
+        let addr = survivor.listen.clone();
+        runtime.spawn(async move {
+            let mut client = Client::connect(&addr).await.unwrap();
+            let mut rng = StdRng::seed_from_u64(7);
+            while !stop.load(Ordering::Relaxed) {
+                let batch = keys(&mut rng, 500);
+                match client.insert("leak", &batch).await {
+                    Ok(n) => {
+                        assert_eq!(n, 500);
+                        acknowledged.lock().unwrap().extend(batch);
+                    }
+                    Err(e) => failures.lock().unwrap().push(e.to_string()),
+                }
+            }
+        })
+    };
+    let acked = || acknowledged.lock().unwrap().len();
+    let wait_for_more = |than: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while acked() <= than + 5_000 {
+            assert!(
+                Instant::now() < deadline,
+                "inserts stalled at {} keys",
+                acked()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for_more(0);
+    procs[killed].take().unwrap().kill();
+    let at_kill = acked();
+    // The two survivors elect a new leader and keep acknowledging.
+    wait_for_more(at_kill);
+    procs[killed] = Some(Proc::start(&specs[killed].args(SHARDS)));
+    procs[killed].as_ref().unwrap().wait_serving();
+    let at_restart = acked();
+    wait_for_more(at_restart);
+    stop.store(true, Ordering::Relaxed);
+    runtime.block_on(writer).unwrap();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() > at_restart);
+
+    // Every replica, checked alone from its applied state, has every acknowledged key once it
+    // has caught up (the restarted one recovers from its disk and its peers).
+    runtime.block_on(async {
+        for spec in &specs {
+            let mut client = Client::connect(&spec.listen).await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let found = client
+                    .check(
+                        &["leak".to_string()],
+                        &acknowledged,
+                        Consistency::AnyReplica,
+                    )
+                    .await
+                    .unwrap();
+                let missing = found[0].present.iter().filter(|&&p| !p).count();
+                if missing == 0 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {} misses {missing} of {} acknowledged keys",
+                    spec.id,
+                    acknowledged.len()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let failures = failures.lock().unwrap().clone();
+    eprintln!(
+        "acknowledged {} keys ({at_kill} at kill, {at_restart} at restart); {} failed batches, \
+         first: {:?}",
+        acknowledged.len(),
+        failures.len(),
+        failures.first()
+    );
+
+    // A node restarted with another shard count refuses to start, saying why.
+    procs[2].take().unwrap().kill();
+    let output = Command::new(BIN).args(specs[2].args("8")).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("created with shards = 4 but the config says 8"),
+        "{stderr}"
+    );
+}
