@@ -24,7 +24,7 @@
 //! inserts answer `NOT_FOUND`, `ListSets` skips it) until the same `CreateSet` or `DropSet` is
 //! retried, which completes it (both are idempotent per shard).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -240,6 +240,42 @@ impl Node {
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// Proposes `commands` to node `leader` in one call; each command the call does not commit
+    /// (the call failed, or that node no longer leads the shard) takes [`propose`](Self::propose)'s
+    /// retrying path.
+    async fn propose_at(&self, leader: NodeId, commands: Vec<(ShardId, Command)>) -> Result<()> {
+        let batch = commands
+            .iter()
+            .map(|(shard, command)| (GroupId::from(*shard), Bytes::from(command.encode_to_vec())))
+            .collect();
+        let outcomes: Vec<Option<Result<Bytes>>> =
+            match self.peers.propose_batch(leader, batch).await {
+                Ok(outcomes) => outcomes.into_iter().map(Some).collect(),
+                Err(Error::Unavailable { .. }) => commands.iter().map(|_| None).collect(),
+                Err(error) => return Err(error),
+            };
+        try_join_all(
+            commands
+                .iter()
+                .zip(outcomes)
+                .map(|((shard, command), outcome)| async move {
+                    match outcome {
+                        Some(Ok(result)) => machine::decode_outcome(*shard, &result).map(drop),
+                        Some(Err(Error::Unavailable { leader, .. })) => {
+                            if let Some(leader) = leader {
+                                self.leaders[*shard as usize].store(leader, Ordering::Relaxed);
+                            }
+                            self.propose(*shard, command).await.map(drop)
+                        }
+                        None => self.propose(*shard, command).await.map(drop),
+                        Some(Err(error)) => Err(error),
+                    }
+                }),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Splits packed key bytes into keys after checking the batch limits.
@@ -483,21 +519,40 @@ impl Node {
         for key in parsed {
             per_shard[shard_of(key, self.config.shards) as usize].extend_from_slice(key);
         }
-        let proposals = per_shard
-            .into_iter()
-            .enumerate()
-            .filter(|(_, keys)| !keys.is_empty())
-            .map(|(shard, keys)| {
-                let command = Command {
-                    id: 0,
-                    kind: Some(command::Kind::Insert(InsertCommand {
-                        set: set.to_string(),
-                        keys: keys.into(),
-                    })),
-                };
-                async move { self.propose(shard as ShardId, &command).await }
-            });
-        try_join_all(proposals).await?;
+        // One command per touched shard. Commands for shards led elsewhere go to each leader
+        // node in one call; anything that call cannot place takes the retrying path.
+        let mut local = Vec::new();
+        let mut remote: BTreeMap<NodeId, Vec<(ShardId, Command)>> = BTreeMap::new();
+        for (shard, keys) in per_shard.into_iter().enumerate() {
+            if keys.is_empty() {
+                continue;
+            }
+            let shard = shard as ShardId;
+            let command = Command {
+                id: 0,
+                kind: Some(command::Kind::Insert(InsertCommand {
+                    set: set.to_string(),
+                    keys: keys.into(),
+                })),
+            };
+            match self.leader_of(shard) {
+                Some(leader) if leader != self.id() => {
+                    remote.entry(leader).or_default().push((shard, command))
+                }
+                _ => local.push((shard, command)),
+            }
+        }
+        let local = try_join_all(
+            local
+                .iter()
+                .map(|(shard, command)| self.propose(*shard, command)),
+        );
+        let remote = try_join_all(
+            remote
+                .into_iter()
+                .map(|(leader, commands)| self.propose_at(leader, commands)),
+        );
+        tokio::try_join!(local, remote)?;
         Ok(parsed.len() as u64)
     }
 

@@ -17,8 +17,8 @@ use leakbloom_node::Error;
 use leakbloom_proto::v1::peer_client::PeerClient;
 use leakbloom_proto::v1::peer_server::{Peer, PeerServer};
 use leakbloom_proto::v1::{
-    ProposeRequest, ProposeResponse, RaftAck, RaftBatch, RaftMessage, ShardCheckRequest,
-    ShardCheckResponse, SnapshotAck, SnapshotChunk,
+    ProposeBatchRequest, ProposeBatchResponse, ProposeRequest, ProposeResponse, RaftAck, RaftBatch,
+    RaftMessage, ShardCheckRequest, ShardCheckResponse, SnapshotAck, SnapshotChunk,
 };
 use leakbloom_raft::{
     Driver, GroupHandle, GroupId, GroupNode, NodeConfig, NodeId, StateMachine, Store,
@@ -144,6 +144,13 @@ impl Peer for Gate {
         request: Request<ProposeRequest>,
     ) -> Result<Response<ProposeResponse>, Status> {
         self.service.propose(request).await
+    }
+
+    async fn propose_batch(
+        &self,
+        request: Request<ProposeBatchRequest>,
+    ) -> Result<Response<ProposeBatchResponse>, Status> {
+        self.service.propose_batch(request).await
     }
 
     async fn check(

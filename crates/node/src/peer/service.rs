@@ -7,8 +7,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use leakbloom_proto::v1::peer_server::{Peer, PeerServer};
 use leakbloom_proto::v1::{
-    ProposeRequest, ProposeResponse, RaftAck, RaftBatch, RaftMessage, ShardCheckRequest,
-    ShardCheckResponse, SnapshotAck, SnapshotChunk,
+    propose_outcome, ProposeBatchRequest, ProposeBatchResponse, ProposeOutcome, ProposeRequest,
+    ProposeResponse, RaftAck, RaftBatch, RaftMessage, ShardCheckRequest, ShardCheckResponse,
+    SnapshotAck, SnapshotChunk, Unavailable,
 };
 use leakbloom_raft::{GroupHandle, GroupId};
 use protobuf::Message as _;
@@ -74,6 +75,28 @@ impl PeerService {
             leader: None,
             reason: format!("node {} holds no running replica of it", self.local.id()),
         })
+    }
+
+    /// Proposes one forwarded command to the local replica of `group`, which must lead it.
+    async fn propose_one(&self, group: GroupId, command: Bytes) -> Result<Bytes, Error> {
+        let shard = shard_of_group(group);
+        let handle = self.replica(group)?;
+        let id = self.local.id();
+        let result = handle
+            .propose(command.to_vec())
+            .await
+            .map_err(|error| match error {
+                leakbloom_raft::Error::NotLeader { leader, .. } => Error::Unavailable {
+                    shard,
+                    leader,
+                    reason: format!("node {id} does not lead it"),
+                },
+                other => Error::Replica {
+                    shard,
+                    reason: format!("node {id}: {other}"),
+                },
+            })?;
+        Ok(result.into())
     }
 
     /// A snapshot stream this node cannot use (a broken or hostile peer).
@@ -203,26 +226,36 @@ impl Peer for PeerService {
         request: Request<ProposeRequest>,
     ) -> Result<Response<ProposeResponse>, Status> {
         let ProposeRequest { group, command } = request.into_inner();
-        let shard = shard_of_group(group);
-        let handle = self.replica(group)?;
-        let id = self.local.id();
-        let result = handle
-            .propose(command.to_vec())
-            .await
-            .map_err(|error| match error {
-                leakbloom_raft::Error::NotLeader { leader, .. } => Error::Unavailable {
-                    shard,
-                    leader,
-                    reason: format!("node {id} does not lead it"),
-                },
-                other => Error::Replica {
-                    shard,
-                    reason: format!("node {id}: {other}"),
-                },
-            })?;
-        Ok(Response::new(ProposeResponse {
-            result: result.into(),
-        }))
+        let result = self.propose_one(group, command).await?;
+        Ok(Response::new(ProposeResponse { result }))
+    }
+
+    async fn propose_batch(
+        &self,
+        request: Request<ProposeBatchRequest>,
+    ) -> Result<Response<ProposeBatchResponse>, Status> {
+        let proposals = request.into_inner().proposals;
+        let outcomes = futures_util::future::join_all(
+            proposals
+                .into_iter()
+                .map(|p| self.propose_one(p.group, p.command)),
+        )
+        .await
+        .into_iter()
+        .map(|result| ProposeOutcome {
+            outcome: Some(match result {
+                Ok(result) => propose_outcome::Outcome::Result(result),
+                Err(Error::Unavailable { leader, reason, .. }) => {
+                    propose_outcome::Outcome::Unavailable(Unavailable {
+                        leader: leader.unwrap_or(0),
+                        reason,
+                    })
+                }
+                Err(other) => propose_outcome::Outcome::Failed(other.to_string()),
+            }),
+        })
+        .collect();
+        Ok(Response::new(ProposeBatchResponse { outcomes }))
     }
 
     async fn check(

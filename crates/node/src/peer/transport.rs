@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use leakbloom_proto::v1::peer_client::PeerClient;
 use leakbloom_proto::v1::{
-    ProposeRequest, RaftBatch, RaftMessage, ShardCheckRequest, ShardCheckResponse, SnapshotChunk,
+    propose_outcome, ProposeBatchRequest, ProposeRequest, RaftBatch, RaftMessage,
+    ShardCheckRequest, ShardCheckResponse, SnapshotChunk, Unavailable,
 };
 use leakbloom_raft::{GroupHandle, GroupId, NodeId, Transport};
 use protobuf::Message as _;
@@ -207,6 +208,66 @@ impl Peers {
             })
             .await?;
         Ok(response.result)
+    }
+
+    /// Proposes several commands, `(group, encoded Command)`, to node `node`, which should lead
+    /// every group, in one call. The outer error means the call failed as a whole (nothing is
+    /// known of any proposal); otherwise one result per proposal, in order, each as
+    /// [`propose`](Self::propose) would return it.
+    pub async fn propose_batch(
+        &self,
+        node: NodeId,
+        proposals: Vec<(GroupId, Bytes)>,
+    ) -> Result<Vec<Result<Bytes, Error>>, Error> {
+        let groups: Vec<GroupId> = proposals.iter().map(|(group, _)| *group).collect();
+        let first = shard_of_group(groups.first().copied().unwrap_or(0));
+        let request = ProposeBatchRequest {
+            proposals: proposals
+                .into_iter()
+                .map(|(group, command)| ProposeRequest { group, command })
+                .collect(),
+        };
+        let response = self
+            .call(node, first, &[], |mut client| async move {
+                client.propose_batch(request).await
+            })
+            .await?;
+        if response.outcomes.len() != groups.len() {
+            return Err(Error::Replica {
+                shard: first,
+                reason: format!(
+                    "node {node} answered {} outcomes for {} proposals",
+                    response.outcomes.len(),
+                    groups.len()
+                ),
+            });
+        }
+        Ok(response
+            .outcomes
+            .into_iter()
+            .zip(groups)
+            .map(|(outcome, group)| {
+                let shard = shard_of_group(group);
+                match outcome.outcome {
+                    Some(propose_outcome::Outcome::Result(result)) => Ok(result),
+                    Some(propose_outcome::Outcome::Unavailable(Unavailable { leader, reason })) => {
+                        Err(Error::Unavailable {
+                            shard,
+                            leader: (leader != 0).then_some(leader),
+                            reason,
+                        })
+                    }
+                    Some(propose_outcome::Outcome::Failed(reason)) => Err(Error::Replica {
+                        shard,
+                        reason: format!("node {node}: {reason}"),
+                    }),
+                    None => Err(Error::Replica {
+                        shard,
+                        reason: format!("node {node} answered an empty outcome"),
+                    }),
+                }
+            })
+            .collect())
     }
 
     /// Checks keys of one shard (`request.group`) against node `node`'s replica of it. Errors
