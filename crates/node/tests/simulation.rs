@@ -17,14 +17,16 @@
 //! 5. The healed group converges and makes progress, and its replicas end byte-identical.
 //! 6. Nothing panics.
 //!
-//! Caveat: the simulation runs every replica's log store on one thread, and raft-engine 0.4.2
-//! caches the last entries block it read in a thread-local keyed by file number, offset and
-//! length only, not by engine. Two stores with a block at the same place then read each
-//! other's entries: raft-engine panics in `read_entry_from_file` (`left == right`, entry
-//! indexes), or could return another store's entry of the same index. Such a seed is a fault
-//! of the harness, not of the shard: seeds 207, 613, 1212, 2169 and 3852 of the first 4000
-//! hit it, and pass once each store reads on a thread of its own. A node in production runs
-//! one store, so it is not affected.
+//! Every replica's log store is read on the one thread that runs the simulation, and
+//! raft-engine 0.4.2 caches the last entries block a thread read in a thread-local keyed by
+//! file number, offset and length only, not by engine. Replicas write alike, so before
+//! `leakbloom_raft::storage` fenced that cache (whenever another store reads on a thread), one
+//! replica was now and then served another's block: raft-engine panicked in
+//! `read_entry_from_file` (`left == right`, entry indexes), or could have returned another
+//! replica's entry. That was a fault of the harness, not of the shard (seeds 207, 613, 1212,
+//! 2169 and 3852 of the first 4000 hit it then). A process running one node reads one store
+//! and never needs the fence; `leakbloom dev` (three nodes) does, when it opens them one after
+//! the other on tokio's blocking pool.
 //!
 //! `cargo test` runs [`DEFAULT_SEEDS`] seeds from 0; `LEAKBLOOM_NODE_SIM_SEEDS=N` runs N seeds
 //! (from `LEAKBLOOM_NODE_SIM_FIRST_SEED`, default 0), `LEAKBLOOM_NODE_SIM_SEED=S` replays seed

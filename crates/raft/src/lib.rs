@@ -59,6 +59,12 @@
 //!   trusted): the process must crash and recover from disk, which is the right reaction.
 //! - raft-engine 0.4.2 can race `fetch_entries_to` with purging (tikv/raft-engine#370): the
 //!   store serialises the two.
+//! - raft-engine 0.4.2 caches the last entries block each thread read, keyed by file, offset
+//!   and length but not by engine, so a thread reading two stores could get one store's entry
+//!   from the other's block. The store fences the cache whenever another store reads on a
+//!   thread; a running node never needs it (each group reads its own store on its own thread),
+//!   the simulation (every node on one thread) and a process hosting several nodes do (see
+//!   [`storage`]).
 //! - raft-rs 0.7 decodes messages with protobuf 2.28, which has RUSTSEC-2024-0437 (stack
 //!   overflow through deep recursion on untrusted input). Only authenticated peers may reach
 //!   the peer port that feeds [`GroupNode::step`]; never expose it to clients.
