@@ -1538,7 +1538,10 @@ mod tests {
             assert_eq!(all(&ga), expected(b'a'));
             assert_eq!(all(&gb), expected(b'b'));
         }
-        assert!(fence().is_some(), "no fence: the reads took the slow path");
+        assert!(
+            fence().is_some_and(read_fence),
+            "no fence: the reads took the slow path"
+        );
         // The slow path, taken without a fence, is right too.
         assert_eq!(all(&ga), expected(b'a'));
         assert_eq!(read_on_fresh_thread(|| all(&gb)), expected(b'b'));
