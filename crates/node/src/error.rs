@@ -128,6 +128,24 @@ pub enum Error {
     Config(#[from] ConfigError),
 }
 
+impl Error {
+    /// A failure of this node's replica of `shard` (node `node`): not leading it is retryable
+    /// (`Unavailable` with the hint); anything else is the replica's own failure.
+    pub fn from_raft(shard: ShardId, node: NodeId, error: leakbloom_raft::Error) -> Error {
+        match error {
+            leakbloom_raft::Error::NotLeader { leader, .. } => Error::Unavailable {
+                shard,
+                leader,
+                reason: format!("node {node} does not lead it"),
+            },
+            other => Error::Replica {
+                shard,
+                reason: format!("node {node}: {other}"),
+            },
+        }
+    }
+}
+
 fn leader_hint(leader: Option<NodeId>) -> String {
     match leader {
         Some(leader) => format!("; its leader is node {leader}"),

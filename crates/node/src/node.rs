@@ -215,7 +215,7 @@ impl Node {
                         .propose(bytes.to_vec())
                         .await
                         .map(Bytes::from)
-                        .map_err(|e| raft_error(shard, e))
+                        .map_err(|e| Error::from_raft(shard, self.id(), e))
                 }
                 Some(leader) => {
                     self.peers
@@ -348,7 +348,7 @@ impl Node {
                     .handle
                     .read_index()
                     .await
-                    .map_err(|e| raft_error(shard, e))
+                    .map_err(|e| Error::from_raft(shard, self.id(), e))
             })
         }))
         .await?;
@@ -669,21 +669,6 @@ impl Node {
             return Err(Error::SetNotFound(name.to_string()));
         }
         Ok(set_info(&partitions, self.config.shards))
-    }
-}
-
-/// Turns a Raft error of a local replica into the node's error.
-fn raft_error(shard: ShardId, error: leakbloom_raft::Error) -> Error {
-    match error {
-        leakbloom_raft::Error::NotLeader { leader, .. } => Error::Unavailable {
-            shard,
-            leader,
-            reason: "this replica does not lead the shard (or leadership moved)".into(),
-        },
-        other => Error::Replica {
-            shard,
-            reason: other.to_string(),
-        },
     }
 }
 

@@ -260,6 +260,13 @@ impl<M: StateMachine> GroupNode<M> {
         }
         let before = self.raw.raft.raft_log.last_index();
         self.raw.propose(id.to_be_bytes().to_vec(), command)?;
+        self.track(id, before);
+        Ok(())
+    }
+
+    /// Remembers local proposal `id`, just appended after index `before`, to answer it when its
+    /// entry is applied (or fail it when leadership is lost).
+    fn track(&mut self, id: u64, before: u64) {
         let index = self.raw.raft.raft_log.last_index();
         assert_eq!(index, before + 1, "a proposal appends exactly one entry");
         self.pending.insert(
@@ -269,7 +276,6 @@ impl<M: StateMachine> GroupNode<M> {
                 term: self.raw.raft.term,
             },
         );
-        Ok(())
     }
 
     /// Asks for a linearizable read point; `context` comes back in [`Output::reads`] with the
@@ -474,15 +480,7 @@ impl<M: StateMachine> GroupNode<M> {
         let before = self.raw.raft.raft_log.last_index();
         self.raw
             .propose_conf_change(id.to_be_bytes().to_vec(), change)?;
-        let index = self.raw.raft.raft_log.last_index();
-        assert_eq!(index, before + 1, "a proposal appends exactly one entry");
-        self.pending.insert(
-            index,
-            Pending {
-                id,
-                term: self.raw.raft.term,
-            },
-        );
+        self.track(id, before);
         Ok(())
     }
 

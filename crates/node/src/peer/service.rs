@@ -81,21 +81,10 @@ impl PeerService {
     async fn propose_one(&self, group: GroupId, command: Bytes) -> Result<Bytes, Error> {
         let shard = shard_of_group(group);
         let handle = self.replica(group)?;
-        let id = self.local.id();
         let result = handle
             .propose(command.to_vec())
             .await
-            .map_err(|error| match error {
-                leakbloom_raft::Error::NotLeader { leader, .. } => Error::Unavailable {
-                    shard,
-                    leader,
-                    reason: format!("node {id} does not lead it"),
-                },
-                other => Error::Replica {
-                    shard,
-                    reason: format!("node {id}: {other}"),
-                },
-            })?;
+            .map_err(|error| Error::from_raft(shard, self.local.id(), error))?;
         Ok(result.into())
     }
 
