@@ -111,6 +111,16 @@ impl Record {
     /// Reads the record in `dir`, or writes `self` there when there is none (first start).
     /// Fails with a message that says what differs and what to do when they disagree.
     pub fn check_or_create(&self, dir: &Path) -> Result<(), ConfigError> {
+        if !self.check(dir)? {
+            self.create(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Compares `self` with the record in `dir`: `Ok(true)` when it is there and agrees,
+    /// `Ok(false)` when there is none (a new data directory). Fails with a message that says
+    /// what differs and what to do when they disagree.
+    pub fn check(&self, dir: &Path) -> Result<bool, ConfigError> {
         let path = dir.join(RECORD_FILE);
         match std::fs::read_to_string(&path) {
             Ok(text) => {
@@ -121,11 +131,17 @@ impl Record {
                         path.display()
                     ))
                 })?;
-                self.compare(&stored, &path)
+                self.compare(&stored, &path).map(|()| true)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.write(dir, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(io_error("cannot read", &path, e)),
         }
+    }
+
+    /// Writes `self` to `dir` (synced). A node writes it once its replicas are created, so a
+    /// record means they existed: a replica missing later lost its data.
+    pub fn create(&self, dir: &Path) -> Result<(), ConfigError> {
+        self.write(dir, &dir.join(RECORD_FILE))
     }
 
     fn compare(&self, stored: &Record, path: &Path) -> Result<(), ConfigError> {

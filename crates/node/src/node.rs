@@ -64,6 +64,45 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 /// Longest retry delay: a few ticks, so a retry never waits long after a leader appears.
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
+/// How often a rebuilt replica asks again to be re-added while no leader took it.
+const REJOIN_RETRY: Duration = Duration::from_millis(500);
+
+/// Opens the node's log store. A store that lost synced writes ([`leakbloom_raft::Error::DiskLost`])
+/// is moved to `raft.lost` (replacing an older one, kept for inspection) and replaced by an
+/// empty one when `rebuildable` (every replica can be rebuilt from peers); returns whether it
+/// was.
+fn open_store(data_dir: &std::path::Path, rebuildable: bool) -> Result<(Arc<Store>, bool)> {
+    let dir = data_dir.join("raft");
+    let store_error = |e: leakbloom_raft::Error| Error::Replica {
+        shard: 0,
+        reason: e.to_string(),
+    };
+    match Store::open(&dir) {
+        Ok(store) => Ok((store, false)),
+        Err(error @ leakbloom_raft::Error::DiskLost { .. }) if rebuildable => {
+            let lost = data_dir.join("raft.lost");
+            tracing::error!(
+                %error,
+                moved_to = %lost.display(),
+                "log store lost synced data; moving it away and rebuilding every replica from \
+                 its peers (they take no part in elections until they have caught up)"
+            );
+            let io = |context: &str, path: &std::path::Path, e: std::io::Error| Error::Replica {
+                shard: 0,
+                reason: format!("{context} {}: {e}", path.display()),
+            };
+            match std::fs::remove_dir_all(&lost) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("cannot remove", &lost, e)),
+            }
+            std::fs::rename(&dir, &lost).map_err(|e| io("cannot move", &dir, e))?;
+            Ok((Store::open(&dir).map_err(store_error)?, true))
+        }
+        Err(e) => Err(store_error(e)),
+    }
+}
+
 /// This node's replica of one shard.
 #[derive(Debug)]
 struct Replica {
@@ -91,11 +130,11 @@ impl Node {
     pub fn open(config: Config, peers: Arc<Peers>) -> Result<Node> {
         config.validate()?;
         let layout = config.layout()?;
-        config.record()?.check_or_create(&config.data_dir)?;
-        let store = Store::open(config.data_dir.join("raft")).map_err(|e| Error::Replica {
-            shard: 0,
-            reason: e.to_string(),
-        })?;
+        let record = config.record()?;
+        // A record means the replicas were created before: one found empty lost its data.
+        let existed = record.check(&config.data_dir)?;
+        let rebuildable = layout.replication() > 1;
+        let (store, store_lost) = open_store(&config.data_dir, rebuildable)?;
         let tick = Duration::from_millis(config.tick_ms);
         let node_config = NodeConfig {
             snapshot_entries: config.snapshot_entries,
@@ -109,32 +148,92 @@ impl Node {
                 replicas.push(None);
                 continue;
             }
+            let state = Arc::new(ShardState::new(shard));
+            // The replica, and whether its storage was empty (a new group, or lost data).
+            let open = |rejoin: bool| -> leakbloom_raft::Result<(GroupNode<Machine>, bool)> {
+                let mut storage = store.group(GroupId::from(shard))?;
+                let empty = storage.is_empty();
+                if rejoin {
+                    storage.set_rejoin(Some(0))?;
+                }
+                let group = GroupNode::new(
+                    config.id,
+                    storage,
+                    &voters,
+                    Machine::new(state.clone()),
+                    node_config.clone(),
+                )?;
+                Ok((group, empty))
+            };
             let replica_error = |e: leakbloom_raft::Error| Error::Replica {
                 shard,
                 reason: e.to_string(),
             };
-            let storage = store.group(GroupId::from(shard)).map_err(replica_error)?;
-            let fresh = storage.is_empty();
-            let state = Arc::new(ShardState::new(shard));
-            let mut group = GroupNode::new(
-                config.id,
-                storage,
-                &voters,
-                Machine::new(state.clone()),
-                node_config.clone(),
-            )
-            .map_err(replica_error)?;
+            // The replica, or why its data cannot be used.
+            let opened: std::result::Result<_, String> = if store_lost {
+                Err("the log store lost synced data".into())
+            } else {
+                match open(false) {
+                    Ok((_, true)) if existed => {
+                        Err("its log is gone though this data directory held it".into())
+                    }
+                    Ok(opened) => Ok(opened),
+                    Err(
+                        e @ (leakbloom_raft::Error::DiskLost { .. }
+                        | leakbloom_raft::Error::SnapshotCorrupt { .. }),
+                    ) => Err(e.to_string()),
+                    Err(e) => return Err(replica_error(e)),
+                }
+            };
+            let (mut group, empty) = match opened {
+                Ok(opened) => opened,
+                Err(lost) => {
+                    if !rebuildable {
+                        return Err(Error::Replica {
+                            shard,
+                            reason: format!(
+                                "its only replica lost its data ({lost}); with replication 1 \
+                                 it cannot be rebuilt: restore {} from a backup, or move it \
+                                 away to start empty",
+                                config.data_dir.display()
+                            ),
+                        });
+                    }
+                    if !store_lost {
+                        tracing::error!(
+                            node = config.id,
+                            shard,
+                            reason = lost,
+                            "replica lost its data; discarding it and rebuilding it from its \
+                             peers (it takes no part in elections until it has caught up)"
+                        );
+                    }
+                    store
+                        .drop_group(GroupId::from(shard))
+                        .map_err(replica_error)?;
+                    open(true).map_err(replica_error)?
+                }
+            };
+            let fresh = !existed && empty;
             if voters.len() == 1 || (fresh && voters[0] == config.id) {
                 group.campaign().map_err(replica_error)?;
             }
             let handle = Driver::spawn(group, transport.clone(), tick);
             replicas.push(Some(Replica { state, handle }));
         }
+        if !existed {
+            record.create(&config.data_dir)?;
+        }
         tracing::info!(
             node = config.id,
             shards = config.shards,
             replication = layout.replication(),
             hosted = replicas.iter().filter(|r| r.is_some()).count(),
+            rebuilding = replicas
+                .iter()
+                .flatten()
+                .filter(|r| r.handle.rejoin_mark().is_some())
+                .count(),
             data_dir = %config.data_dir.display(),
             "replicas started"
         );
@@ -146,6 +245,66 @@ impl Node {
             replicas,
             leaders,
         })
+    }
+
+    /// Gets every replica that started rebuilding from its peers re-added by its group's
+    /// leader (the peer `Rejoin` call, retried until some leader takes it); returns when none
+    /// waits any more. Run it beside the node's servers: the replicas need the peer service to
+    /// catch up. Each then catches up on its own and votes again once it has (see
+    /// `leakbloom_raft::node`'s docs).
+    pub async fn rebuild(self: Arc<Node>) {
+        let waiting = |node: &Node| -> Vec<ShardId> {
+            (0..node.config.shards)
+                .filter(|&shard| {
+                    node.replica(shard)
+                        .is_some_and(|r| r.handle.rejoin_mark() == Some(0))
+                })
+                .collect()
+        };
+        loop {
+            let shards = waiting(&self);
+            if shards.is_empty() {
+                return;
+            }
+            join_all(shards.into_iter().map(|shard| self.ask_rejoin(shard))).await;
+            tokio::time::sleep(REJOIN_RETRY).await;
+        }
+    }
+
+    /// Asks the replicas of `shard` on other nodes, the known leader first, to re-add this
+    /// node's replica, following leader hints; records the answer on the replica.
+    async fn ask_rejoin(&self, shard: ShardId) {
+        let replica = self.replica(shard).expect("rebuilding a hosted replica");
+        let mut candidates: Vec<NodeId> = self
+            .layout
+            .replicas(shard)
+            .into_iter()
+            .filter(|&node| node != self.id())
+            .collect();
+        if let Some(leader) = replica.handle.leadership().leader {
+            candidates.retain(|&node| node != leader);
+            candidates.insert(0, leader);
+        }
+        let mut last = None;
+        for node in candidates {
+            match self.peers.rejoin(node, GroupId::from(shard)).await {
+                Ok(index) => {
+                    tracing::info!(
+                        node = self.id(),
+                        shard,
+                        leader = node,
+                        index,
+                        "rebuilt replica re-added to its group; catching up"
+                    );
+                    replica.handle.rejoined(index);
+                    return;
+                }
+                Err(error) => last = Some(error),
+            }
+        }
+        if let Some(error) = last {
+            tracing::debug!(node = self.id(), shard, %error, "rejoin not taken yet; retrying");
+        }
     }
 
     /// The node's configuration.
@@ -175,6 +334,14 @@ impl Node {
 
     fn replica(&self, shard: ShardId) -> Option<&Replica> {
         self.replicas.get(shard as usize)?.as_ref()
+    }
+
+    /// This node's replica of `shard` if it may answer reads: hosted, and not being rebuilt
+    /// from peers (a rebuilt replica's state is incomplete until it has caught up). Reads of
+    /// other shards go to another replica.
+    fn serving(&self, shard: ShardId) -> Option<&Replica> {
+        self.replica(shard)
+            .filter(|r| r.handle.rejoin_mark().is_none())
     }
 
     /// Stops every local replica and waits until their stores are closed.
@@ -292,9 +459,10 @@ impl Node {
         }
     }
 
-    /// The local replicas' states, in shard order.
+    /// The states of the local replicas that answer reads ([`serving`](Self::serving)), in
+    /// shard order.
     fn local_states(&self) -> impl Iterator<Item = &Arc<ShardState>> {
-        self.replicas.iter().flatten().map(|r| &r.state)
+        (0..self.config.shards).filter_map(|shard| self.serving(shard).map(|r| &r.state))
     }
 
     /// Names of every set (as the local replicas see it), in name order.
@@ -314,9 +482,8 @@ impl Node {
     /// The partitions of set `name` on every shard, indexed by shard (`None` for shards not
     /// hosted here). `NOT_FOUND` unless every local replica has it.
     fn partitions(&self, name: &str) -> Result<Vec<Option<Arc<Partition>>>> {
-        self.replicas
-            .iter()
-            .map(|replica| match replica {
+        (0..self.config.shards)
+            .map(|shard| match self.serving(shard) {
                 Some(replica) => replica.state.partition(name).map(Some),
                 None => Some(None),
             })
@@ -342,7 +509,7 @@ impl Node {
     /// Waits until every listed local replica has applied a linearizable read point.
     async fn read_barrier(&self, shards: impl Iterator<Item = ShardId>) -> Result<()> {
         try_join_all(shards.filter_map(|shard| {
-            let replica = self.replica(shard)?;
+            let replica = self.serving(shard)?;
             Some(async move {
                 replica
                     .handle
@@ -384,10 +551,11 @@ impl Node {
             .iter()
             .map(|partitions| check_bitmap(partitions, keys, &shard_ids))
             .collect();
-        // Shards without a local replica: ask a replica node, then scatter its bits back.
+        // Shards without a local replica that answers reads: ask a replica node, then
+        // scatter its bits back.
         let remote: Vec<ShardId> = touched
             .into_iter()
-            .filter(|&shard| self.replica(shard).is_none())
+            .filter(|&shard| self.serving(shard).is_none())
             .collect();
         let answers = try_join_all(remote.iter().map(|&shard| {
             let positions: Vec<usize> =
@@ -442,6 +610,8 @@ impl Node {
             candidates.retain(|&node| node != leader);
             candidates.insert(0, leader);
         }
+        // This node's replica is not serving (or it would not be asked).
+        candidates.retain(|&node| node != self.id());
         let mut last = None;
         for node in candidates {
             match self.peers.check(node, request.clone()).await {
@@ -467,13 +637,17 @@ impl Node {
     async fn check_local_shard(&self, request: ShardCheckRequest) -> Result<ShardCheckResponse> {
         let shard = ShardId::try_from(request.group)
             .ok()
-            .filter(|&shard| self.replica(shard).is_some())
+            .filter(|&shard| self.serving(shard).is_some())
             .ok_or_else(|| Error::Unavailable {
                 shard: request.group as ShardId,
                 leader: None,
-                reason: format!("node {} holds no replica of it", self.id()),
+                reason: format!(
+                    "node {} holds no replica of it that answers reads (none, or one being \
+                     rebuilt)",
+                    self.id()
+                ),
             })?;
-        let replica = self.replica(shard).expect("checked above");
+        let replica = self.serving(shard).expect("checked above");
         let (keys, rest) = request.keys.as_chunks::<KEY_LEN>();
         if !rest.is_empty() {
             return Err(Error::KeyLength {
@@ -577,7 +751,8 @@ impl Node {
                 });
             }
         } else {
-            let hosted = self.local_states().count() as u64;
+            // Replicas being rebuilt will hold the set too.
+            let hosted = self.replicas.iter().flatten().count() as u64;
             self.check_limits(&spec, geometry.bytes().saturating_mul(hosted))?;
         }
         let create = spec.command(geometry);
@@ -602,8 +777,10 @@ impl Node {
             });
         }
         let used: u64 = self
-            .local_states()
-            .flat_map(|state| state.partitions())
+            .replicas
+            .iter()
+            .flatten()
+            .flat_map(|replica| replica.state.partitions())
             .map(|p| p.filter.memory_bytes())
             .sum();
         let limit = self.config.max_filter_memory;

@@ -162,7 +162,10 @@ impl Server {
             stop_peer.send_replace(true);
             served
         };
+        // Replicas rebuilt from peers (a lost disk) ask their leaders to re-add them.
+        let rebuild = tokio::spawn(self.node.clone().rebuild());
         let (client, peer) = tokio::join!(client, peer);
+        rebuild.abort();
         self.node.shutdown().await;
         client.and(peer)
     }

@@ -18,7 +18,8 @@ use leakbloom_proto::v1::peer_client::PeerClient;
 use leakbloom_proto::v1::peer_server::{Peer, PeerServer};
 use leakbloom_proto::v1::{
     ProposeBatchRequest, ProposeBatchResponse, ProposeRequest, ProposeResponse, RaftAck, RaftBatch,
-    RaftMessage, ShardCheckRequest, ShardCheckResponse, SnapshotAck, SnapshotChunk,
+    RaftMessage, RejoinRequest, RejoinResponse, ShardCheckRequest, ShardCheckResponse, SnapshotAck,
+    SnapshotChunk,
 };
 use leakbloom_raft::{
     Driver, GroupHandle, GroupId, GroupNode, NodeConfig, NodeId, StateMachine, Store,
@@ -158,6 +159,13 @@ impl Peer for Gate {
         request: Request<ShardCheckRequest>,
     ) -> Result<Response<ShardCheckResponse>, Status> {
         self.service.check(request).await
+    }
+
+    async fn rejoin(
+        &self,
+        request: Request<RejoinRequest>,
+    ) -> Result<Response<RejoinResponse>, Status> {
+        self.service.rejoin(request).await
     }
 }
 

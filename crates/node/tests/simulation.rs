@@ -15,6 +15,10 @@
 //!    rejection a single node returns); entries that are not commands are rejected by the Raft
 //!    layer with the state machine's message.
 //! 5. The healed group converges and makes progress, and its replicas end byte-identical.
+//!
+//! Now and then a replica of a whole group loses its disk and comes back empty, to be rebuilt
+//! from the others (`leakbloom_raft::node`'s "Rebuilding a replica"): the invariants above
+//! must hold across it, in particular nothing acknowledged with the lost copy may disappear.
 //! 6. Nothing panics.
 //!
 //! Every replica's log store is read on the one thread that runs the simulation, and
@@ -125,6 +129,7 @@ fn insert(id: u64, set: &str, keys: Vec<u8>) -> Command {
 #[derive(Debug, Default)]
 struct Stats {
     crashes: u64,
+    disks_lost: u64,
     restarts: u64,
     partitions: u64,
     leader_changes: u64,
@@ -494,6 +499,12 @@ fn run(seed: u64) -> Stats {
                     .expect("restart");
                 history.stats.restarts += 1;
             }
+        }
+        if rng.gen_bool(0.0003) && cluster.is_whole() {
+            cluster
+                .lose_disk(ids[rng.gen_range(0..ids.len())])
+                .expect("lose disk");
+            history.stats.disks_lost += 1;
         }
         if rng.gen_bool(0.0005) {
             // One partition at a time: a random side against the rest.

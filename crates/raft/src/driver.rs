@@ -74,12 +74,23 @@ pub trait Transport: Send + Sync + 'static {
 enum Report {
     Unreachable(NodeId),
     Snapshot(NodeId, bool),
+    /// The leader re-added this rebuilt replica at this index.
+    Rejoined(u64),
+}
+
+/// What a proposal asks the group to commit.
+#[derive(Debug)]
+enum Request {
+    /// A state-machine command.
+    Command(Vec<u8>),
+    /// Re-adding a rebuilt replica of this node (see [`GroupNode::propose_rejoin`]).
+    Rejoin(NodeId),
 }
 
 /// A proposal and where to answer it.
 #[derive(Debug)]
 struct Proposal {
-    command: Vec<u8>,
+    request: Request,
     reply: oneshot::Sender<Result<Vec<u8>>>,
 }
 
@@ -111,7 +122,12 @@ struct Shared {
 struct Counters {
     applied: AtomicU64,
     rounds: AtomicU64,
+    /// The node's rejoin mark, [`NOT_REJOINING`] when it has none.
+    rejoin: AtomicU64,
 }
+
+/// [`Counters::rejoin`] of a replica that is not rejoining.
+const NOT_REJOINING: u64 = u64::MAX;
 
 /// A cheap, cloneable handle to a running group replica. Dropping every handle stops it.
 #[derive(Debug, Clone)]
@@ -144,6 +160,7 @@ impl Driver {
         let counters = Arc::new(Counters {
             applied: AtomicU64::new(node.applied()),
             rounds: AtomicU64::new(0),
+            rejoin: AtomicU64::new(node.rejoin().unwrap_or(NOT_REJOINING)),
         });
         let shared = Arc::new(Shared {
             group: node.group(),
@@ -235,12 +252,45 @@ impl GroupHandle {
     /// Fails with the retryable [`Error::NotLeader`] (with a leader hint when known) if this
     /// replica is not leader, loses leadership before the entry commits, or stops.
     pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>> {
+        self.request(Request::Command(command)).await
+    }
+
+    async fn request(&self, request: Request) -> Result<Vec<u8>> {
         let (reply, answer) = oneshot::channel();
-        let proposal = Proposal { command, reply };
+        let proposal = Proposal { request, reply };
         if self.shared.proposals.send(proposal).await.is_err() {
             return Err(self.not_leader());
         }
         answer.await.unwrap_or_else(|_| Err(self.not_leader()))
+    }
+
+    /// On the leader: re-adds node `node`'s rebuilt replica (see
+    /// [`GroupNode::propose_rejoin`]) and returns the index the replica must apply before it
+    /// votes again. Fails like [`propose`](Self::propose) off the leader.
+    pub async fn rejoin(&self, node: NodeId) -> Result<u64> {
+        let index = self.request(Request::Rejoin(node)).await?;
+        let index: [u8; 8] = index.as_slice().try_into().map_err(|_| {
+            Error::Rejected(format!(
+                "a membership change returned {} bytes, not its index",
+                index.len()
+            ))
+        })?;
+        Ok(u64::from_be_bytes(index))
+    }
+
+    /// On this (rebuilt) replica: the leader re-added it at `index` (what
+    /// [`rejoin`](Self::rejoin) returned there).
+    pub fn rejoined(&self, index: u64) {
+        let _ = self.shared.reports.send(Report::Rejoined(index));
+    }
+
+    /// This replica's rejoin mark (see [`GroupNode::rejoin`]): while it is set, its state is
+    /// incomplete and must not answer reads.
+    pub fn rejoin_mark(&self) -> Option<u64> {
+        match self.shared.counters.rejoin.load(Ordering::Acquire) {
+            NOT_REJOINING => None,
+            index => Some(index),
+        }
     }
 
     /// A linearizable read point: returns an index once this replica has applied at least it,
@@ -395,6 +445,13 @@ impl<M: StateMachine> Group<M> {
         match report {
             Report::Unreachable(peer) => self.node.report_unreachable(peer),
             Report::Snapshot(peer, delivered) => self.node.report_snapshot(peer, delivered),
+            Report::Rejoined(index) => {
+                if let Err(error) = self.node.rejoined(index) {
+                    // The next Ready's write fails alike and stops the group.
+                    tracing::error!(group = self.node.group(), %error, "recording rejoin failed");
+                }
+                self.publish_rejoin();
+            }
         }
     }
 
@@ -408,7 +465,11 @@ impl<M: StateMachine> Group<M> {
     fn propose(&mut self, proposal: Proposal) {
         let id = self.next_proposal;
         self.next_proposal += 1;
-        match self.node.propose(id, proposal.command) {
+        let proposed = match proposal.request {
+            Request::Command(command) => self.node.propose(id, command),
+            Request::Rejoin(node) => self.node.propose_rejoin(id, node),
+        };
+        match proposed {
             Ok(()) => {
                 self.proposals.insert(id, proposal.reply);
             }
@@ -427,6 +488,11 @@ impl<M: StateMachine> Group<M> {
             group: self.node.group(),
             leader: self.node.leadership().leader,
         }
+    }
+
+    fn publish_rejoin(&self) {
+        let mark = self.node.rejoin().unwrap_or(NOT_REJOINING);
+        self.counters.rejoin.store(mark, Ordering::Release);
     }
 
     /// Handles Readies until there are none, starting a read round whenever one can start.
@@ -455,6 +521,7 @@ impl<M: StateMachine> Group<M> {
         }
         let applied = self.node.applied();
         self.counters.applied.store(applied, Ordering::Release);
+        self.publish_rejoin();
         for (id, result) in results {
             if let Some(reply) = self.proposals.remove(&id) {
                 // The caller may have given up; nothing to do then.

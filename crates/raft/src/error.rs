@@ -9,11 +9,12 @@ use crate::GroupId;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The replica's disk no longer holds what it acknowledged as durable. The replica must not
-    /// take part in its groups again with this data: wipe the directory and rebuild it from
-    /// peers (its votes and acknowledged entries may be gone).
+    /// take part in its groups again with this data: discard it and rebuild the replica from
+    /// peers (its votes and acknowledged entries may be gone; see the
+    /// [`node`](crate::node) docs).
     #[error(
-        "log store {dir} lost synced data ({reason}); treat this replica as having lost its disk: \
-         move the directory away and rebuild the replica from its peers"
+        "log store {dir} lost synced data ({reason}); this replica's data cannot be trusted: it \
+         must be discarded and rebuilt from its peers"
     )]
     DiskLost {
         /// The store directory.
@@ -42,8 +43,8 @@ pub enum Error {
     Raft(#[from] raft::Error),
     /// A stored snapshot failed its checksum or could not be decoded.
     #[error(
-        "snapshot {path} is corrupt ({reason}); it is not loaded: delete it and let the leader \
-         send a new one"
+        "snapshot {path} is corrupt ({reason}); it is not loaded: the replica must be rebuilt \
+         from its peers"
     )]
     SnapshotCorrupt {
         /// The snapshot file.

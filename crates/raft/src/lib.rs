@@ -10,13 +10,14 @@
 //! - [`node`]: [`GroupNode`], a [`raft::RawNode`] with `tick`, `step`, `propose`,
 //!   `read_index` and one [`GroupNode::handle_ready`] that returns an [`Output`] (messages,
 //!   results by proposal id, read states, leadership) instead of doing network I/O; the
-//!   [`StateMachine`] trait.
+//!   [`StateMachine`] trait; rebuilding a replica that lost its data from its peers
+//!   (the [`node`] docs: rejoin mark, remove and re-add as a learner, promotion).
 //! - [`sim`]: a seeded [`sim::Network`] (delay, loss, duplication, reordering, partitions)
-//!   and [`sim::Cluster`] (crashes, restarts, a logical clock); `tests/simulation.rs` runs
-//!   seeds against it and checks the invariants.
+//!   and [`sim::Cluster`] (crashes, restarts, lost disks, a logical clock);
+//!   `tests/simulation.rs` runs seeds against it and checks the invariants.
 //! - [`driver`]: the async shell: [`Driver::spawn`] runs a [`GroupNode`] in its own loop
-//!   and returns a cloneable [`GroupHandle`] (`step`, `propose`, `read_index`, leadership);
-//!   the caller supplies a [`Transport`].
+//!   and returns a cloneable [`GroupHandle`] (`step`, `propose`, `read_index`, `rejoin`,
+//!   leadership); the caller supplies a [`Transport`].
 //! - [`log`]: raft-rs logs through slog; [`log::TracingDrain`] forwards it to `tracing`.
 //! - `examples/append_throughput.rs`: synced append throughput of the store.
 //!

@@ -4,11 +4,38 @@
 //! Ticks, messages, proposals and read requests go in; [`GroupNode::handle_ready`] returns an
 //! [`Output`] with messages to send, results of local proposals, read states and leadership
 //! changes. It owns no clock and no socket: the caller ticks it and moves messages.
+//!
+//! # Rebuilding a replica from its peers
+//! A replica whose disk lost data it had acknowledged (a wiped or damaged store, a corrupt
+//! snapshot) cannot simply start again empty under its id: the leader still believes it holds
+//! the entries it acknowledged (raft-rs even panics when a heartbeat commits past its log), and
+//! its vote could elect a node that lacks entries committed with its lost copy. Such a replica
+//! starts *rejoining* ([`GroupStorage::set_rejoin`] before [`GroupNode::new`]):
+//!
+//! 1. It neither ticks (never campaigns) nor answers vote requests, and commits nothing from
+//!    heartbeats (a leader that has not re-added it still counts on the lost entries). Its caller asks the leader to re-add it
+//!    ([`GroupNode::propose_rejoin`] there).
+//! 2. The leader removes the node from the group, then adds it back as a learner (two simple
+//!    membership changes). That forgets the old progress, so the leader probes the replica
+//!    from scratch and sends it a snapshot or the whole log, and its acknowledgements count
+//!    again only for what it really holds. The caller records the second change's index `R` on
+//!    the replica ([`GroupNode::rejoined`]).
+//! 3. Once the replica has applied `R`, its log holds everything committed before it lost its
+//!    disk, and everything committed since was acknowledged by others: it votes again.
+//! 4. A leader promotes a learner back to voter once it has replicated up to the last
+//!    membership change, and adds back a member whose re-adding was cut short
+//!    ([`GroupNode::tick`]).
+//!
+//! The mark survives restarts. With three replicas, the group runs on the other two meanwhile
+//! (and stops if one of them fails too: two lost copies out of three is data loss).
 
 use std::collections::BTreeMap;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType,
+    Message, MessageType, Snapshot,
+};
 use raft::{RawNode, StateRole};
 
 use crate::error::{Error, Result};
@@ -95,6 +122,9 @@ pub struct Output {
 struct Pending {
     id: u64,
     term: u64,
+    /// The first step of a rejoin: once this removal applies, add the node back as a learner
+    /// under the same proposal id.
+    readd: Option<NodeId>,
 }
 
 /// One replica of one Raft group, fully synchronous.
@@ -108,6 +138,10 @@ pub struct GroupNode<M> {
     applied: u64,
     /// Local proposals by log index.
     pending: BTreeMap<u64, Pending>,
+    /// Rejoins whose removal applied in this Ready: `(proposal id, node)`, re-added after it.
+    readd: Vec<(u64, NodeId)>,
+    /// The replicas the group should have as voters.
+    members: Vec<NodeId>,
     leadership: Leadership,
 }
 
@@ -122,6 +156,20 @@ impl<M> std::fmt::Debug for GroupNode<M> {
     }
 }
 
+/// A membership change of one node (a simple change: no joint configuration).
+fn single_change(change_type: ConfChangeType, node: NodeId) -> ConfChangeV2 {
+    let mut cc = ConfChangeV2::default();
+    cc.set_changes(
+        vec![ConfChangeSingle {
+            change_type,
+            node_id: node,
+            ..Default::default()
+        }]
+        .into(),
+    );
+    cc
+}
+
 fn proposal_id(entry: &Entry) -> Option<u64> {
     entry
         .context
@@ -132,10 +180,11 @@ fn proposal_id(entry: &Entry) -> Option<u64> {
 }
 
 impl<M: StateMachine> GroupNode<M> {
-    /// Starts replica `id` of the group stored in `storage`. A new group is bootstrapped with
-    /// `voters` as its members (ignored when the storage already holds state); the state
-    /// machine is restored from the stored snapshot, and entries after it are re-applied as
-    /// raft-rs hands them out again.
+    /// Starts replica `id` of the group stored in `storage`. `voters` are the replicas the
+    /// group should have: a new group is bootstrapped with them, and as leader this replica
+    /// adds back any that went missing and promotes them once caught up. The state machine is
+    /// restored from the stored snapshot, and entries after it are re-applied as raft-rs hands
+    /// them out again.
     pub fn new(
         id: NodeId,
         mut storage: GroupStorage,
@@ -191,6 +240,8 @@ impl<M: StateMachine> GroupNode<M> {
             config,
             applied,
             pending: BTreeMap::new(),
+            readd: Vec::new(),
+            members: voters.to_vec(),
             leadership,
         })
     }
@@ -225,20 +276,189 @@ impl<M: StateMachine> GroupNode<M> {
         self.raw.store()
     }
 
-    /// Advances the logical clock by one tick (elections, heartbeats).
-    pub fn tick(&mut self) {
-        self.raw.tick();
+    /// The rejoin mark (see [Rebuilding a replica](self#rebuilding-a-replica-from-its-peers)):
+    /// `None` for a normal replica, `Some(0)` while waiting to be re-added, `Some(index)` until
+    /// it has applied `index`.
+    pub fn rejoin(&self) -> Option<u64> {
+        self.raw.store().rejoin()
     }
 
-    /// Starts an election now instead of waiting for the election timeout.
+    /// Advances the logical clock by one tick (elections, heartbeats). A leader also moves the
+    /// group towards its members (adds a missing one back, promotes a learner that caught up).
+    /// A rejoining replica does not tick: it must not campaign.
+    pub fn tick(&mut self) {
+        if self.rejoin().is_some() {
+            return;
+        }
+        self.raw.tick();
+        self.reconcile_members();
+    }
+
+    /// Starts an election now instead of waiting for the election timeout. A rejoining replica
+    /// does not campaign (a no-op).
     pub fn campaign(&mut self) -> Result<()> {
+        if self.rejoin().is_some() {
+            return Ok(());
+        }
         Ok(self.raw.campaign()?)
     }
 
     /// Feeds a message from a peer. Messages from unknown peers and stale responses are
-    /// dropped by raft-rs with an error the caller may ignore.
-    pub fn step(&mut self, message: Message) -> Result<()> {
+    /// dropped by raft-rs with an error the caller may ignore. A rejoining replica drops vote
+    /// requests and leadership transfers, and commits nothing from heartbeats.
+    pub fn step(&mut self, mut message: Message) -> Result<()> {
+        if self.rejoin().is_some() {
+            let refused = match message.get_msg_type() {
+                MessageType::MsgRequestVote
+                | MessageType::MsgRequestPreVote
+                | MessageType::MsgTimeoutNow => true,
+                MessageType::MsgHeartbeat => {
+                    // A leader that has not re-added this replica yet sends the commit index
+                    // of the entries the lost disk held: commit nothing from a heartbeat (the
+                    // appends carry commits checked against the log), but answer it, so the
+                    // leader keeps sending appends.
+                    message.commit = message.commit.min(self.raw.raft.raft_log.committed);
+                    false
+                }
+                _ => false,
+            };
+            if refused {
+                tracing::debug!(
+                    group = self.group,
+                    node = self.id,
+                    kind = ?message.get_msg_type(),
+                    from = message.from,
+                    "rejoining replica ignored a message"
+                );
+                return Ok(());
+            }
+        }
         Ok(self.raw.step(message)?)
+    }
+
+    /// On the leader: proposes re-adding node `node`, whose replica was rebuilt from peers, as
+    /// a learner, so that the leader forgets its old progress. Two simple membership changes
+    /// (one with both would enter a joint configuration, which keeps the old progress): remove
+    /// the node, then, once that applied, add it back as a learner. The result, under proposal
+    /// `id`, is the log index of the second, which the rebuilt replica must apply before it
+    /// votes ([`rejoined`](Self::rejoined)). Repeating it is harmless: the replica is re-added
+    /// again and catches up again.
+    pub fn propose_rejoin(&mut self, id: u64, node: NodeId) -> Result<()> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(self.not_leader());
+        }
+        if node == self.id {
+            return Err(Error::Rejected(format!(
+                "node {node} leads group {} and has not lost its replica",
+                self.group
+            )));
+        }
+        let conf = self.raw.store().conf_state();
+        let member = conf.voters.contains(&node) || conf.learners.contains(&node);
+        let change = if member {
+            ConfChangeType::RemoveNode
+        } else {
+            ConfChangeType::AddLearnerNode
+        };
+        self.propose_conf_change(id, single_change(change, node))?;
+        if member {
+            let last = self.raw.raft.raft_log.last_index();
+            if let Some(pending) = self.pending.get_mut(&last) {
+                pending.readd = Some(node);
+            }
+        }
+        Ok(())
+    }
+
+    /// Proposes the second step of each rejoin whose removal applied (see
+    /// [`propose_rejoin`](Self::propose_rejoin)); runs after `advance_apply`, when raft-rs
+    /// accepts the next membership change.
+    fn readd_removed(&mut self, out: &mut Output) {
+        for (id, node) in std::mem::take(&mut self.readd) {
+            let change = single_change(ConfChangeType::AddLearnerNode, node);
+            if let Err(error) = self.propose_conf_change(id, change) {
+                out.results.push((id, Err(error)));
+            }
+        }
+    }
+
+    /// On a rejoining replica: the leader re-added it with the membership change at `index`.
+    /// Once it has applied `index` it votes again. Ignored unless it is waiting for this.
+    pub fn rejoined(&mut self, index: u64) -> Result<()> {
+        if self.rejoin() != Some(0) || index == 0 {
+            return Ok(());
+        }
+        self.raw.mut_store().set_rejoin(Some(index))?;
+        tracing::info!(
+            group = self.group,
+            node = self.id,
+            index,
+            "group re-added this rebuilt replica; it catches up before it votes again"
+        );
+        self.finish_rejoin()
+    }
+
+    /// Clears the rejoin mark once the replica applied the index it was re-added at.
+    fn finish_rejoin(&mut self) -> Result<()> {
+        match self.rejoin() {
+            Some(index) if index > 0 && self.applied >= index => {
+                self.raw.mut_store().set_rejoin(None)?;
+                tracing::info!(
+                    group = self.group,
+                    node = self.id,
+                    applied = self.applied,
+                    "replica rebuilt from its peers; it takes part in elections again"
+                );
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// On the leader, with no membership change in flight, moves the group one step towards
+    /// its `members` (see [`new`](Self::new)): adds back a missing member as a learner (a
+    /// rejoin whose second step was lost, say, to a leader change), else promotes a member
+    /// learner that has replicated up to the last membership change (the one that added it,
+    /// or a later one).
+    fn reconcile_members(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader || raft.pending_conf_index > self.applied {
+            return;
+        }
+        let since = raft.pending_conf_index;
+        let conf = self.raw.store().conf_state();
+        let missing = self
+            .members
+            .iter()
+            .copied()
+            .find(|id| !conf.voters.contains(id) && !conf.learners.contains(id));
+        let (change, node, what) = if let Some(node) = missing {
+            (
+                ConfChangeType::AddLearnerNode,
+                node,
+                "adding a missing member back as a learner",
+            )
+        } else {
+            let caught_up = conf.learners.iter().copied().find(|id| {
+                self.members.contains(id)
+                    && raft.prs().get(*id).is_some_and(|pr| pr.matched >= since)
+            });
+            let Some(node) = caught_up else { return };
+            (
+                ConfChangeType::AddNode,
+                node,
+                "learner caught up; promoting it to voter",
+            )
+        };
+        match self
+            .raw
+            .propose_conf_change(Vec::new(), single_change(change, node))
+        {
+            Ok(()) => tracing::info!(group = self.group, node = self.id, member = node, "{what}"),
+            Err(error) => {
+                tracing::debug!(group = self.group, %error, "membership change not proposed")
+            }
+        }
     }
 
     fn not_leader(&self) -> Error {
@@ -274,6 +494,7 @@ impl<M: StateMachine> GroupNode<M> {
             Pending {
                 id,
                 term: self.raw.raft.term,
+                readd: None,
             },
         );
     }
@@ -287,7 +508,7 @@ impl<M: StateMachine> GroupNode<M> {
 
     /// Whether [`handle_ready`](Self::handle_ready) has anything to do.
     pub fn has_ready(&self) -> bool {
-        self.raw.has_ready()
+        self.raw.has_ready() || self.raw.store().snapshot_wanted()
     }
 
     /// Processes one Ready in raft-rs's documented order and returns what the caller must
@@ -297,6 +518,7 @@ impl<M: StateMachine> GroupNode<M> {
     pub fn handle_ready(&mut self) -> Result<Output> {
         let mut out = Output::default();
         if !self.raw.has_ready() {
+            self.maybe_compact()?;
             return Ok(out);
         }
         let mut ready = self.raw.ready();
@@ -357,8 +579,12 @@ impl<M: StateMachine> GroupNode<M> {
         out.messages.extend(light.take_messages());
         self.apply_entries(light.take_committed_entries(), &mut out)?;
         self.raw.advance_apply();
+        self.readd_removed(&mut out);
+        self.finish_rejoin()?;
 
-        // 8. Compaction policy: snapshot the state machine and drop the applied log prefix.
+        // 8. Compaction policy: snapshot the state machine and drop the applied log prefix,
+        //    every `snapshot_entries`, or now when a follower needs a snapshot the stored one
+        //    cannot serve.
         self.maybe_compact()?;
         Ok(out)
     }
@@ -448,14 +674,14 @@ impl<M: StateMachine> GroupNode<M> {
                         .expect("a committed conf change must decode");
                     let conf = self.raw.apply_conf_change(&cc)?;
                     self.raw.mut_store().set_conf_state(&conf)?;
-                    Some(Ok(Vec::new()))
+                    Some(Ok(entry.index.to_be_bytes().to_vec()))
                 }
                 EntryType::EntryConfChangeV2 => {
                     let cc = ConfChangeV2::parse_from_bytes(&entry.data)
                         .expect("a committed conf change must decode");
                     let conf = self.raw.apply_conf_change(&cc)?;
                     self.raw.mut_store().set_conf_state(&conf)?;
-                    Some(Ok(Vec::new()))
+                    Some(Ok(entry.index.to_be_bytes().to_vec()))
                 }
             };
             self.applied = entry.index;
@@ -466,13 +692,17 @@ impl<M: StateMachine> GroupNode<M> {
                     // Another leader's entry took our proposal's place.
                     _ => Err(self.not_leader()),
                 };
-                out.results.push((pending.id, result));
+                match (pending.readd, result) {
+                    (Some(node), Ok(_)) => self.readd.push((pending.id, node)),
+                    (_, result) => out.results.push((pending.id, result)),
+                }
             }
         }
         Ok(())
     }
 
-    /// Proposes a membership change (e.g. adding a learner); applied when committed.
+    /// Proposes a membership change (e.g. adding a learner); applied when committed. Its
+    /// result is the change's log index (8 bytes, big-endian).
     pub fn propose_conf_change(&mut self, id: u64, change: ConfChangeV2) -> Result<()> {
         if self.raw.raft.state != StateRole::Leader {
             return Err(self.not_leader());
@@ -489,7 +719,8 @@ impl<M: StateMachine> GroupNode<M> {
         let snapshot_index = storage.snapshot_metadata().index;
         let commit = storage.hard_state().commit;
         let index = self.applied.min(commit);
-        if index < snapshot_index + self.config.snapshot_entries.max(1) {
+        let wanted = storage.take_snapshot_wanted() && index > snapshot_index;
+        if !wanted && index < snapshot_index + self.config.snapshot_entries.max(1) {
             return Ok(());
         }
         let data = self.machine.snapshot();

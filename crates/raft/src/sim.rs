@@ -8,6 +8,11 @@
 //! a run is fully reproducible: nothing reads the wall clock, thread scheduling or a global
 //! random source.
 //!
+//! A node can also lose its disk ([`Cluster::lose_disk`]): it comes back empty and rejoining,
+//! and the cluster plays the caller's part of a rebuild (see the [`node`](crate::node) docs):
+//! each tick a rejoining node asks the current leader to re-add it, and the leader's answer
+//! reaches it at once, like a request and reply over a peer RPC that happened to succeed.
+//!
 //! A crash here closes raft-engine cleanly (its `Drop` runs); the torn tail a real crash
 //! leaves behind is covered by the storage tests.
 //!
@@ -39,6 +44,13 @@ pub const GROUP: GroupId = 1;
 /// Logical milliseconds between ticks; with the default 10-tick election timeout an election
 /// takes 100-200 ms of simulated time, the scale of a real deployment's 100 ms ticks / 10.
 pub const TICK_MS: u64 = 10;
+
+/// How often a rejoining node asks the leader to re-add it (a few ticks, like a node's retry
+/// of the peer call).
+const REJOIN_ASK_MS: u64 = 5 * TICK_MS;
+
+/// Proposal ids at or above this are the cluster's own rejoin requests, never a caller's.
+const REJOIN_PROPOSALS: u64 = 1 << 63;
 
 /// Network fault rates of a [`Network`].
 #[derive(Debug, Clone)]
@@ -270,6 +282,43 @@ impl<M: StateMachine> Cluster<M> {
         }
     }
 
+    /// Whether every node is up with its replica whole (none rejoining) and the leader counts
+    /// all as voters: only then may a test lose a disk (two lost copies of three is data loss no
+    /// protocol prevents).
+    pub fn is_whole(&self) -> bool {
+        let whole = self
+            .ids()
+            .into_iter()
+            .all(|id| self.node(id).is_some_and(|n| n.rejoin().is_none()));
+        let members = self.leader().map(|leader| {
+            let node = self.node(leader).expect("the leader is up");
+            node.storage().conf_state()
+        });
+        let all = self.config.nodes as usize;
+        whole && members.is_some_and(|conf| conf.voters.len() == all && conf.learners.is_empty())
+    }
+
+    /// Crashes node `id` and wipes its directory, as when its disk is replaced; it stays down
+    /// until [`restart`](Self::restart)ed, then rejoins empty and is rebuilt from the others.
+    pub fn lose_disk(&mut self, id: NodeId) -> Result<()> {
+        self.crash(id);
+        let dir = self.dir.join(format!("node-{id}"));
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    context: "remove",
+                    path: dir,
+                    source,
+                })
+            }
+        }
+        let store = Store::open(&dir)?;
+        store.group(GROUP)?.set_rejoin(Some(0))?;
+        Ok(())
+    }
+
     /// (Re)starts node `id` from its directory (a no-op if it is up).
     pub fn restart(&mut self, id: NodeId) -> Result<()> {
         if self.node(id).is_some() {
@@ -337,17 +386,46 @@ impl<M: StateMachine> Cluster<M> {
         }
         let mut outputs = Vec::new();
         let now = self.now;
+        let mut rejoining = Vec::new();
+        let mut rejoined = Vec::new();
         for (&id, slot) in &mut self.nodes {
             let Some(node) = slot else { continue };
             if (now + self.phase[&id]).is_multiple_of(TICK_MS) {
                 node.tick();
             }
+            if (now + self.phase[&id]).is_multiple_of(REJOIN_ASK_MS) && node.rejoin() == Some(0) {
+                rejoining.push(id);
+            }
             if node.has_ready() {
-                let out = node.handle_ready()?;
+                let mut out = node.handle_ready()?;
                 for message in &out.messages {
                     self.net.send(now, message.clone());
                 }
+                out.results.retain(|(proposal, result)| {
+                    if *proposal < REJOIN_PROPOSALS {
+                        return true;
+                    }
+                    if let Ok(index) = result {
+                        let index = u64::from_be_bytes(index.as_slice().try_into().unwrap());
+                        rejoined.push((proposal - REJOIN_PROPOSALS, index));
+                    }
+                    false
+                });
                 outputs.push((id, out));
+            }
+        }
+        for (id, index) in rejoined {
+            if let Some(node) = self.node_mut(id) {
+                node.rejoined(index)?;
+            }
+        }
+        if let Some(leader) = self.leader() {
+            for id in rejoining {
+                // Refused while another membership change is in flight: asked again next tick.
+                let _ = self
+                    .node_mut(leader)
+                    .expect("the leader is up")
+                    .propose_rejoin(REJOIN_PROPOSALS + id, id);
             }
         }
         Ok(outputs)

@@ -80,7 +80,7 @@ use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use protobuf::Message as _;
@@ -108,6 +108,10 @@ fn seq_key(group: GroupId) -> Vec<u8> {
 const HARD_STATE_KEY: &[u8] = b"hard_state";
 /// Key of a group's conf state (voters and learners), which raft-rs needs before any entry.
 const CONF_STATE_KEY: &[u8] = b"conf_state";
+/// Key of a group's rejoin mark (see [`GroupStorage::set_rejoin`]): present while a replica
+/// rebuilt from peers must not vote. 8 bytes, big-endian: 0 before the group re-added it, else
+/// the index it must apply before it may vote again.
+const REJOIN_KEY: &[u8] = b"rejoin";
 /// Key of a group's newest snapshot metadata (index, term, conf state): the log starts after
 /// it, and `term(index)` must still answer for it.
 const SNAPSHOT_KEY: &[u8] = b"snapshot";
@@ -510,11 +514,18 @@ impl Store {
             .engine
             .get_message(group, SNAPSHOT_KEY)?
             .unwrap_or_default();
+        let rejoin = match self.engine.get(group, REJOIN_KEY) {
+            None => None,
+            Some(bytes) => Some(u64::from_be_bytes(bytes.as_slice().try_into().map_err(
+                |_| lost(format!("rejoin mark has {} bytes, not 8", bytes.len())),
+            )?)),
+        };
         let mut state = GroupState {
             hard_state,
             conf_state,
             snapshot,
             terms: TermRuns::default(),
+            rejoin,
         };
         // Rebuild the term index from the log.
         if let (Some(first), Some(last)) = (
@@ -569,6 +580,7 @@ impl Store {
             store: Arc::clone(self),
             group,
             state: Arc::new(RwLock::new(state)),
+            snapshot_wanted: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -698,6 +710,7 @@ struct GroupState {
     conf_state: ConfState,
     snapshot: SnapshotMetadata,
     terms: TermRuns,
+    rejoin: Option<u64>,
 }
 
 impl GroupState {
@@ -743,6 +756,9 @@ pub struct GroupStorage {
     store: Arc<Store>,
     group: GroupId,
     state: Arc<RwLock<GroupState>>,
+    /// Set when raft-rs asked for a snapshot the stored one cannot serve (see
+    /// [`take_snapshot_wanted`](GroupStorage::take_snapshot_wanted)).
+    snapshot_wanted: Arc<AtomicBool>,
 }
 
 fn other(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> raft::Error {
@@ -791,6 +807,46 @@ impl GroupStorage {
     /// Index of the first entry still in the log.
     pub fn first_index(&self) -> u64 {
         self.read().first_index()
+    }
+
+    /// Whether raft-rs asked for a snapshot to send that the stored one cannot serve: it
+    /// predates a membership change that added the receiver (raft-rs refuses to restore a
+    /// snapshot whose members leave it out), or is older than asked. The owner should take a
+    /// fresh snapshot now rather than at its usual interval. Resets the flag.
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.swap(false, Ordering::Relaxed)
+    }
+
+    /// Whether [`take_snapshot_wanted`](Self::take_snapshot_wanted) would return true.
+    pub fn snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.load(Ordering::Relaxed)
+    }
+
+    /// The rejoin mark: `None` for a normal replica; `Some(0)` for one rebuilt from peers that
+    /// the group has not re-added yet; `Some(index)` once it has, until it applied `index`.
+    pub fn rejoin(&self) -> Option<u64> {
+        self.read().rejoin
+    }
+
+    /// Records (synced) or clears the rejoin mark. A replica whose disk lost acknowledged data
+    /// must not vote until it holds everything the group committed without it, and that must
+    /// survive its restarts: see [`GroupNode`](crate::GroupNode)'s rejoin docs.
+    pub fn set_rejoin(&mut self, rejoin: Option<u64>) -> Result<()> {
+        let mut batch = LogBatch::default();
+        match rejoin {
+            Some(index) => batch.put(
+                self.group,
+                REJOIN_KEY.to_vec(),
+                index.to_be_bytes().to_vec(),
+            )?,
+            None => batch.delete(self.group, REJOIN_KEY.to_vec()),
+        }
+        self.store.write(self.group, &mut batch)?;
+        self.state
+            .write()
+            .expect("group state lock poisoned")
+            .rejoin = rejoin;
+        Ok(())
     }
 
     /// Index of the last entry (the snapshot's index when the log is empty).
@@ -1009,10 +1065,13 @@ impl raft::Storage for GroupStorage {
         Ok(self.read().last_index())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let meta = self.read().snapshot.clone();
-        if meta.index < request_index || meta.index == 0 {
-            // The node takes a fresher snapshot by its compaction policy.
+        let conf = meta.get_conf_state();
+        let includes_to = conf.voters.contains(&to) || conf.learners.contains(&to);
+        if meta.index < request_index || meta.index == 0 || !includes_to {
+            // The node takes a fresher one at its next Ready; raft-rs asks again.
+            self.snapshot_wanted.store(true, Ordering::Relaxed);
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
@@ -1253,6 +1312,54 @@ mod tests {
             store.group(u64::MAX),
             Err(Error::ReservedGroup(_))
         ));
+    }
+
+    #[test]
+    fn rejoin_mark_survives_restarts_and_a_dropped_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = store.group(3).unwrap();
+        assert_eq!(g.rejoin(), None);
+        g.set_rejoin(Some(0)).unwrap();
+        g.set_rejoin(Some(42)).unwrap();
+        drop((g, store));
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = store.group(3).unwrap();
+        assert_eq!(g.rejoin(), Some(42));
+        g.set_rejoin(None).unwrap();
+        drop((g, store));
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.group(3).unwrap().rejoin(), None);
+        store.group(3).unwrap().set_rejoin(Some(7)).unwrap();
+        store.drop_group(3).unwrap();
+        assert_eq!(
+            store.group(3).unwrap().rejoin(),
+            None,
+            "dropping a group clears it"
+        );
+    }
+
+    #[test]
+    fn snapshot_leaving_out_the_receiver_is_not_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = store.group(1).unwrap();
+        g.bootstrap(conf(&[1, 3])).unwrap();
+        g.append(&entries(1..=5, 1)).unwrap();
+        g.set_hard_state(&hard_state(1, 1, 5)).unwrap();
+        g.compact(4, b"state".to_vec()).unwrap();
+        assert!(g.snapshot(0, 3).is_ok());
+        assert!(!g.snapshot_wanted());
+        // Node 2 was added after the snapshot: raft-rs would refuse it there, so the owner is
+        // asked for a fresh one.
+        assert!(matches!(
+            g.snapshot(0, 2),
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable
+            ))
+        ));
+        assert!(g.take_snapshot_wanted());
+        assert!(!g.take_snapshot_wanted(), "taking it resets it");
     }
 
     fn newest_log_file(dir: &Path) -> PathBuf {

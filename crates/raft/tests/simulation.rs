@@ -14,6 +14,10 @@
 //! 8. At most one leader per term; nodes are crashed right after granting votes to catch
 //!    votes that do not survive a restart.
 //!
+//! Now and then a node of a healthy group loses its disk and comes back empty: it is rebuilt
+//! from the others (re-added as a learner, then promoted), and all of the above must still
+//! hold: nothing acknowledged with its lost copy may disappear.
+//!
 //! `cargo test` runs [`DEFAULT_SEEDS`] seeds from 0; `LEAKBLOOM_SIM_SEEDS=N` runs N seeds
 //! (from `LEAKBLOOM_SIM_FIRST_SEED`, default 0), `LEAKBLOOM_SIM_SEED=S` replays seed S (a
 //! failing seed prints the command).
@@ -52,6 +56,7 @@ fn scratch() -> tempfile::TempDir {
 struct Stats {
     crashes: u64,
     crashes_after_vote: u64,
+    disks_lost: u64,
     restarts: u64,
     partitions: u64,
     leader_changes: u64,
@@ -257,6 +262,12 @@ fn run(seed: u64) {
                 history.stats.restarts += 1;
             }
         }
+        if rng.gen_bool(0.0003) && cluster.is_whole() {
+            cluster
+                .lose_disk(ids[rng.gen_range(0..ids.len())])
+                .expect("lose disk");
+            history.stats.disks_lost += 1;
+        }
         if rng.gen_bool(0.0005) {
             // One partition at a time: a random side against the rest.
             let side: Vec<_> = ids.iter().copied().filter(|_| rng.gen_bool(0.4)).collect();
@@ -331,7 +342,14 @@ fn run(seed: u64) {
         "seed {seed}: the healed cluster did not converge in {SETTLE_MS} ms (nodes: {:?})",
         ids.iter()
             .map(|&id| cluster.node(id).unwrap())
-            .map(|n| (n.id(), n.applied(), n.last_index(), n.leadership()))
+            .map(|n| (
+                n.id(),
+                n.applied(),
+                n.last_index(),
+                n.leadership(),
+                n.rejoin(),
+                n.storage().conf_state()
+            ))
             .collect::<Vec<_>>()
     );
 

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use leakbloom_proto::v1::peer_server::{Peer, PeerServer};
 use leakbloom_proto::v1::{
     propose_outcome, ProposeBatchRequest, ProposeBatchResponse, ProposeOutcome, ProposeRequest,
-    ProposeResponse, RaftAck, RaftBatch, RaftMessage, ShardCheckRequest, ShardCheckResponse,
-    SnapshotAck, SnapshotChunk, Unavailable,
+    ProposeResponse, RaftAck, RaftBatch, RaftMessage, RejoinRequest, RejoinResponse,
+    ShardCheckRequest, ShardCheckResponse, SnapshotAck, SnapshotChunk, Unavailable,
 };
 use leakbloom_raft::{GroupHandle, GroupId};
 use protobuf::Message as _;
@@ -253,5 +253,26 @@ impl Peer for PeerService {
     ) -> Result<Response<ShardCheckResponse>, Status> {
         let response = self.local.check_shard(request.into_inner()).await?;
         Ok(Response::new(response))
+    }
+
+    async fn rejoin(
+        &self,
+        request: Request<RejoinRequest>,
+    ) -> Result<Response<RejoinResponse>, Status> {
+        let RejoinRequest { group, node } = request.into_inner();
+        let shard = shard_of_group(group);
+        let handle = self.replica(group)?;
+        let index = handle
+            .rejoin(node)
+            .await
+            .map_err(|error| Error::from_raft(shard, self.local.id(), error))?;
+        tracing::info!(
+            node = self.local.id(),
+            group,
+            rebuilt = node,
+            index,
+            "re-added a replica rebuilt from its peers"
+        );
+        Ok(Response::new(RejoinResponse { index }))
     }
 }

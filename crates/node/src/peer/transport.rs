@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use leakbloom_proto::v1::peer_client::PeerClient;
 use leakbloom_proto::v1::{
-    propose_outcome, ProposeBatchRequest, ProposeRequest, RaftBatch, RaftMessage,
+    propose_outcome, ProposeBatchRequest, ProposeRequest, RaftBatch, RaftMessage, RejoinRequest,
     ShardCheckRequest, ShardCheckResponse, SnapshotChunk, Unavailable,
 };
 use leakbloom_raft::{GroupHandle, GroupId, NodeId, Transport};
@@ -284,6 +284,23 @@ impl Peers {
             client.check(request).await
         })
         .await
+    }
+
+    /// Asks node `node`, which should lead `group`, to re-add this node's replica of it, which
+    /// was rebuilt from nothing; returns the index the replica must apply before it votes.
+    /// Errors as in the [module docs](super).
+    pub async fn rejoin(&self, node: NodeId, group: GroupId) -> Result<u64, Error> {
+        let shard = shard_of_group(group);
+        let request = RejoinRequest {
+            group,
+            node: self.id,
+        };
+        let response = self
+            .call(node, shard, &[], |mut client| async move {
+                client.rejoin(request).await
+            })
+            .await?;
+        Ok(response.index)
     }
 
     /// One unary call to `node` with [`REQUEST_TIMEOUT`], its failure turned into an
