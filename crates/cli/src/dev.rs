@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use base64::Engine as _;
+use futures_util::future::try_join_all;
 use leakbloom_client::Client;
 use leakbloom_ident::Kind;
 use leakbloom_node::{Config, Server};
@@ -81,8 +82,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         peers.insert(u64::from(i) + 1, nth(args.peer_listen, i, true)?);
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut addrs = Vec::new();
-    let mut serving = Vec::new();
+    let mut configs = Vec::new();
     for i in 0..DEV_NODES {
         let id = u64::from(i) + 1;
         let config = Config {
@@ -98,12 +98,22 @@ pub async fn run(args: DevArgs) -> Result<()> {
             ..Config::default()
         };
         config.validate()?;
-        let server = Server::bind(config).await.with_context(|| {
+        configs.push(config);
+    }
+    // Together: nodes with new data directories ask each other whether the cluster is new.
+    let servers = try_join_all(configs.into_iter().map(|config| async move {
+        let id = config.id;
+        Server::bind(config).await.with_context(|| {
             format!(
                 "node {id} cannot start (is another dev cluster running? try --listen, \
                  --peer-listen, or --data-dir)"
             )
-        })?;
+        })
+    }))
+    .await?;
+    let mut addrs = Vec::new();
+    let mut serving = Vec::new();
+    for server in servers {
         addrs.push(server.local_addr());
         let mut stopped = stopped.clone();
         serving.push(tokio::spawn(server.run(async move {

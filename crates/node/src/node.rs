@@ -33,8 +33,8 @@ use bytes::Bytes;
 use futures_util::future::{join_all, try_join_all};
 use leakbloom_filter::{Filter, KEY_LEN};
 use leakbloom_proto::v1::{
-    command, Command, Consistency, CreateSetRequest, DropSetCommand, InsertCommand, SetInfo,
-    SetResult, ShardCheckRequest, ShardCheckResponse,
+    command, status_response, Command, Consistency, CreateSetRequest, DropSetCommand,
+    InsertCommand, SetInfo, SetResult, ShardCheckRequest, ShardCheckResponse, StatusResponse,
 };
 use leakbloom_raft::{
     Driver, GroupHandle, GroupId, GroupNode, NodeConfig, NodeId, Store, Transport,
@@ -126,13 +126,17 @@ impl Node {
     /// Opens the node's data directory and starts a Raft group for every shard it hosts,
     /// sending through `peers`. Blocking (recovers every replica from disk): call it off the
     /// async runtime. A fresh group's preferred leader (its first replica) campaigns at once, so
-    /// a new cluster elects leaders spread over the nodes within a tick or two.
-    pub fn open(config: Config, peers: Arc<Peers>) -> Result<Node> {
+    /// a new cluster elects leaders spread over the nodes within a tick or two. A replica whose
+    /// data is lost or damaged, or that is empty although this data directory held it (or its
+    /// shard is in `held_elsewhere`: its peers hold its data), is rebuilt from its peers.
+    pub fn open(config: Config, peers: Arc<Peers>, held_elsewhere: &[ShardId]) -> Result<Node> {
         config.validate()?;
         let layout = config.layout()?;
         let record = config.record()?;
-        // A record means the replicas were created before: one found empty lost its data.
+        // A record means the replicas were created before: one found empty lost its data. So
+        // does one of a new data directory whose peers hold its shard's data (a wiped disk).
         let existed = record.check(&config.data_dir)?;
+
         let rebuildable = layout.replication() > 1;
         let (store, store_lost) = open_store(&config.data_dir, rebuildable)?;
         let tick = Duration::from_millis(config.tick_ms);
@@ -148,6 +152,13 @@ impl Node {
                 replicas.push(None);
                 continue;
             }
+            let lost_if_empty = if existed {
+                Some("its log is gone though this data directory held it")
+            } else if held_elsewhere.contains(&shard) {
+                Some("this node's data directory is new but its peers hold the shard's data")
+            } else {
+                None
+            };
             let state = Arc::new(ShardState::new(shard));
             // The replica, and whether its storage was empty (a new group, or lost data).
             let open = |rejoin: bool| -> leakbloom_raft::Result<(GroupNode<Machine>, bool)> {
@@ -174,8 +185,8 @@ impl Node {
                 Err("the log store lost synced data".into())
             } else {
                 match open(false) {
-                    Ok((_, true)) if existed => {
-                        Err("its log is gone though this data directory held it".into())
+                    Ok((_, true)) if lost_if_empty.is_some() => {
+                        Err(lost_if_empty.unwrap_or_default().into())
                     }
                     Ok(opened) => Ok(opened),
                     Err(
@@ -214,7 +225,7 @@ impl Node {
                     open(true).map_err(replica_error)?
                 }
             };
-            let fresh = !existed && empty;
+            let fresh = lost_if_empty.is_none() && empty;
             if voters.len() == 1 || (fresh && voters[0] == config.id) {
                 group.campaign().map_err(replica_error)?;
             }
@@ -862,6 +873,19 @@ impl Local for Node {
 
     async fn check_shard(&self, request: ShardCheckRequest) -> Result<ShardCheckResponse> {
         self.check_local_shard(request).await
+    }
+
+    fn status(&self) -> StatusResponse {
+        StatusResponse {
+            node: self.id(),
+            state: status_response::State::Serving.into(),
+            committed: self
+                .replicas
+                .iter()
+                .flatten()
+                .map(|r| (r.handle.group(), r.handle.committed()))
+                .collect(),
+        }
     }
 }
 

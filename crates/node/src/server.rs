@@ -5,16 +5,26 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
+use futures_util::future::join_all;
 use leakbloom_proto::v1::lookup_server::LookupServer;
+use leakbloom_proto::v1::status_response::State;
+use leakbloom_proto::v1::StatusResponse;
+use leakbloom_raft::{GroupId, NodeId};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::Config;
 use crate::error::Error;
 use crate::node::Node;
-use crate::peer::{Local, PeerService, Peers};
+use crate::peer::{Local, PeerService, Peers, Slot};
 use crate::service::LookupService;
+use crate::shard::ShardId;
 
 /// HTTP/2 frame size on the server: 256 KiB instead of 16 KiB. h2 writes every frame with its
 /// own syscall, so large check batches were measured 1.7x faster with it.
@@ -23,13 +33,142 @@ pub const HTTP2_MAX_FRAME_SIZE: u32 = 256 << 10;
 /// Room in a gRPC message beyond the keys themselves (field tags, set names).
 const MESSAGE_OVERHEAD: usize = 64 << 10;
 
-/// A bound, not yet serving, node. Binding first lets callers learn the ports of
-/// `127.0.0.1:0` before serving.
+/// How often a node with a new data directory asks its peers whether the cluster is new.
+const DISCOVER_POLL: Duration = Duration::from_millis(200);
+
+/// How often it says that it is still waiting for them.
+const DISCOVER_LOG: Duration = Duration::from_secs(5);
+
+/// For a node whose data directory is new: the hosted shards whose data the cluster already
+/// holds, so that their replicas must be rebuilt from the peers (a wiped disk) instead of
+/// bootstrapped (a new cluster). Asks the peers' `Status` until every hosted shard is decided:
+/// held when one of its other replicas has committed anything, new when a majority of its
+/// replicas, this one included, are new or hold nothing committed. Waits as long as a shard is
+/// undecided, saying so every few seconds: with a majority of its replicas silent, a new shard
+/// cannot be told from one whose data this node lost, and bootstrapping the latter could elect
+/// a leader without acknowledged writes. Nodes of a new cluster therefore start together (a
+/// StatefulSet with `podManagementPolicy: Parallel`, or `leakbloom dev`); one that starts
+/// after the others committed is rebuilt from them, which is slower but as good.
+async fn discover(config: &Config, peers: &Peers) -> Vec<ShardId> {
+    let Ok(layout) = config.layout() else {
+        // Node::open reports the configuration error.
+        return Vec::new();
+    };
+    let hosted: Vec<ShardId> = (0..config.shards)
+        .filter(|&shard| layout.replicas(shard).contains(&config.id))
+        .collect();
+    if layout.replication() < 2 {
+        return Vec::new();
+    }
+    let others: Vec<NodeId> = config
+        .members()
+        .into_keys()
+        .filter(|&id| id != config.id)
+        .collect();
+    let mut said = Instant::now();
+    loop {
+        let answers: BTreeMap<NodeId, StatusResponse> = join_all(
+            others
+                .iter()
+                .map(|&id| async move { peers.status(id).await.ok().map(|status| (id, status)) }),
+        )
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+        let mut held = Vec::new();
+        let mut undecided = Vec::new();
+        for &shard in &hosted {
+            let replicas = layout.replicas(shard);
+            let group = GroupId::from(shard);
+            let answered = replicas.iter().filter_map(|id| answers.get(id));
+            let mut new = 1;
+            let mut committed = false;
+            for status in answered {
+                let commit = status.committed.get(&group).copied().unwrap_or(0);
+                match status.state() {
+                    State::Serving if commit > 0 => committed = true,
+                    State::Serving | State::New => new += 1,
+                    _ => {}
+                }
+            }
+            if committed {
+                held.push(shard);
+            } else if new < replicas.len() / 2 + 1 {
+                undecided.push(shard);
+            }
+        }
+        if undecided.is_empty() {
+            if held.is_empty() {
+                tracing::info!(node = config.id, "new cluster: bootstrapping");
+            } else {
+                tracing::info!(
+                    node = config.id,
+                    shards = ?held,
+                    "new data directory, but the peers hold these shards' data: rebuilding \
+                     their replicas from the peers"
+                );
+            }
+            return held;
+        }
+        if said.elapsed() >= DISCOVER_LOG {
+            said = Instant::now();
+            let silent: Vec<NodeId> = others
+                .iter()
+                .copied()
+                .filter(|id| !answers.contains_key(id))
+                .collect();
+            tracing::warn!(
+                node = config.id,
+                shards = ?undecided,
+                silent = ?silent,
+                "new data directory: waiting for a majority of these shards' replicas to say \
+                 whether they are new (bootstrap) or hold data (rebuild from them)"
+            );
+        }
+        tokio::time::sleep(DISCOVER_POLL).await;
+    }
+}
+
+/// A bound node: its peer port serves already (other nodes' Raft messages reach its replicas),
+/// its client port waits for [`run`](Server::run). Binding first lets callers learn the ports
+/// of `127.0.0.1:0` before serving.
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
-    peer_listener: TcpListener,
+    peer_addr: SocketAddr,
+    peer: PeerServing,
     node: Arc<Node>,
+}
+
+/// The peer service, running on its own task from [`Server::bind`] on.
+#[derive(Debug)]
+struct PeerServing {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl PeerServing {
+    /// Serves the peer service over `local` on `listener` until stopped.
+    fn start(listener: TcpListener, local: Arc<dyn Local>) -> PeerServing {
+        let (stop, mut stopped) = watch::channel(false);
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let task = tokio::spawn(
+            tonic::transport::Server::builder()
+                .max_frame_size(Some(HTTP2_MAX_FRAME_SIZE))
+                .add_service(PeerService::server(local))
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stopped.wait_for(|&stop| stop).await;
+                }),
+        );
+        PeerServing { stop, task }
+    }
+
+    /// Stops serving once in-flight calls have finished.
+    async fn stop(self) -> Result<(), tonic::transport::Error> {
+        self.stop.send_replace(true);
+        self.task.await.expect("the peer server task panicked")
+    }
 }
 
 /// Why a node could not start.
@@ -63,22 +202,44 @@ impl Server {
         };
         let listener = bind("client API", config.listen).await?;
         let peer_listener = bind("peer API", config.peer_listen).await?;
+        let peer_addr = peer_listener.local_addr().expect("a bound listener");
         if config.peers.is_empty() {
-            config.peer_listen = peer_listener.local_addr().expect("a bound listener");
+            config.peer_listen = peer_addr;
         }
-        let peers = Arc::new(Peers::new(config.id, config.members()));
-        let opening = peers.clone();
-        let node = tokio::task::spawn_blocking(move || Node::open(config, opening))
-            .await
-            .expect("opening the node panicked")?;
-        let node = Arc::new(node);
-        let local: Arc<dyn Local> = node.clone();
-        peers.set_local(Arc::downgrade(&local));
-        Ok(Server {
-            listener,
-            peer_listener,
-            node,
-        })
+        let record = config.record().map_err(Error::from)?;
+        let new_directory = !record.check(&config.data_dir).map_err(Error::from)?;
+        let slot = Arc::new(Slot::new(config.id, new_directory));
+        let peer = PeerServing::start(peer_listener, slot.clone());
+        let opened = async {
+            let peers = Arc::new(Peers::new(config.id, config.members()));
+            let held_elsewhere = if new_directory {
+                discover(&config, &peers).await
+            } else {
+                Vec::new()
+            };
+            let opening = peers.clone();
+            let node =
+                tokio::task::spawn_blocking(move || Node::open(config, opening, &held_elsewhere))
+                    .await
+                    .expect("opening the node panicked")?;
+            let node = Arc::new(node);
+            let local: Arc<dyn Local> = node.clone();
+            peers.set_local(Arc::downgrade(&local));
+            slot.set(local);
+            Ok::<_, Error>(node)
+        };
+        match opened.await {
+            Ok(node) => Ok(Server {
+                listener,
+                peer_addr,
+                peer,
+                node,
+            }),
+            Err(error) => {
+                let _ = peer.stop().await;
+                Err(error.into())
+            }
+        }
     }
 
     /// The client API address actually bound.
@@ -90,9 +251,7 @@ impl Server {
 
     /// The peer API address actually bound.
     pub fn peer_addr(&self) -> SocketAddr {
-        self.peer_listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.peer_addr
     }
 
     /// The node behind the server.
@@ -139,32 +298,19 @@ impl Server {
         // Small replies must not wait for Nagle's algorithm: with it on, a forwarding hop
         // was measured at ~1 K requests/s instead of ~20 K.
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        let peer_incoming = TcpIncoming::from(self.peer_listener).with_nodelay(Some(true));
-        let local: Arc<dyn Local> = self.node.clone();
         // Clients stop first; the peer service serves on until their in-flight requests (which
         // need other nodes' votes and acknowledgements) have finished.
-        let (stop_peer, mut peer_stopped) = tokio::sync::watch::channel(false);
-        let peer = tonic::transport::Server::builder()
+        let client = tonic::transport::Server::builder()
             .max_frame_size(Some(HTTP2_MAX_FRAME_SIZE))
-            .add_service(PeerService::server(local))
-            .serve_with_incoming_shutdown(peer_incoming, async move {
-                let _ = peer_stopped.wait_for(|&stop| stop).await;
-            });
-        let client = async move {
-            let served = tonic::transport::Server::builder()
-                .max_frame_size(Some(HTTP2_MAX_FRAME_SIZE))
-                .add_service(health)
-                .add_service(reflection_v1)
-                .add_service(reflection_v1alpha)
-                .add_service(lookup)
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await;
-            stop_peer.send_replace(true);
-            served
-        };
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(lookup)
+            .serve_with_incoming_shutdown(incoming, shutdown);
         // Replicas rebuilt from peers (a lost disk) ask their leaders to re-add them.
         let rebuild = tokio::spawn(self.node.clone().rebuild());
-        let (client, peer) = tokio::join!(client, peer);
+        let client = client.await;
+        let peer = self.peer.stop().await;
         rebuild.abort();
         self.node.shutdown().await;
         client.and(peer)

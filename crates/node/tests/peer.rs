@@ -16,10 +16,11 @@ use leakbloom_node::peer::{Local, PeerService, Peers, MAX_MESSAGE_BYTES};
 use leakbloom_node::Error;
 use leakbloom_proto::v1::peer_client::PeerClient;
 use leakbloom_proto::v1::peer_server::{Peer, PeerServer};
+use leakbloom_proto::v1::status_response::State;
 use leakbloom_proto::v1::{
     ProposeBatchRequest, ProposeBatchResponse, ProposeRequest, ProposeResponse, RaftAck, RaftBatch,
     RaftMessage, RejoinRequest, RejoinResponse, ShardCheckRequest, ShardCheckResponse, SnapshotAck,
-    SnapshotChunk,
+    SnapshotChunk, StatusRequest, StatusResponse,
 };
 use leakbloom_raft::{
     Driver, GroupHandle, GroupId, GroupNode, NodeConfig, NodeId, StateMachine, Store,
@@ -111,6 +112,15 @@ impl Local for TestLocal {
             present: request.sets.iter().map(|_| answer.clone()).collect(),
         })
     }
+
+    fn status(&self) -> StatusResponse {
+        let replica = self.replica.read().unwrap();
+        StatusResponse {
+            node: self.id,
+            state: State::Serving.into(),
+            committed: replica.iter().map(|r| (r.group(), r.committed())).collect(),
+        }
+    }
 }
 
 /// The peer service, refusing the next `refuse_snapshots` snapshot streams: a failed delivery
@@ -166,6 +176,13 @@ impl Peer for Gate {
         request: Request<RejoinRequest>,
     ) -> Result<Response<RejoinResponse>, Status> {
         self.service.rejoin(request).await
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        self.service.status(request).await
     }
 }
 

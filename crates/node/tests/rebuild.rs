@@ -1,6 +1,6 @@
 //! A replica that lost its data is rebuilt from its peers: three real nodes (servers on
 //! 127.0.0.1, stores on disk); one is stopped, its data damaged (every snapshot file corrupted,
-//! or its whole log store deleted) and started again. It must rebuild every replica from the
+//! its whole log store deleted, or its whole data directory deleted) and started again. It must rebuild every replica from the
 //! others while they keep taking inserts, answer every acknowledged key afterwards, end
 //! byte-identical with the other replicas, and count again as a voter: with another node
 //! stopped afterwards, the two left must still commit.
@@ -32,23 +32,27 @@ struct Cluster {
     running: BTreeMap<NodeId, Running>,
 }
 
+/// Peer addresses for nodes 1 to 3 on free ports (probed, then released for the nodes).
+fn free_peer_addresses() -> BTreeMap<NodeId, String> {
+    (1..=3)
+        .map(|id| {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            (id, probe.local_addr().unwrap().to_string())
+        })
+        .collect()
+}
+
 impl Cluster {
     async fn start() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let peers = (1..=3)
-            .map(|id| {
-                let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                (id, probe.local_addr().unwrap().to_string())
-            })
-            .collect();
         let mut cluster = Cluster {
             dir,
-            peers,
+            peers: free_peer_addresses(),
             running: BTreeMap::new(),
         };
-        for id in 1..=3 {
-            cluster.start_node(id).await;
-        }
+        // Together: new data directories ask each other whether the cluster is new.
+        let started = futures_util::future::join_all((1..=3).map(|id| cluster.run(id))).await;
+        cluster.running = (1..=3).zip(started).collect();
         cluster
     }
 
@@ -57,6 +61,11 @@ impl Cluster {
     }
 
     async fn start_node(&mut self, id: NodeId) {
+        let running = self.run(id).await;
+        self.running.insert(id, running);
+    }
+
+    async fn run(&self, id: NodeId) -> Running {
         let config = Config {
             id,
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -81,7 +90,7 @@ impl Cluster {
                 .await
                 .expect("server runs");
         });
-        self.running.insert(id, Running { node, stop, task });
+        Running { node, stop, task }
     }
 
     async fn stop_node(&mut self, id: NodeId) {
@@ -252,6 +261,14 @@ async fn replica_that_lost_its_data_is_rebuilt_from_peers() {
     })
     .await;
 
+    // Node 3's whole data directory gone, its record of the cluster too: a new data directory
+    // whose peers hold the data, so it is rebuilt rather than bootstrapped.
+    let dir3 = cluster.data_dir(3);
+    rebuild_after(&mut cluster, 3, &mut acked, || {
+        std::fs::remove_dir_all(&dir3).unwrap();
+    })
+    .await;
+
     // The rebuilt replicas count as voters again: without node 1, nodes 2 and 3 (both rebuilt)
     // elect leaders and commit.
     cluster.stop_node(1).await;
@@ -261,4 +278,24 @@ async fn replica_that_lost_its_data_is_rebuilt_from_peers() {
     for id in [2, 3] {
         cluster.stop_node(id).await;
     }
+}
+
+/// A node with a new data directory whose peers are all silent cannot tell a new cluster from
+/// one whose data it lost: it must wait rather than bootstrap alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_node_waits_for_its_peers_before_bootstrapping() {
+    let cluster = Cluster {
+        dir: tempfile::tempdir().unwrap(),
+        peers: free_peer_addresses(),
+        running: BTreeMap::new(),
+    };
+    let started = tokio::time::timeout(Duration::from_secs(2), cluster.run(1)).await;
+    assert!(
+        started.is_err(),
+        "node 1 bootstrapped without hearing from a peer"
+    );
+    assert!(
+        !cluster.data_dir(1).join("cluster.toml").exists(),
+        "nothing is recorded while it waits"
+    );
 }

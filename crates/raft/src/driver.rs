@@ -121,6 +121,8 @@ struct Shared {
 #[derive(Debug, Default)]
 struct Counters {
     applied: AtomicU64,
+    /// The durable commit index (the hard state's).
+    committed: AtomicU64,
     rounds: AtomicU64,
     /// The node's rejoin mark, [`NOT_REJOINING`] when it has none.
     rejoin: AtomicU64,
@@ -159,6 +161,7 @@ impl Driver {
         let (stopped_tx, stopped) = watch::channel(false);
         let counters = Arc::new(Counters {
             applied: AtomicU64::new(node.applied()),
+            committed: AtomicU64::new(node.storage().hard_state().commit),
             rounds: AtomicU64::new(0),
             rejoin: AtomicU64::new(node.rejoin().unwrap_or(NOT_REJOINING)),
         });
@@ -309,6 +312,12 @@ impl GroupHandle {
     /// Index of the last entry applied here.
     pub fn applied(&self) -> u64 {
         self.shared.counters.applied.load(Ordering::Acquire)
+    }
+
+    /// The commit index this replica has made durable (known right after a restart, before
+    /// anything is applied again): above 0 once the group has committed anything.
+    pub fn committed(&self) -> u64 {
+        self.shared.counters.committed.load(Ordering::Acquire)
     }
 
     /// The role and known leader, as of the last Ready.
@@ -521,6 +530,8 @@ impl<M: StateMachine> Group<M> {
         }
         let applied = self.node.applied();
         self.counters.applied.store(applied, Ordering::Release);
+        let committed = self.node.storage().hard_state().commit;
+        self.counters.committed.store(committed, Ordering::Release);
         self.publish_rejoin();
         for (id, result) in results {
             if let Some(reply) = self.proposals.remove(&id) {

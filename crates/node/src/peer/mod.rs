@@ -3,14 +3,17 @@
 //!
 //! # Layout
 //! - [`Local`]: what the peer side needs of the node it runs in: its id, its replica of a
-//!   group, its check of a shard. The node implements it.
+//!   group, its check of a shard, its status. The node implements it; [`Slot`] stands in for
+//!   it while the node opens (the peer port serves `Status` from the start).
 //! - [`PeerService`] (`service.rs`): the server. `Raft` steps each message into the local
 //!   replica of its group; `Snapshot` reassembles a chunked snapshot and steps it; `Propose`
 //!   proposes a forwarded command on the local replica (which must lead its group); `Check`
-//!   hands a shard check to [`Local::check_shard`].
+//!   hands a shard check to [`Local::check_shard`]; `Rejoin` has the local leader re-add a
+//!   replica rebuilt from nothing; `Status` says what the node holds.
 //! - [`Peers`] (`transport.rs`): the client, one per node. It is every local group's
-//!   [`leakbloom_raft::Transport`], and it forwards proposals ([`Peers::propose`]) and checks
-//!   ([`Peers::check`]) to other nodes.
+//!   [`leakbloom_raft::Transport`], and it forwards proposals ([`Peers::propose`]), checks
+//!   ([`Peers::check`]), rejoin requests ([`Peers::rejoin`]) and status questions
+//!   ([`Peers::status`]) to other nodes.
 //!
 //! # Raft messages: one call per destination per round
 //! [`Transport::send`](leakbloom_raft::Transport::send) runs on a group's own thread between
@@ -58,8 +61,11 @@
 //! - The peer addresses are fixed when [`Peers`] is created; membership changes will need a
 //!   way to add and remove destinations.
 
+use std::sync::{Arc, OnceLock};
+
 use bytes::Bytes;
-use leakbloom_proto::v1::{ShardCheckRequest, ShardCheckResponse};
+use leakbloom_proto::v1::status_response::State;
+use leakbloom_proto::v1::{ShardCheckRequest, ShardCheckResponse, StatusResponse};
 use leakbloom_raft::{GroupHandle, GroupId, NodeId};
 use tonic::{Code, Status};
 
@@ -102,6 +108,79 @@ pub trait Local: Send + Sync + 'static {
 
     /// Checks keys of one shard against this node's replica of it, for another node.
     async fn check_shard(&self, request: ShardCheckRequest) -> Result<ShardCheckResponse, Error>;
+
+    /// What this node holds (the peer `Status` call): serving, and each replica's durable
+    /// commit index.
+    fn status(&self) -> StatusResponse;
+}
+
+/// The [`Local`] a server's peer service runs over from the moment the peer port is bound,
+/// before its node has opened: it answers `Status` (new data directory, or opening one) and
+/// refuses the rest as unavailable; once [`set`](Slot::set), everything goes to the node.
+pub struct Slot {
+    id: NodeId,
+    /// `Status` before the node is set: new data directory, or opening one.
+    starting: State,
+    node: OnceLock<Arc<dyn Local>>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("id", &self.id)
+            .field("starting", &self.starting)
+            .field("set", &self.node.get().is_some())
+            .finish()
+    }
+}
+
+impl Slot {
+    /// A slot for node `id`, whose data directory is new (`new`) or holds its replicas.
+    pub fn new(id: NodeId, new: bool) -> Slot {
+        Slot {
+            id,
+            starting: if new { State::New } else { State::Opening },
+            node: OnceLock::new(),
+        }
+    }
+
+    /// Hands every call to `node` from now on. Only the first call counts.
+    pub fn set(&self, node: Arc<dyn Local>) {
+        let _ = self.node.set(node);
+    }
+}
+
+#[tonic::async_trait]
+impl Local for Slot {
+    fn id(&self) -> NodeId {
+        self.id
+    }
+
+    fn replica(&self, group: GroupId) -> Option<GroupHandle> {
+        self.node.get()?.replica(group)
+    }
+
+    async fn check_shard(&self, request: ShardCheckRequest) -> Result<ShardCheckResponse, Error> {
+        match self.node.get() {
+            Some(node) => node.check_shard(request).await,
+            None => Err(Error::Unavailable {
+                shard: shard_of_group(request.group),
+                leader: None,
+                reason: format!("node {} is starting", self.id),
+            }),
+        }
+    }
+
+    fn status(&self) -> StatusResponse {
+        match self.node.get() {
+            Some(node) => node.status(),
+            None => StatusResponse {
+                node: self.id,
+                state: self.starting.into(),
+                committed: Default::default(),
+            },
+        }
+    }
 }
 
 /// The shard a group replicates (groups are numbered by shard). An id out of range, which only

@@ -9,7 +9,8 @@ use leakbloom_proto::v1::peer_server::{Peer, PeerServer};
 use leakbloom_proto::v1::{
     propose_outcome, ProposeBatchRequest, ProposeBatchResponse, ProposeOutcome, ProposeRequest,
     ProposeResponse, RaftAck, RaftBatch, RaftMessage, RejoinRequest, RejoinResponse,
-    ShardCheckRequest, ShardCheckResponse, SnapshotAck, SnapshotChunk, Unavailable,
+    ShardCheckRequest, ShardCheckResponse, SnapshotAck, SnapshotChunk, StatusRequest,
+    StatusResponse, Unavailable,
 };
 use leakbloom_raft::{GroupHandle, GroupId};
 use protobuf::Message as _;
@@ -274,5 +275,12 @@ impl Peer for PeerService {
             "re-added a replica rebuilt from its peers"
         );
         Ok(Response::new(RejoinResponse { index }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(self.local.status()))
     }
 }

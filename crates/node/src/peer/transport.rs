@@ -10,7 +10,8 @@ use bytes::Bytes;
 use leakbloom_proto::v1::peer_client::PeerClient;
 use leakbloom_proto::v1::{
     propose_outcome, ProposeBatchRequest, ProposeRequest, RaftBatch, RaftMessage, RejoinRequest,
-    ShardCheckRequest, ShardCheckResponse, SnapshotChunk, Unavailable,
+    ShardCheckRequest, ShardCheckResponse, SnapshotChunk, StatusRequest, StatusResponse,
+    Unavailable,
 };
 use leakbloom_raft::{GroupHandle, GroupId, NodeId, Transport};
 use protobuf::Message as _;
@@ -301,6 +302,14 @@ impl Peers {
             })
             .await?;
         Ok(response.index)
+    }
+
+    /// Node `node`'s status (the peer `Status` call). Errors as in the [module docs](super).
+    pub async fn status(&self, node: NodeId) -> Result<StatusResponse, Error> {
+        self.call(node, 0, &[], |mut client| async move {
+            client.status(StatusRequest {}).await
+        })
+        .await
     }
 
     /// One unary call to `node` with [`REQUEST_TIMEOUT`], its failure turned into an
