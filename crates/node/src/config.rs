@@ -93,7 +93,8 @@ pub struct Config {
     pub replication: Option<u32>,
     /// Milliseconds per Raft tick.
     pub tick_ms: u64,
-    /// Applied entries between snapshots of a shard (which also compact its log).
+    /// Applied entries between snapshots of a shard (which also compact its log), at least: a
+    /// snapshot also waits until the inserts since the last one are as large as it.
     pub snapshot_entries: u64,
     /// Number of shards the key space is split into. Fixed when the data is created.
     pub shards: u32,

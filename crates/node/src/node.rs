@@ -64,6 +64,12 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 /// Longest retry delay: a few ticks, so a retry never waits long after a leader appears.
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
+/// A shard snapshot waits until the inserts since the last one are as large as it: a filter
+/// has its full size from creation, and rewriting it every `snapshot_entries` small inserts
+/// wrote more snapshot than log (measured: every ~12 s all 48 replicas of a 3-node dev cluster
+/// wrote 31 MB each at once, stalling heartbeats into leader step-downs).
+const SNAPSHOT_LOG_RATIO: f64 = 1.0;
+
 /// How often a rebuilt replica asks again to be re-added while no leader took it.
 const REJOIN_RETRY: Duration = Duration::from_millis(500);
 
@@ -142,6 +148,7 @@ impl Node {
         let tick = Duration::from_millis(config.tick_ms);
         let node_config = NodeConfig {
             snapshot_entries: config.snapshot_entries,
+            snapshot_log_ratio: SNAPSHOT_LOG_RATIO,
             ..NodeConfig::default()
         };
         let transport: Arc<dyn Transport> = peers.clone();

@@ -233,7 +233,9 @@ async fn replica_that_lost_its_data_is_rebuilt_from_peers() {
     let mut cluster = Cluster::start().await;
     let create = CreateSetRequest {
         name: SET.into(),
-        capacity: 100_000,
+        // Small, so that a few thousand inserts outweigh a shard's filter and snapshots are
+        // taken (a snapshot waits for as many bytes of inserts as it holds).
+        capacity: 1_000,
         fpr: 1e-6,
         hashing: String::new(),
     };

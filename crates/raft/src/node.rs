@@ -69,8 +69,14 @@ pub struct NodeConfig {
     /// Ticks between a leader's heartbeats; must be well below `election_ticks`.
     pub heartbeat_ticks: usize,
     /// Applied entries after which a snapshot is taken and the log compacted; bounds log size
-    /// and restart replay.
+    /// and restart replay. Each replica adds up to 7/16 of it, by group and node id, so that
+    /// the replicas of a node (and of a group) do not all snapshot at the same moment.
     pub snapshot_entries: u64,
+    /// A snapshot also waits until the entries applied since the last one hold at least this
+    /// many times its size, so writing snapshots costs at most 1/ratio of the log written
+    /// (a filter is as large as its capacity from the start; small inserts would otherwise
+    /// rewrite it far more often than they fill it). 0 disables the rule.
+    pub snapshot_log_ratio: f64,
     /// Bytes of entries per append message; bounds message size (gRPC's default limit is
     /// 4 MiB).
     pub max_message_bytes: u64,
@@ -85,6 +91,7 @@ impl Default for NodeConfig {
             max_election_ticks: 0,
             heartbeat_ticks: 2,
             snapshot_entries: 10_000,
+            snapshot_log_ratio: 0.0,
             max_message_bytes: 1 << 20,
             max_inflight_messages: 256,
         }
@@ -142,6 +149,10 @@ pub struct GroupNode<M> {
     readd: Vec<(u64, NodeId)>,
     /// The replicas the group should have as voters.
     members: Vec<NodeId>,
+    /// Command bytes applied since the last snapshot, and the last snapshot's size: the
+    /// snapshot policy's inputs.
+    applied_bytes: u64,
+    snapshot_bytes: u64,
     leadership: Leadership,
 }
 
@@ -200,7 +211,9 @@ impl<M: StateMachine> GroupNode<M> {
             })?;
         }
         let mut applied = 0;
+        let mut snapshot_bytes = 0;
         if let Some(snapshot) = storage.load_snapshot()? {
+            snapshot_bytes = snapshot.data.len() as u64;
             machine
                 .restore(&snapshot.data)
                 .map_err(|reason| Error::SnapshotCorrupt {
@@ -242,6 +255,8 @@ impl<M: StateMachine> GroupNode<M> {
             pending: BTreeMap::new(),
             readd: Vec::new(),
             members: voters.to_vec(),
+            applied_bytes: 0,
+            snapshot_bytes,
             leadership,
         })
     }
@@ -646,6 +661,8 @@ impl<M: StateMachine> GroupNode<M> {
             ..Default::default()
         })?;
         self.applied = meta.index;
+        self.applied_bytes = 0;
+        self.snapshot_bytes = snapshot.data.len() as u64;
         // Proposals at or below the snapshot cannot be matched to a result any more (only a
         // former leader can hold them): fail them, retryably.
         let rest = self.pending.split_off(&(meta.index + 1));
@@ -664,11 +681,14 @@ impl<M: StateMachine> GroupNode<M> {
             let result = match entry.get_entry_type() {
                 // An empty normal entry is a new leader's no-op.
                 EntryType::EntryNormal if entry.data.is_empty() => None,
-                EntryType::EntryNormal => Some(
-                    self.machine
-                        .apply(entry.index, &entry.data)
-                        .map_err(Error::Rejected),
-                ),
+                EntryType::EntryNormal => {
+                    self.applied_bytes += entry.data.len() as u64;
+                    Some(
+                        self.machine
+                            .apply(entry.index, &entry.data)
+                            .map_err(Error::Rejected),
+                    )
+                }
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(&entry.data)
                         .expect("a committed conf change must decode");
@@ -720,11 +740,19 @@ impl<M: StateMachine> GroupNode<M> {
         let commit = storage.hard_state().commit;
         let index = self.applied.min(commit);
         let wanted = storage.take_snapshot_wanted() && index > snapshot_index;
-        if !wanted && index < snapshot_index + self.config.snapshot_entries.max(1) {
+        let entries = self.config.snapshot_entries.max(1);
+        let jitter = entries * ((self.group * 7 + self.id * 3) % 8) / 16;
+        let due = index >= snapshot_index + entries + jitter
+            && self.applied_bytes as f64
+                >= self.config.snapshot_log_ratio * self.snapshot_bytes as f64;
+        if !wanted && !due {
             return Ok(());
         }
         let data = self.machine.snapshot();
+        let bytes = data.len() as u64;
         self.raw.mut_store().compact(index, data)?;
+        self.applied_bytes = 0;
+        self.snapshot_bytes = bytes;
         self.raw.store().store().purge()?;
         tracing::debug!(group = self.group, node = self.id, index, "log compacted");
         Ok(())
