@@ -98,6 +98,11 @@ impl Default for NodeConfig {
     }
 }
 
+/// Ticks a leader other than the preferred replica waits before handing leadership back (and
+/// between attempts): long after an election (10-20 ticks), so a preferred replica that just
+/// came back has settled, and rare enough that a slow one does not make leadership flap.
+pub const LEADER_TRANSFER_TICKS: u64 = 100;
+
 /// The role of this replica and the leader it knows, reported when either changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Leadership {
@@ -149,6 +154,8 @@ pub struct GroupNode<M> {
     readd: Vec<(u64, NodeId)>,
     /// The replicas the group should have as voters.
     members: Vec<NodeId>,
+    /// Ticks since this replica last handed leadership to the preferred replica (or started).
+    ticks_since_transfer: u64,
     /// Command bytes applied since the last snapshot, and the last snapshot's size: the
     /// snapshot policy's inputs.
     applied_bytes: u64,
@@ -255,6 +262,7 @@ impl<M: StateMachine> GroupNode<M> {
             pending: BTreeMap::new(),
             readd: Vec::new(),
             members: voters.to_vec(),
+            ticks_since_transfer: 0,
             applied_bytes: 0,
             snapshot_bytes,
             leadership,
@@ -299,14 +307,16 @@ impl<M: StateMachine> GroupNode<M> {
     }
 
     /// Advances the logical clock by one tick (elections, heartbeats). A leader also moves the
-    /// group towards its members (adds a missing one back, promotes a learner that caught up).
-    /// A rejoining replica does not tick: it must not campaign.
+    /// group towards its members (adds a missing one back, promotes a learner that caught up)
+    /// and hands leadership back to the preferred replica (the first member) once it is caught
+    /// up. A rejoining replica does not tick: it must not campaign.
     pub fn tick(&mut self) {
         if self.rejoin().is_some() {
             return;
         }
         self.raw.tick();
         self.reconcile_members();
+        self.prefer_leader();
     }
 
     /// Starts an election now instead of waiting for the election timeout. A rejoining replica
@@ -473,6 +483,42 @@ impl<M: StateMachine> GroupNode<M> {
             Err(error) => {
                 tracing::debug!(group = self.group, %error, "membership change not proposed")
             }
+        }
+    }
+
+    /// On a leader other than the preferred one (the first of `members`): hands leadership
+    /// back once the preferred replica is a voter that holds the whole log, at most every
+    /// [`LEADER_TRANSFER_TICKS`]. Leaders thus return to where the layout spread them after a
+    /// failover instead of piling up on the survivors. Proposals made during the handover fail
+    /// retryably.
+    fn prefer_leader(&mut self) {
+        self.ticks_since_transfer = self.ticks_since_transfer.saturating_add(1);
+        let raft = &self.raw.raft;
+        let Some(&preferred) = self.members.first() else {
+            return;
+        };
+        if raft.state != StateRole::Leader
+            || preferred == self.id
+            || raft.lead_transferee.is_some()
+            || self.ticks_since_transfer < LEADER_TRANSFER_TICKS
+            || !self.raw.store().conf_state().voters.contains(&preferred)
+        {
+            return;
+        }
+        let last = raft.raft_log.last_index();
+        if raft
+            .prs()
+            .get(preferred)
+            .is_some_and(|pr| pr.matched == last && pr.recent_active)
+        {
+            self.ticks_since_transfer = 0;
+            tracing::info!(
+                group = self.group,
+                node = self.id,
+                to = preferred,
+                "handing leadership back to the preferred replica"
+            );
+            self.raw.transfer_leader(preferred);
         }
     }
 
@@ -941,6 +987,39 @@ mod tests {
             assert!(index >= 2, "the read point covers the committed proposal");
             assert!(cluster.node(node).unwrap().applied() >= index);
         }
+    }
+
+    #[test]
+    fn leadership_returns_to_the_preferred_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster = lossless_cluster_with_leader(5, dir.path(), 2);
+        // Node 1 (the first member) is preferred: whoever leads hands leadership to it.
+        let steps = (LEADER_TRANSFER_TICKS + 50) * crate::sim::TICK_MS;
+        let step_until_leader = |cluster: &mut Cluster<Register>, want: NodeId| {
+            for _ in 0..steps {
+                cluster.step().unwrap();
+                if cluster.leader() == Some(want) {
+                    return;
+                }
+            }
+            panic!("node {want} did not lead; leader {:?}", cluster.leader());
+        };
+        step_until_leader(&mut cluster, 1);
+        // It fails over while node 1 is down, and comes back once node 1 has caught up.
+        cluster.crash(1);
+        let other = loop {
+            cluster.step().unwrap();
+            if let Some(leader) = cluster.leader() {
+                break leader;
+            }
+        };
+        assert_ne!(other, 1);
+        cluster
+            .propose(1, Register::command(1, b"while 1 was down"))
+            .unwrap();
+        cluster.restart(1).unwrap();
+        step_until_leader(&mut cluster, 1);
+        assert!(cluster.node(1).unwrap().applied() >= 2);
     }
 
     #[test]
