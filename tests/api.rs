@@ -497,3 +497,75 @@ async fn health_and_reflection_are_served() {
     }
     node.stop().await;
 }
+
+/// `GET /metrics` on the metrics port, as a Prometheus scraper would send it.
+async fn scrape(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.unwrap();
+    reply
+}
+
+#[tokio::test]
+async fn metrics_count_requests_keys_raft_and_sets() {
+    let node = TestNode::start(Config {
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Config::default()
+    })
+    .await;
+    let metrics = node.metrics.expect("metrics served");
+    let mut client = node.client().await;
+    client
+        .create_set("leak-2021", 1_000, 1e-6, "sha256")
+        .await
+        .unwrap();
+    let keys = random_keys(11, 2_000);
+    client.insert("leak-2021", &keys).await.unwrap();
+    let sets = ["leak-2021".to_string()];
+    client
+        .check(&sets, &keys[..100], Consistency::AnyReplica)
+        .await
+        .unwrap();
+    let missing = ["missing".to_string()];
+    let error = client
+        .check(&missing, &keys[..1], Consistency::AnyReplica)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("missing"), "{error}");
+
+    let reply = scrape(metrics, "/metrics").await;
+    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+    for line in [
+        r#"leakbloom_requests_total{code="Ok",rpc="CreateSet"} 1"#,
+        r#"leakbloom_requests_total{code="Ok",rpc="Insert"} 1"#,
+        r#"leakbloom_requests_total{code="Ok",rpc="Check"} 1"#,
+        r#"leakbloom_requests_total{code="NotFound",rpc="Check"} 1"#,
+        r#"leakbloom_request_seconds_count{rpc="Check"} 2"#,
+        "leakbloom_keys_inserted_total 2000",
+        "leakbloom_keys_checked_total 100",
+        r#"leakbloom_raft_leader{shard="0"} 1"#,
+        r#"leakbloom_raft_rebuilding{shard="15"} 0"#,
+        r#"leakbloom_set_capacity{set="leak-2021"} 1000"#,
+        // 2000 keys in a set sized for 1000.
+        r#"leakbloom_set_over_capacity{set="leak-2021"} 1"#,
+    ] {
+        assert!(
+            reply.lines().any(|l| l == line),
+            "no line {line:?} in:\n{reply}"
+        );
+    }
+    assert!(reply.contains(r#"leakbloom_set_fill_ratio{set="leak-2021"}"#));
+    assert!(reply.contains(r#"leakbloom_raft_term{shard="3"}"#));
+    // Labels name rpcs, codes, shards and sets: no key appears, in any form.
+    for key in &keys[..100] {
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!reply.contains(&hex));
+    }
+    assert!(scrape(metrics, "/other")
+        .await
+        .starts_with("HTTP/1.1 404 Not Found"));
+    node.stop().await;
+}

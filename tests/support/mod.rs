@@ -13,24 +13,29 @@ use tokio::task::JoinHandle;
 pub struct TestNode {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where it serves metrics, when the config asked for them.
+    pub metrics: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     _data: tempfile::TempDir,
 }
 
 impl TestNode {
-    /// Starts a node with `config` (its `listen` and `peer_listen` are replaced by
-    /// `127.0.0.1:0`, its `data_dir` by a fresh temporary directory).
+    /// Starts a node with `config` (its `listen` and `peer_listen`, and `metrics_listen` when
+    /// set, are replaced by `127.0.0.1:0`, its `data_dir` by a fresh temporary directory).
     pub async fn start(config: Config) -> TestNode {
         let data = tempfile::tempdir().expect("temporary directory");
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let config = Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            peer_listen: "127.0.0.1:0".parse().unwrap(),
+            listen: any,
+            peer_listen: any,
+            metrics_listen: config.metrics_listen.map(|_| any),
             data_dir: data.path().to_path_buf(),
             ..config
         };
         let server = Server::bind(config).await.expect("bind 127.0.0.1:0");
         let addr = server.local_addr();
+        let metrics = server.metrics_addr();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             server
@@ -42,6 +47,7 @@ impl TestNode {
         });
         TestNode {
             addr,
+            metrics,
             shutdown: Some(tx),
             task: Some(task),
             _data: data,

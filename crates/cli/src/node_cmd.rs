@@ -22,6 +22,9 @@ pub struct NodeArgs {
     /// Peer API address (Raft and forwarding between nodes; never expose it to clients).
     #[arg(long, env = "LEAKBLOOM_PEER_LISTEN")]
     pub peer_listen: Option<SocketAddr>,
+    /// Prometheus endpoint address (`GET /metrics`, plain HTTP; not served when unset).
+    #[arg(long, env = "LEAKBLOOM_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Every node's peer address, this one included: ID=HOST:PORT,ID=HOST:PORT,...
     /// (none: a one-node cluster).
     #[arg(long, env = "LEAKBLOOM_PEERS")]
@@ -58,6 +61,9 @@ impl NodeArgs {
         }
         if let Some(peer_listen) = self.peer_listen {
             config.peer_listen = peer_listen;
+        }
+        if let Some(metrics_listen) = self.metrics_listen {
+            config.metrics_listen = Some(metrics_listen);
         }
         if let Some(peers) = &self.peers {
             config.peers = parse_peers(peers)?;

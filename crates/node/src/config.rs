@@ -83,6 +83,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Address of the peer API (Raft and forwarded requests). Never expose it to clients.
     pub peer_listen: SocketAddr,
+    /// Address of the Prometheus endpoint (`GET /metrics`, plain HTTP). None: not served.
+    pub metrics_listen: Option<SocketAddr>,
     /// Every node of the cluster (this one included) by id: `ID=HOST:PORT` peer addresses,
     /// comma separated. Empty: a one-node cluster of this node at `peer_listen`.
     #[serde(deserialize_with = "deserialize_peers")]
@@ -112,6 +114,7 @@ impl Default for Config {
             id: 1,
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             peer_listen: DEFAULT_PEER_LISTEN.parse().expect("valid default address"),
+            metrics_listen: None,
             peers: BTreeMap::new(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             replication: None,

@@ -1,6 +1,7 @@
 //! Serving a node over gRPC on two real TCP sockets: the client address (`listen`: the Lookup
 //! service plus `grpc.health.v1` and server reflection v1 and v1alpha for grpcurl 1.8) and the
-//! peer address (`peer_listen`: the [`crate::peer`] service, for other nodes only).
+//! peer address (`peer_listen`: the [`crate::peer`] service, for other nodes only); and, when
+//! configured, Prometheus metrics over HTTP on `metrics_listen` ([`crate::metrics`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::metrics::{self, Metrics};
 use crate::node::Node;
 use crate::peer::{Local, PeerService, Peers, Slot};
 use crate::service::LookupService;
@@ -136,6 +138,7 @@ async fn discover(config: &Config, peers: &Peers) -> Vec<ShardId> {
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     peer_addr: SocketAddr,
     peer: PeerServing,
     node: Arc<Node>,
@@ -201,6 +204,10 @@ impl Server {
                 .map_err(|source| StartError::Bind { what, addr, source })
         };
         let listener = bind("client API", config.listen).await?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(bind("metrics", addr).await?),
+            None => None,
+        };
         let peer_listener = bind("peer API", config.peer_listen).await?;
         let peer_addr = peer_listener.local_addr().expect("a bound listener");
         if config.peers.is_empty() {
@@ -231,6 +238,7 @@ impl Server {
         match opened.await {
             Ok(node) => Ok(Server {
                 listener,
+                metrics_listener,
                 peer_addr,
                 peer,
                 node,
@@ -254,6 +262,13 @@ impl Server {
         self.peer_addr
     }
 
+    /// The metrics address actually bound, when the config asks for one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
     /// The node behind the server.
     pub fn node(&self) -> Arc<Node> {
         self.node.clone()
@@ -262,12 +277,17 @@ impl Server {
     /// Serves until `shutdown` completes, then finishes in-flight requests, stops the
     /// replicas (closing their stores) and returns.
     pub async fn run(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
         let max_batch = self.node.config().max_batch;
         let max_message = max_batch * leakbloom_filter::KEY_LEN + MESSAGE_OVERHEAD;
-        let lookup = LookupServer::new(LookupService::new(self.node.clone()))
+        let metrics = Arc::new(Metrics::new());
+        let metrics_addr = self.metrics_addr();
+        let metrics_task = self.metrics_listener.take().map(|listener| {
+            tokio::spawn(metrics::serve(listener, self.node.clone(), metrics.clone()))
+        });
+        let lookup = LookupServer::new(LookupService::new(self.node.clone(), metrics))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
 
@@ -292,6 +312,7 @@ impl Server {
             node = self.node.id(),
             listen = %self.local_addr(),
             peer_listen = %self.peer_addr(),
+            metrics_listen = ?metrics_addr,
             shards = self.node.config().shards,
             "node serving"
         );
@@ -312,6 +333,9 @@ impl Server {
         let client = client.await;
         let peer = self.peer.stop().await;
         rebuild.abort();
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
         self.node.shutdown().await;
         client.and(peer)
     }

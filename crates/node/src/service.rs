@@ -2,6 +2,7 @@
 //! Errors become `tonic::Status` in exactly one place, `impl From<Error> for Status`.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use leakbloom_proto::v1::lookup_server::Lookup;
 use leakbloom_proto::v1::{
@@ -10,18 +11,30 @@ use leakbloom_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::metrics::Metrics;
 use crate::node::Node;
 
 /// The client API of a node.
 #[derive(Debug, Clone)]
 pub struct LookupService {
     node: Arc<Node>,
+    metrics: Arc<Metrics>,
 }
 
 impl LookupService {
-    /// Serves `node`.
-    pub fn new(node: Arc<Node>) -> LookupService {
-        LookupService { node }
+    /// Serves `node`, counting calls in `metrics`.
+    pub fn new(node: Arc<Node>, metrics: Arc<Metrics>) -> LookupService {
+        LookupService { node, metrics }
+    }
+
+    /// Records a finished call of `rpc` started at `start`, and passes its result on.
+    fn count<T>(&self, rpc: &str, start: Instant, result: Result<T, Status>) -> Result<T, Status> {
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        self.metrics.request(rpc, code, start.elapsed());
+        result
     }
 }
 
@@ -31,11 +44,18 @@ impl Lookup for LookupService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        let start = Instant::now();
         let request = request.into_inner();
-        let results = self
+        let checked = self
             .node
             .check(&request.sets, &request.keys, request.consistency)
-            .await?;
+            .await
+            .map_err(Status::from);
+        if checked.is_ok() {
+            let keys = request.keys.len() / leakbloom_filter::KEY_LEN;
+            self.metrics.keys_checked(keys as u64);
+        }
+        let results = self.count("Check", start, checked)?;
         Ok(Response::new(CheckResponse { results }))
     }
 
@@ -43,8 +63,11 @@ impl Lookup for LookupService {
         &self,
         request: Request<InsertRequest>,
     ) -> Result<Response<InsertResponse>, Status> {
+        let start = Instant::now();
         let request = request.into_inner();
-        let keys = self.node.insert(&request.set, request.keys).await?;
+        let inserted = self.node.insert(&request.set, request.keys).await;
+        let keys = self.count("Insert", start, inserted.map_err(Status::from))?;
+        self.metrics.keys_inserted(keys);
         Ok(Response::new(InsertResponse { keys }))
     }
 
@@ -52,7 +75,9 @@ impl Lookup for LookupService {
         &self,
         request: Request<CreateSetRequest>,
     ) -> Result<Response<SetInfo>, Status> {
-        let info = self.node.create_set(request.get_ref()).await?;
+        let start = Instant::now();
+        let created = self.node.create_set(request.get_ref()).await;
+        let info = self.count("CreateSet", start, created.map_err(Status::from))?;
         tracing::info!(set = %info.name, capacity = info.capacity, fpr = info.fpr, "set created");
         Ok(Response::new(info))
     }
@@ -61,8 +86,10 @@ impl Lookup for LookupService {
         &self,
         request: Request<DropSetRequest>,
     ) -> Result<Response<DropSetResponse>, Status> {
+        let start = Instant::now();
         let name = &request.get_ref().name;
-        self.node.drop_set(name).await?;
+        let dropped = self.node.drop_set(name).await;
+        self.count("DropSet", start, dropped.map_err(Status::from))?;
         tracing::info!(set = %name, "set dropped");
         Ok(Response::new(DropSetResponse {}))
     }
@@ -71,12 +98,16 @@ impl Lookup for LookupService {
         &self,
         _request: Request<ListSetsRequest>,
     ) -> Result<Response<ListSetsResponse>, Status> {
-        let sets = self.node.list_sets().await?;
+        let start = Instant::now();
+        let listed = self.node.list_sets().await;
+        let sets = self.count("ListSets", start, listed.map_err(Status::from))?;
         Ok(Response::new(ListSetsResponse { sets }))
     }
 
     async fn get_set(&self, request: Request<GetSetRequest>) -> Result<Response<SetInfo>, Status> {
-        let info = self.node.get_set(&request.get_ref().name).await?;
+        let start = Instant::now();
+        let got = self.node.get_set(&request.get_ref().name).await;
+        let info = self.count("GetSet", start, got.map_err(Status::from))?;
         Ok(Response::new(info))
     }
 }

@@ -123,6 +123,8 @@ struct Counters {
     applied: AtomicU64,
     /// The durable commit index (the hard state's).
     committed: AtomicU64,
+    /// Times the role or the known leader changed.
+    leader_changes: AtomicU64,
     rounds: AtomicU64,
     /// The node's rejoin mark, [`NOT_REJOINING`] when it has none.
     rejoin: AtomicU64,
@@ -162,6 +164,7 @@ impl Driver {
         let counters = Arc::new(Counters {
             applied: AtomicU64::new(node.applied()),
             committed: AtomicU64::new(node.storage().hard_state().commit),
+            leader_changes: AtomicU64::new(0),
             rounds: AtomicU64::new(0),
             rejoin: AtomicU64::new(node.rejoin().unwrap_or(NOT_REJOINING)),
         });
@@ -328,6 +331,11 @@ impl GroupHandle {
     /// A receiver of leadership changes, to wait for a leader or follow hints.
     pub fn watch_leadership(&self) -> watch::Receiver<Leadership> {
         self.shared.leadership.clone()
+    }
+
+    /// How often this replica's role or known leader changed since it started (for metrics).
+    pub fn leader_changes(&self) -> u64 {
+        self.shared.counters.leader_changes.load(Ordering::Relaxed)
     }
 
     /// ReadIndex rounds started so far (each serves every read queued before it): a measure of
@@ -556,6 +564,7 @@ impl<M: StateMachine> Group<M> {
             }
         }
         if let Some(now) = leadership {
+            self.counters.leader_changes.fetch_add(1, Ordering::Relaxed);
             // A round asked of the old leader will not be answered by the new one: ask again.
             if let Some(round) = self.round.take() {
                 for read in round.reads.into_iter().rev() {
