@@ -3,12 +3,11 @@
 //! peer address (`peer_listen`: the [`crate::peer`] service, for other nodes only); and, when
 //! configured, Prometheus metrics over HTTP on `metrics_listen` ([`crate::metrics`]).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use std::collections::BTreeMap;
 
 use futures_util::future::join_all;
 use leakbloom_proto::v1::lookup_server::LookupServer;
