@@ -46,7 +46,7 @@ use leakbloom_node::set::SetSpec;
 use leakbloom_node::state::{Applied, ShardState};
 use leakbloom_node::Result;
 use leakbloom_proto::v1::{command, Command, CreateSetCommand, InsertCommand};
-use leakbloom_raft::sim::{Cluster, ClusterConfig};
+use leakbloom_raft::sim::{Cluster, ClusterConfig, FaultCounts};
 use leakbloom_raft::{NodeId, StateMachine as _};
 use prost::Message as _;
 use raft::eraftpb::MessageType;
@@ -128,10 +128,7 @@ fn insert(id: u64, set: &str, keys: Vec<u8>) -> Command {
 
 #[derive(Debug, Default)]
 struct Stats {
-    crashes: u64,
-    disks_lost: u64,
-    restarts: u64,
-    partitions: u64,
+    faults: FaultCounts,
     leader_changes: u64,
     snapshots_sent: u64,
     failed_proposals: u64,
@@ -479,43 +476,9 @@ fn run(seed: u64) -> Stats {
     history.keys.extend(probes);
 
     for _ in 0..FAULT_MS {
-        // Faults: about one crash and one partition every 2 s, each lasting about 0.5-1 s.
-        if rng.gen_bool(0.0005) {
-            let live = cluster.live();
-            if ids.len() - live.len() < max_down {
-                cluster.crash(live[rng.gen_range(0..live.len())]);
-                history.stats.crashes += 1;
-            }
-        }
-        if rng.gen_bool(0.002) {
-            let down: Vec<_> = ids
-                .iter()
-                .copied()
-                .filter(|&id| cluster.node(id).is_none())
-                .collect();
-            if !down.is_empty() {
-                cluster
-                    .restart(down[rng.gen_range(0..down.len())])
-                    .expect("restart");
-                history.stats.restarts += 1;
-            }
-        }
-        if rng.gen_bool(0.0003) && cluster.is_whole() {
-            cluster
-                .lose_disk(ids[rng.gen_range(0..ids.len())])
-                .expect("lose disk");
-            history.stats.disks_lost += 1;
-        }
-        if rng.gen_bool(0.0005) {
-            // One partition at a time: a random side against the rest.
-            let side: Vec<_> = ids.iter().copied().filter(|_| rng.gen_bool(0.4)).collect();
-            cluster.net.heal();
-            cluster.net.partition(&side, &ids);
-            history.stats.partitions += 1;
-        }
-        if rng.gen_bool(0.001) {
-            cluster.net.heal();
-        }
+        cluster
+            .inject_faults(&mut rng, max_down, &mut history.stats.faults)
+            .expect("faults");
         // A client proposing, and reading from any node, now and then.
         if rng.gen_bool(0.05) {
             let (bytes, proposal) = next_proposal(&mut rng, &mut history, &reference, next_id);

@@ -171,6 +171,19 @@ impl Network {
     }
 }
 
+/// How many faults [`Cluster::inject_faults`] injected.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Nodes crashed.
+    pub crashes: u64,
+    /// Crashed nodes restarted.
+    pub restarts: u64,
+    /// Nodes whose disk was lost (see [`Cluster::lose_disk`]).
+    pub disks_lost: u64,
+    /// Partitions made.
+    pub partitions: u64,
+}
+
 /// Configuration of a [`Cluster`].
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -316,6 +329,51 @@ impl<M: StateMachine> Cluster<M> {
         }
         let store = Store::open(&dir)?;
         store.group(GROUP)?.set_rejoin(Some(0))?;
+        Ok(())
+    }
+
+    /// One millisecond of the simulations' fault schedule, drawn from `rng`: about one crash
+    /// (at most `max_down` nodes down at once) and one partition every 2 s, each lasting about
+    /// 0.5-1 s, and now and then a lost disk while the group is whole. Counts go to `counts`.
+    pub fn inject_faults(
+        &mut self,
+        rng: &mut StdRng,
+        max_down: usize,
+        counts: &mut FaultCounts,
+    ) -> Result<()> {
+        let ids = self.ids();
+        if rng.gen_bool(0.0005) {
+            let live = self.live();
+            if ids.len() - live.len() < max_down {
+                self.crash(live[rng.gen_range(0..live.len())]);
+                counts.crashes += 1;
+            }
+        }
+        if rng.gen_bool(0.002) {
+            let down: Vec<_> = ids
+                .iter()
+                .copied()
+                .filter(|&id| self.node(id).is_none())
+                .collect();
+            if !down.is_empty() {
+                self.restart(down[rng.gen_range(0..down.len())])?;
+                counts.restarts += 1;
+            }
+        }
+        if rng.gen_bool(0.0003) && self.is_whole() {
+            self.lose_disk(ids[rng.gen_range(0..ids.len())])?;
+            counts.disks_lost += 1;
+        }
+        if rng.gen_bool(0.0005) {
+            // One partition at a time: a random side against the rest.
+            let side: Vec<_> = ids.iter().copied().filter(|_| rng.gen_bool(0.4)).collect();
+            self.net.heal();
+            self.net.partition(&side, &ids);
+            counts.partitions += 1;
+        }
+        if rng.gen_bool(0.001) {
+            self.net.heal();
+        }
         Ok(())
     }
 

@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use leakbloom_raft::sim::{Cluster, ClusterConfig, Register};
+use leakbloom_raft::sim::{Cluster, ClusterConfig, FaultCounts, Register};
 use leakbloom_raft::{NodeId, Output, StateMachine as _};
 use raft::eraftpb::MessageType;
 use raft::StateRole;
@@ -54,11 +54,8 @@ fn scratch() -> tempfile::TempDir {
 
 #[derive(Debug, Default)]
 struct Stats {
-    crashes: u64,
+    faults: FaultCounts,
     crashes_after_vote: u64,
-    disks_lost: u64,
-    restarts: u64,
-    partitions: u64,
     leader_changes: u64,
     snapshots_sent: u64,
     failed_proposals: u64,
@@ -241,43 +238,9 @@ fn run(seed: u64) {
     let mut quick_restarts: BTreeSet<(u64, NodeId)> = BTreeSet::new();
 
     for _ in 0..FAULT_MS {
-        // Faults: about one crash and one partition every 2 s, each lasting about 0.5-1 s.
-        if rng.gen_bool(0.0005) {
-            let live = cluster.live();
-            if ids.len() - live.len() < max_down {
-                let victim = live[rng.gen_range(0..live.len())];
-                cluster.crash(victim);
-                history.stats.crashes += 1;
-            }
-        }
-        if rng.gen_bool(0.002) {
-            let down: Vec<_> = ids
-                .iter()
-                .copied()
-                .filter(|id| cluster.node(*id).is_none())
-                .collect();
-            if !down.is_empty() {
-                let id = down[rng.gen_range(0..down.len())];
-                cluster.restart(id).expect("restart");
-                history.stats.restarts += 1;
-            }
-        }
-        if rng.gen_bool(0.0003) && cluster.is_whole() {
-            cluster
-                .lose_disk(ids[rng.gen_range(0..ids.len())])
-                .expect("lose disk");
-            history.stats.disks_lost += 1;
-        }
-        if rng.gen_bool(0.0005) {
-            // One partition at a time: a random side against the rest.
-            let side: Vec<_> = ids.iter().copied().filter(|_| rng.gen_bool(0.4)).collect();
-            cluster.net.heal();
-            cluster.net.partition(&side, &ids);
-            history.stats.partitions += 1;
-        }
-        if rng.gen_bool(0.001) {
-            cluster.net.heal();
-        }
+        cluster
+            .inject_faults(&mut rng, max_down, &mut history.stats.faults)
+            .expect("faults");
         // A client proposing, and reading from any node, now and then.
         if rng.gen_bool(0.05) {
             let payload = vec![rng.gen::<u8>(); rng.gen_range(0..64)];
