@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "leakbloom/v1/lookup.proto",
         "leakbloom/v1/command.proto",
         "leakbloom/v1/peer.proto",
+        "leakbloom/v1/cluster.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());

@@ -1,7 +1,7 @@
-//! `leakbloom dev`: a local 3-node cluster (every shard replicated on all three by Raft) with a
-//! demo set, for trying the API in one command. Nodes run in this process but talk to each
-//! other over real peer sockets and keep their data on disk under `--data-dir`, so a restart
-//! reuses it (`--fresh` wipes it first).
+//! `leakbloom dev`: a local 3-node cluster (every shard replicated on all three by Raft) and a
+//! router in front of it, with a demo set, for trying the API in one command. Nodes and router
+//! run in this process but talk over real sockets, and the nodes keep their data on disk under
+//! `--data-dir`, so a restart reuses it (`--fresh` wipes it first).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,9 +22,16 @@ pub const DEV_NODES: u16 = 3;
 
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
-    /// Client API address of node 1; nodes 2 and 3 take the next two ports.
+    /// The router's client API address: where clients connect.
     #[arg(long, env = "LEAKBLOOM_LISTEN", default_value = crate::DEFAULT_ADDR)]
     listen: SocketAddr,
+    /// Client API address of node 1; nodes 2 and 3 take the next two ports (port 0: any free
+    /// ports).
+    #[arg(long, default_value = "127.0.0.1:50061")]
+    node_listen: SocketAddr,
+    /// The router's Prometheus endpoint (`GET /metrics`); not served when unset.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Peer address of node 1; nodes 2 and 3 take the next two ports.
     #[arg(long, default_value = "127.0.0.1:7061")]
     peer_listen: SocketAddr,
@@ -87,7 +94,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         let id = u64::from(i) + 1;
         let config = Config {
             id,
-            listen: nth(args.listen, i, false)?,
+            listen: nth(args.node_listen, i, false)?,
             peer_listen: peers[&id],
             peers: peers
                 .iter()
@@ -105,8 +112,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
         let id = config.id;
         Server::bind(config).await.with_context(|| {
             format!(
-                "node {id} cannot start (is another dev cluster running? try --listen, \
-                 --peer-listen, or --data-dir)"
+                "node {id} cannot start (is another dev cluster running? try \
+                 --node-listen, --peer-listen, or --data-dir)"
             )
         })
     }))
@@ -120,11 +127,23 @@ pub async fn run(args: DevArgs) -> Result<()> {
             let _ = stopped.wait_for(|&stop| stop).await;
         })));
     }
+    let router = leakbloom_router::Server::bind(leakbloom_router::Config {
+        listen: args.listen,
+        nodes: addrs.iter().map(|a| a.to_string()).collect(),
+        metrics_listen: args.metrics_listen,
+        timeout: leakbloom_router::router::DEFAULT_TIMEOUT,
+    })
+    .await
+    .context("the router cannot start (is another dev cluster running? try --listen)")?;
+    let addr = router.local_addr();
+    let mut stopped_router = stopped.clone();
+    let routing = tokio::spawn(router.run(async move {
+        let _ = stopped_router.wait_for(|&stop| stop).await;
+    }));
     tokio::spawn(async move {
         crate::shutdown_signal().await;
         stop.send_replace(true);
     });
-    let addr = addrs[0];
     let mut client = Client::connect(&addr.to_string()).await?;
     let capacity = args.demo_identifiers.max(1_000_000);
     client
@@ -144,8 +163,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let key = leakbloom_ident::key(Kind::Email, &example, None, None)?.1;
     let key_b64 = base64::engine::general_purpose::STANDARD.encode(key);
     println!(
-        "leakbloom dev: {nodes} nodes serving on {all} ({shards} shards, each on all {nodes} \
-         nodes by Raft; data in {dir})\n\
+        "leakbloom dev: router on {addr}, in front of {nodes} nodes on {all} ({shards} shards, \
+         each on all {nodes} nodes by Raft; data in {dir})\n\
          demo set {DEMO_SET:?}: {n} synthetic identifiers: {emails} emails {first} .. {last_email}, \
          {phones} phones {phone0} ..\n\n\
          try:\n\
@@ -171,6 +190,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         phones = args.demo_identifiers - half,
         phone0 = demo_phone(0),
     );
+    routing.await??;
     for node in serving {
         node.await??;
     }

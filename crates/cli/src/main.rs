@@ -1,4 +1,4 @@
-//! `leakbloom`: run a node or a local dev cluster, manage sets, insert and check identifiers,
+//! `leakbloom`: run a node, a router or a local dev cluster, manage sets, insert and check identifiers,
 //! hash identifiers into keys, and benchmark the filter engine.
 //!
 //! Identifiers (phone numbers, emails) exist only inside this binary: they are normalised and
@@ -9,6 +9,7 @@ mod bench_filter;
 mod client_cmd;
 mod dev;
 mod node_cmd;
+mod router_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -46,7 +47,10 @@ enum LogFormat {
 enum Command {
     /// Run a node: serves leakbloom.v1.Lookup, health and reflection.
     Node(node_cmd::NodeArgs),
-    /// Start a local node with a demo set of synthetic identifiers and print how to query it.
+    /// Run a router: serves leakbloom.v1.Lookup by splitting batches over the nodes.
+    Router(router_cmd::RouterArgs),
+    /// Start a local cluster (3 nodes and a router) with a demo set of synthetic identifiers
+    /// and print how to query it.
     Dev(dev::DevArgs),
     /// Create, list, inspect and drop sets.
     Sets(client_cmd::SetsArgs),
@@ -103,6 +107,7 @@ fn main() -> std::process::ExitCode {
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Node(args) => runtime()?.block_on(node_cmd::run(args)),
+        Command::Router(args) => runtime()?.block_on(router_cmd::run(args)),
         Command::Dev(args) => runtime()?.block_on(dev::run(args)),
         Command::Sets(args) => runtime()?.block_on(client_cmd::sets(args)),
         Command::Insert(args) => runtime()?.block_on(client_cmd::insert(args)),

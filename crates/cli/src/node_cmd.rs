@@ -16,9 +16,17 @@ pub struct NodeArgs {
     /// This node's id, 1 or more (with a StatefulSet: the pod ordinal plus one).
     #[arg(long, env = "LEAKBLOOM_ID")]
     pub id: Option<u64>,
+    /// Take the id from a StatefulSet pod name instead: its trailing ordinal plus one
+    /// (`leakbloom-node-2` is node 3).
+    #[arg(long, env = "LEAKBLOOM_ID_FROM_POD_NAME", conflicts_with = "id")]
+    pub id_from_pod_name: Option<String>,
     /// Client API address.
     #[arg(long, env = "LEAKBLOOM_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Client address other nodes and routers dial, HOST:PORT (default: --listen, or with
+    /// 0.0.0.0 this node's host in --peers with the --listen port).
+    #[arg(long, env = "LEAKBLOOM_ADVERTISE")]
+    pub advertise: Option<String>,
     /// Peer API address (Raft and forwarding between nodes; never expose it to clients).
     #[arg(long, env = "LEAKBLOOM_PEER_LISTEN")]
     pub peer_listen: Option<SocketAddr>,
@@ -56,6 +64,12 @@ impl NodeArgs {
         if let Some(id) = self.id {
             config.id = id;
         }
+        if let Some(name) = &self.id_from_pod_name {
+            config.id = id_from_pod_name(name)?;
+        }
+        if let Some(advertise) = &self.advertise {
+            config.advertise = Some(advertise.clone());
+        }
         if let Some(listen) = self.listen {
             config.listen = listen;
         }
@@ -91,6 +105,20 @@ impl NodeArgs {
     }
 }
 
+/// A StatefulSet pod's node id: the ordinal after the name's last `-`, plus one (Raft ids
+/// start at 1).
+fn id_from_pod_name(name: &str) -> Result<u64> {
+    name.rsplit_once('-')
+        .and_then(|(_, ordinal)| ordinal.parse::<u64>().ok())
+        .and_then(|ordinal| ordinal.checked_add(1))
+        .with_context(|| {
+            format!(
+                "--id-from-pod-name {name:?} does not end in -ORDINAL as a StatefulSet pod's \
+                 name does (e.g. leakbloom-node-0)"
+            )
+        })
+}
+
 pub async fn run(args: NodeArgs) -> Result<()> {
     let config = args.config()?;
     let id = config.id;
@@ -99,4 +127,17 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         .with_context(|| format!("node {id} cannot start"))?;
     server.run(crate::shutdown_signal()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_names_give_ordinal_plus_one() {
+        assert_eq!(id_from_pod_name("leakbloom-node-0").unwrap(), 1);
+        assert_eq!(id_from_pod_name("leakbloom-node-12").unwrap(), 13);
+        assert!(id_from_pod_name("leakbloom").is_err());
+        assert!(id_from_pod_name("leakbloom-node-x").is_err());
+    }
 }

@@ -268,6 +268,8 @@ fn dev_serves_a_demo_set() {
             "dev",
             "--listen",
             "127.0.0.1:0",
+            "--node-listen",
+            "127.0.0.1:0",
             "--peer-listen",
             "127.0.0.1:0",
             "--data-dir",
@@ -276,7 +278,7 @@ fn dev_serves_a_demo_set() {
             "2000",
         ],
         false,
-        "nodes serving on ",
+        "router on ",
     );
     let addr = addr.as_str();
     let checked = stdout(&run(&[

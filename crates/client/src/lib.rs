@@ -30,6 +30,10 @@ pub use leakbloom_proto::v1::SetInfo;
 /// A key: SHA-256 or HMAC-SHA256 of an identifier's canonical form.
 pub type Key = [u8; 32];
 
+/// Metadata key of an `UNAVAILABLE` status that names the node id leading the shard, when
+/// the node that answered knows it. Nodes set it; routers and clients may follow it.
+pub const LEADER_METADATA: &str = "leakbloom-leader";
+
 /// Keys per request unless told otherwise: the server's default limit.
 pub const DEFAULT_MAX_BATCH: usize = 65_536;
 

@@ -36,8 +36,8 @@
 //!            used)
 //! ```
 //!
-//! * Bytes 0..8 choose the shard elsewhere and are ignored here, so shard and bits are
-//!   independent.
+//! * Bytes 0..8 choose the shard ([`shard_of`], used by nodes and routers) and are ignored
+//!   by the filter, so shard and bits are independent.
 //! * The block is the multiply-shift `(u64::from_be_bytes(key[8..16]) × blocks) >> 64`. It is
 //!   monotonic in the key: a contiguous range of key prefixes is a contiguous range of blocks,
 //!   which lets a later private-check mode serve whole block ranges for a coarse key prefix
@@ -125,3 +125,12 @@ pub const KEY_LEN: usize = 32;
 
 /// A key: 32 uniformly distributed bytes (see the crate docs for which bytes do what).
 pub type Key = [u8; KEY_LEN];
+
+/// The shard that owns `key` in a key space split into `shards` shards: multiply-shift of key
+/// bytes 0..8 (`(prefix * shards) >> 64`), so shards are contiguous, ordered ranges of key
+/// prefixes, and the filter's bits (bytes 8..32) are independent of the shard. Nodes and
+/// routers must agree on it: it is part of the cluster's format.
+pub fn shard_of(key: &Key, shards: u32) -> u32 {
+    let prefix = u64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
+    ((u128::from(prefix) * u128::from(shards)) >> 64) as u32
+}

@@ -83,6 +83,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Address of the peer API (Raft and forwarded requests). Never expose it to clients.
     pub peer_listen: SocketAddr,
+    /// The client address other nodes and routers dial (`HOST:PORT`). None: `listen` when it
+    /// names a host, else (`0.0.0.0`, as in a pod) this node's host in `peers` with the
+    /// `listen` port, e.g. `leakbloom-node-0.leakbloom-node:50051`.
+    pub advertise: Option<String>,
     /// Address of the Prometheus endpoint (`GET /metrics`, plain HTTP). None: not served.
     pub metrics_listen: Option<SocketAddr>,
     /// Every node of the cluster (this one included) by id: `ID=HOST:PORT` peer addresses,
@@ -114,6 +118,7 @@ impl Default for Config {
             id: 1,
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             peer_listen: DEFAULT_PEER_LISTEN.parse().expect("valid default address"),
+            advertise: None,
             metrics_listen: None,
             peers: BTreeMap::new(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
@@ -155,6 +160,25 @@ impl Config {
             BTreeMap::from([(self.id, self.peer_listen.to_string())])
         } else {
             self.peers.clone()
+        }
+    }
+
+    /// The client address to advertise when the client API is bound at `bound`: `advertise`,
+    /// else `bound` when it names a host, else this node's host in `peers` with `bound`'s port.
+    pub fn advertised(&self, bound: SocketAddr) -> String {
+        if let Some(address) = &self.advertise {
+            return address.clone();
+        }
+        if !bound.ip().is_unspecified() {
+            return bound.to_string();
+        }
+        match self
+            .members()
+            .get(&self.id)
+            .and_then(|peer| peer.rsplit_once(':'))
+        {
+            Some((host, _)) if !host.is_empty() => format!("{host}:{}", bound.port()),
+            _ => bound.to_string(),
         }
     }
 
@@ -319,6 +343,25 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("replication = 5"));
+    }
+
+    #[test]
+    fn advertised_address_follows_listen_then_peers() {
+        let config = Config::from_toml(
+            "id = 2\npeers = \"1=node-0.svc:7000,2=node-1.svc:7000\"\n",
+            "t",
+        )
+        .unwrap();
+        let any: SocketAddr = "0.0.0.0:50051".parse().unwrap();
+        assert_eq!(config.advertised(any), "node-1.svc:50051");
+        let local: SocketAddr = "127.0.0.3:5000".parse().unwrap();
+        assert_eq!(config.advertised(local), "127.0.0.3:5000");
+        let fixed = Config {
+            advertise: Some("lb.example:443".into()),
+            ..config
+        };
+        assert_eq!(fixed.advertised(any), "lb.example:443");
+        assert_eq!(Config::default().advertised(any), "127.0.0.1:50051");
     }
 
     #[test]

@@ -8,8 +8,7 @@ use tonic::{Code, Status};
 use crate::config::ConfigError;
 use crate::shard::ShardId;
 
-/// Metadata key of an `UNAVAILABLE` status naming the node id that leads the shard, when known.
-pub const LEADER_METADATA: &str = "leakbloom-leader";
+pub use leakbloom_client::LEADER_METADATA;
 
 /// Everything a node operation can fail with. Messages say what was wrong and how to fix it;
 /// none of them ever contains a key.

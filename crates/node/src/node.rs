@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -34,7 +34,8 @@ use futures_util::future::{join_all, try_join_all};
 use leakbloom_filter::{Filter, KEY_LEN};
 use leakbloom_proto::v1::{
     command, status_response, Command, Consistency, CreateSetRequest, DropSetCommand,
-    InsertCommand, SetInfo, SetResult, ShardCheckRequest, ShardCheckResponse, StatusResponse,
+    InsertCommand, NodeAddress, SetInfo, SetResult, ShardCheckRequest, ShardCheckResponse,
+    ShardMap, ShardReplicas, StatusResponse,
 };
 use leakbloom_raft::{
     Driver, GroupHandle, GroupId, GroupNode, NodeConfig, NodeId, Store, Transport,
@@ -69,6 +70,10 @@ const MAX_BACKOFF: Duration = Duration::from_millis(200);
 /// wrote more snapshot than log (measured: every ~12 s all 48 replicas of a 3-node dev cluster
 /// wrote 31 MB each at once, stalling heartbeats into leader step-downs).
 const SNAPSHOT_LOG_RATIO: f64 = 1.0;
+
+/// How long a shard map waits for a peer's `Status` (its client address) before using the
+/// address it last heard: a router asking must not wait for a node that is down.
+const SHARD_MAP_STATUS_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// How often a rebuilt replica asks again to be re-added while no leader took it.
 const REJOIN_RETRY: Duration = Duration::from_millis(500);
@@ -126,6 +131,9 @@ pub struct Node {
     replicas: Vec<Option<Replica>>,
     /// Last leader learned for each shard not hosted here (0: unknown).
     leaders: Vec<AtomicU64>,
+    /// Client addresses of the nodes, learned from their `Status` (this node's own from the
+    /// start), for [`shard_map`](Self::shard_map).
+    addresses: Mutex<BTreeMap<NodeId, String>>,
 }
 
 impl Node {
@@ -256,7 +264,9 @@ impl Node {
             "replicas started"
         );
         let leaders = (0..config.shards).map(|_| AtomicU64::new(0)).collect();
+        let own = config.advertise.clone().unwrap_or_default();
         Ok(Node {
+            addresses: Mutex::new(BTreeMap::from([(config.id, own)])),
             config,
             layout,
             peers,
@@ -383,6 +393,66 @@ impl Node {
                 0 => self.layout.replicas(shard).first().copied(),
                 leader => Some(leader),
             },
+        }
+    }
+
+    /// The cluster as this node sees it, for routers: the nodes' client addresses (asking
+    /// every peer's `Status` for them, briefly; silent peers keep their last known address),
+    /// each shard's replicas and its leader with the term it was seen in (0 for a hint).
+    pub async fn shard_map(&self) -> ShardMap {
+        let others = self.layout.nodes().iter().filter(|&&id| id != self.id());
+        let answers = join_all(others.map(|&id| async move {
+            tokio::time::timeout(SHARD_MAP_STATUS_TIMEOUT, self.peers.status(id))
+                .await
+                .ok()
+                .and_then(|status| status.ok())
+                .map(|status| (id, status.address))
+        }))
+        .await;
+        let nodes = {
+            let mut addresses = self.addresses.lock().expect("addresses lock");
+            for (id, address) in answers.into_iter().flatten() {
+                if !address.is_empty() {
+                    addresses.insert(id, address);
+                }
+            }
+            self.layout
+                .nodes()
+                .iter()
+                .map(|&id| NodeAddress {
+                    id,
+                    address: addresses.get(&id).cloned().unwrap_or_default(),
+                })
+                .collect()
+        };
+        let shard_replicas = (0..self.config.shards)
+            .map(|shard| {
+                let (leader, term) = match self.replica(shard) {
+                    Some(replica) => {
+                        let leadership = replica.handle.leadership();
+                        let leader = if leadership.role == StateRole::Leader {
+                            Some(self.id())
+                        } else {
+                            leadership.leader
+                        };
+                        (leader.unwrap_or(0), leadership.term)
+                    }
+                    None => (self.leaders[shard as usize].load(Ordering::Relaxed), 0),
+                };
+                ShardReplicas {
+                    replicas: self.layout.replicas(shard),
+                    leader,
+                    term,
+                }
+            })
+            .collect();
+        ShardMap {
+            node: self.id(),
+            shards: self.config.shards,
+            replication: self.layout.replication(),
+            max_batch: self.config.max_batch as u64,
+            nodes,
+            shard_replicas,
         }
     }
 
@@ -892,6 +962,7 @@ impl Local for Node {
                 .flatten()
                 .map(|r| (r.handle.group(), r.handle.committed()))
                 .collect(),
+            address: self.config.advertise.clone().unwrap_or_default(),
         }
     }
 }

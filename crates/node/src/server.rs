@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use leakbloom_proto::v1::cluster_server::ClusterServer;
 use leakbloom_proto::v1::lookup_server::LookupServer;
 use leakbloom_proto::v1::status_response::State;
 use leakbloom_proto::v1::StatusResponse;
@@ -24,7 +25,7 @@ use crate::error::Error;
 use crate::metrics::{self, Metrics};
 use crate::node::Node;
 use crate::peer::{Local, PeerService, Peers, Slot};
-use crate::service::LookupService;
+use crate::service::{ClusterService, LookupService};
 use crate::shard::ShardId;
 
 /// HTTP/2 frame size on the server: 256 KiB instead of 16 KiB. h2 writes every frame with its
@@ -212,9 +213,11 @@ impl Server {
         if config.peers.is_empty() {
             config.peer_listen = peer_addr;
         }
+        let address = config.advertised(listener.local_addr().expect("a bound listener"));
+        config.advertise = Some(address.clone());
         let record = config.record().map_err(Error::from)?;
         let new_directory = !record.check(&config.data_dir).map_err(Error::from)?;
-        let slot = Arc::new(Slot::new(config.id, new_directory));
+        let slot = Arc::new(Slot::new(config.id, address, new_directory));
         let peer = PeerServing::start(peer_listener, slot.clone());
         let opened = async {
             let peers = Arc::new(Peers::new(config.id, config.members()));
@@ -326,6 +329,7 @@ impl Server {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(lookup)
+            .add_service(ClusterServer::new(ClusterService::new(self.node.clone())))
             .serve_with_incoming_shutdown(incoming, shutdown);
         // Replicas rebuilt from peers (a lost disk) ask their leaders to re-add them.
         let rebuild = tokio::spawn(self.node.clone().rebuild());

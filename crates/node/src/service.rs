@@ -1,13 +1,16 @@
-//! The `leakbloom.v1.Lookup` gRPC service: unpacks requests, calls [`Node`], packs replies.
+//! The client-port gRPC services: `leakbloom.v1.Lookup` unpacks requests, calls [`Node`] and
+//! packs replies; `leakbloom.v1.Cluster` tells routers the shard map.
 //! Errors become `tonic::Status` in exactly one place, `impl From<Error> for Status`.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use leakbloom_proto::v1::cluster_server::Cluster;
 use leakbloom_proto::v1::lookup_server::Lookup;
 use leakbloom_proto::v1::{
     CheckRequest, CheckResponse, CreateSetRequest, DropSetRequest, DropSetResponse, GetSetRequest,
-    InsertRequest, InsertResponse, ListSetsRequest, ListSetsResponse, SetInfo,
+    GetShardMapRequest, InsertRequest, InsertResponse, ListSetsRequest, ListSetsResponse, SetInfo,
+    ShardMap,
 };
 use tonic::{Request, Response, Status};
 
@@ -109,5 +112,28 @@ impl Lookup for LookupService {
         let got = self.node.get_set(&request.get_ref().name).await;
         let info = self.count("GetSet", start, got.map_err(Status::from))?;
         Ok(Response::new(info))
+    }
+}
+
+/// The shard map for routers (`leakbloom.v1.Cluster`).
+#[derive(Debug, Clone)]
+pub struct ClusterService {
+    node: Arc<Node>,
+}
+
+impl ClusterService {
+    /// Serves `node`'s view of the cluster.
+    pub fn new(node: Arc<Node>) -> ClusterService {
+        ClusterService { node }
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn get_shard_map(
+        &self,
+        _request: Request<GetShardMapRequest>,
+    ) -> Result<Response<ShardMap>, Status> {
+        Ok(Response::new(self.node.shard_map().await))
     }
 }

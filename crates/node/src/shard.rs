@@ -15,11 +15,7 @@ pub const KEY_LEN: usize = leakbloom_filter::KEY_LEN;
 /// few thousand Raft groups would cost more in heartbeats than they could gain in parallelism.
 pub const MAX_SHARDS: u32 = 4096;
 
-/// The shard that owns `key`, for a cluster of `shards` shards.
-pub fn shard_of(key: &[u8; KEY_LEN], shards: u32) -> ShardId {
-    let prefix = u64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
-    ((u128::from(prefix) * u128::from(shards)) >> 64) as ShardId
-}
+pub use leakbloom_filter::shard_of;
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,9 @@
 //! Generated code for leakbloom's protobuf packages. Nothing hand-written lives here.
 //!
 //! - [`v1`]: package `leakbloom.v1`: the public `Lookup` service (`lookup.proto`) and the
-//!   state-machine `Command` format that replicas apply in log order (`command.proto`).
+//!   state-machine `Command` format that replicas apply in log order (`command.proto`), the
+//!   `Cluster` service routers learn the shard map from (`cluster.proto`) and the node-to-node
+//!   `Peer` service (`peer.proto`).
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, served by gRPC reflection.
 //!
 //! `bytes` fields are generated as [`bytes::Bytes`](https://docs.rs/bytes) so packed key batches

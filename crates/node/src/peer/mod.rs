@@ -119,6 +119,8 @@ pub trait Local: Send + Sync + 'static {
 /// refuses the rest as unavailable; once [`set`](Slot::set), everything goes to the node.
 pub struct Slot {
     id: NodeId,
+    /// The node's advertised client address.
+    address: String,
     /// `Status` before the node is set: new data directory, or opening one.
     starting: State,
     node: OnceLock<Arc<dyn Local>>,
@@ -135,10 +137,12 @@ impl std::fmt::Debug for Slot {
 }
 
 impl Slot {
-    /// A slot for node `id`, whose data directory is new (`new`) or holds its replicas.
-    pub fn new(id: NodeId, new: bool) -> Slot {
+    /// A slot for node `id`, advertising client address `address`, whose data directory is new
+    /// (`new`) or holds its replicas.
+    pub fn new(id: NodeId, address: String, new: bool) -> Slot {
         Slot {
             id,
+            address,
             starting: if new { State::New } else { State::Opening },
             node: OnceLock::new(),
         }
@@ -178,6 +182,7 @@ impl Local for Slot {
                 node: self.id,
                 state: self.starting.into(),
                 committed: Default::default(),
+                address: self.address.clone(),
             },
         }
     }

@@ -1,0 +1,51 @@
+//! `leakbloom router`: a stateless router in front of the nodes. Flags and `LEAKBLOOM_*`
+//! variables only (it has no data and few settings).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use leakbloom_router::{Config, Server};
+
+#[derive(clap::Args, Debug)]
+pub struct RouterArgs {
+    /// Client API address (leakbloom.v1.Lookup, health, reflection).
+    #[arg(long, env = "LEAKBLOOM_LISTEN", default_value = crate::DEFAULT_ADDR)]
+    pub listen: SocketAddr,
+    /// Client addresses of some nodes, HOST:PORT,HOST:PORT...; the router learns the others
+    /// (and every shard's replicas and leader) from them.
+    #[arg(long, env = "LEAKBLOOM_NODES", value_delimiter = ',', required = true)]
+    pub nodes: Vec<String>,
+    /// Prometheus endpoint address (`GET /metrics`, plain HTTP; not served when unset).
+    #[arg(long, env = "LEAKBLOOM_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Deadline in milliseconds for a call whose client sets none (the most a client's own
+    /// deadline may be): retryable failures are retried until it passes.
+    #[arg(long, env = "LEAKBLOOM_TIMEOUT_MS", default_value_t = leakbloom_router::router::DEFAULT_TIMEOUT.as_millis() as u64)]
+    pub timeout_ms: u64,
+}
+
+impl RouterArgs {
+    /// The router's configuration.
+    pub fn config(&self) -> Config {
+        Config {
+            listen: self.listen,
+            nodes: self
+                .nodes
+                .iter()
+                .map(|node| node.trim().to_string())
+                .filter(|node| !node.is_empty())
+                .collect(),
+            metrics_listen: self.metrics_listen,
+            timeout: Duration::from_millis(self.timeout_ms.max(1)),
+        }
+    }
+}
+
+pub async fn run(args: RouterArgs) -> Result<()> {
+    let server = Server::bind(args.config())
+        .await
+        .context("the router cannot start")?;
+    server.run(crate::shutdown_signal()).await?;
+    Ok(())
+}

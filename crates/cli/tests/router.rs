@@ -1,0 +1,261 @@
+//! Three real `leakbloom node` processes (RF=3) and a `leakbloom router` process on
+//! 127.0.0.1. A client that does not retry streams inserts and linearizable checks through the
+//! router while each node in turn is killed with SIGKILL and restarted: the client sees no
+//! error at all, and every acknowledged key is found through the router and on every node.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use leakbloom_client::{Client, Consistency, Key};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+const BIN: &str = env!("CARGO_BIN_EXE_leakbloom");
+const NODES: usize = 3;
+
+/// A free port on 127.0.0.1 (bound, then released for the child to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process, killed (SIGKILL) on drop; `ready` fires on the first stderr line that
+/// contains the marker it was started with.
+struct Proc {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    ready: mpsc::Receiver<()>,
+}
+
+impl Proc {
+    fn start(args: &[String], marker: &'static str) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("LEAKBLOOM_LOG_FORMAT", "text")
+            .env("NO_COLOR", "1")
+            .env_remove("LEAKBLOOM_LOG")
+            .spawn()
+            .expect("spawn leakbloom");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, ready) = mpsc::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains(marker) {
+                    let _ = tx.send(());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Proc { child, log, ready }
+    }
+
+    fn wait_ready(&self) {
+        self.ready
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("process did not start:\n{}", self.log()));
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the client saw: acknowledged keys, and every error (there must be none).
+#[derive(Default)]
+struct Seen {
+    acknowledged: Vec<Key>,
+    checks: usize,
+    errors: Vec<String>,
+}
+
+#[test]
+fn clients_of_the_router_see_no_error_while_any_one_node_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer_ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+    let peers = (0..NODES)
+        .map(|i| format!("{}=127.0.0.1:{}", i + 1, peer_ports[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let listens: Vec<String> = (0..NODES)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let node_args = |i: usize| -> Vec<String> {
+        [
+            "node",
+            "--id",
+            &(i + 1).to_string(),
+            "--listen",
+            &listens[i],
+            "--peer-listen",
+            &format!("127.0.0.1:{}", peer_ports[i]),
+            "--peers",
+            &peers,
+            "--data-dir",
+            dir.path().join(format!("node-{i}")).to_str().unwrap(),
+            "--shards",
+            "8",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mut nodes: Vec<Option<Proc>> = (0..NODES)
+        .map(|i| Some(Proc::start(&node_args(i), "node serving")))
+        .collect();
+    for node in nodes.iter().flatten() {
+        node.wait_ready();
+    }
+    let router_addr = format!("127.0.0.1:{}", free_port());
+    // One seed is enough: the router learns the other nodes from it.
+    let router = Proc::start(
+        &["router", "--listen", &router_addr, "--nodes", &listens[0]].map(String::from),
+        "shard map learned",
+    );
+    router.wait_ready();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sets = vec!["leak".to_string()];
+    runtime.block_on(async {
+        let mut client = Client::connect(&router_addr).await.unwrap();
+        client
+            .create_set("leak", 1_000_000, 1e-6, "sha256")
+            .await
+            .unwrap();
+        // Bad input is the client's to see, through the router as from a node.
+        let status = client
+            .raw()
+            .check(leakbloom_proto::v1::CheckRequest {
+                sets: sets.clone(),
+                keys: vec![0u8; 33].into(),
+                consistency: 1,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("multiple of 32"), "{status:?}");
+        let missing = client
+            .check(&["nope".to_string()], &[[1u8; 32]], Consistency::AnyReplica)
+            .await
+            .unwrap_err();
+        assert!(missing.to_string().contains("does not exist"), "{missing}");
+    });
+
+    // The client: inserts of 300 keys, then a linearizable check of the last batch and an
+    // any-replica check of an earlier one; every error is recorded, none retried.
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (seen, stop, sets) = (seen.clone(), stop.clone(), sets.clone());
+        let addr = router_addr.clone();
+        runtime.spawn(async move {
+            let mut client = Client::connect(&addr).await.unwrap();
+            let mut rng = StdRng::seed_from_u64(11);
+            while !stop.load(Ordering::Relaxed) {
+                let batch: Vec<Key> = (0..300).map(|_| rng.gen()).collect();
+                if let Err(e) = client.insert("leak", &batch).await {
+                    seen.lock().unwrap().errors.push(format!("insert: {e}"));
+                    continue;
+                }
+                seen.lock().unwrap().acknowledged.extend(&batch);
+                let earlier: Vec<Key> = {
+                    let seen = seen.lock().unwrap();
+                    let n = seen.acknowledged.len();
+                    seen.acknowledged[rng.gen_range(0..n)..][..1].to_vec()
+                };
+                for (keys, consistency) in [
+                    (&batch, Consistency::Linearizable),
+                    (&earlier, Consistency::AnyReplica),
+                ] {
+                    match client.check(&sets, keys, consistency).await {
+                        Ok(found) if found[0].present.iter().all(|&p| p) => {
+                            seen.lock().unwrap().checks += 1
+                        }
+                        Ok(_) => seen
+                            .lock()
+                            .unwrap()
+                            .errors
+                            .push(format!("{consistency:?} check missed acknowledged keys")),
+                        Err(e) => seen.lock().unwrap().errors.push(format!("check: {e}")),
+                    }
+                }
+            }
+        })
+    };
+    let acked = || seen.lock().unwrap().acknowledged.len();
+    let wait_for_more = |than: usize, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acked() < than + 6_000 {
+            assert!(
+                Instant::now() < deadline,
+                "inserts stalled at {} keys {what}",
+                acked()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for_more(0, "before any kill");
+    for (i, node) in nodes.iter_mut().enumerate() {
+        // SIGKILL (on drop): no shutdown code runs.
+        drop(node.take());
+        let at_kill = acked();
+        wait_for_more(at_kill, &format!("with node {} killed", i + 1));
+        let restarted = node.insert(Proc::start(&node_args(i), "node serving"));
+        restarted.wait_ready();
+        let at_restart = acked();
+        wait_for_more(at_restart, &format!("after node {} restarted", i + 1));
+    }
+    stop.store(true, Ordering::Relaxed);
+    runtime.block_on(worker).unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(
+        seen.errors.is_empty(),
+        "the client saw {} errors, first: {:?}\nrouter log:\n{}",
+        seen.errors.len(),
+        seen.errors.first(),
+        router.log()
+    );
+    eprintln!(
+        "acknowledged {} keys and passed {} checks through the router, no errors",
+        seen.acknowledged.len(),
+        seen.checks
+    );
+
+    // Every acknowledged key through the router, and on every node from its own replicas.
+    runtime.block_on(async {
+        for addr in std::iter::once(&router_addr).chain(&listens) {
+            let mut client = Client::connect(addr).await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let found = client
+                    .check(&sets, &seen.acknowledged, Consistency::AnyReplica)
+                    .await
+                    .unwrap();
+                let missing = found[0].present.iter().filter(|&&p| !p).count();
+                if missing == 0 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{addr} misses {missing} of {} acknowledged keys",
+                    seen.acknowledged.len()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+}

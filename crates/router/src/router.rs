@@ -1,0 +1,682 @@
+//! The routing itself: the shard map kept fresh, one persistent channel per node, and each
+//! call split by shard, grouped per node, sent concurrently, merged back into request order,
+//! and retried where it failed.
+//!
+//! # Retries
+//! A part that fails with a retryable status (no leader, node down or restarting, connection
+//! lost: [`retryable`]) is planned again over a refreshed map and sent again, with backoff,
+//! until the call's deadline (the client's `grpc-timeout`, else [`DEFAULT_TIMEOUT`]). Only
+//! that part's keys go again; the parts that succeeded stay. Inserts are idempotent, so a part
+//! retried after its first try committed on some shards is harmless. Any other status is the
+//! client's to see and is passed on unchanged.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::join_all;
+use leakbloom_filter::KEY_LEN;
+use leakbloom_proto::v1::cluster_client::ClusterClient;
+use leakbloom_proto::v1::lookup_client::LookupClient;
+use leakbloom_proto::v1::{
+    CheckRequest, CheckResponse, Consistency, GetShardMapRequest, InsertRequest, SetResult,
+    ShardMap,
+};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+use crate::error::{retryable, Error, Result};
+use crate::map::{Map, MapError, NodeId, Plan};
+use crate::metrics::Metrics;
+
+/// Deadline of a routed call when the client sets none: long enough to ride out a leader
+/// election (1-2 s) and a node's own proposal retries (up to 5 s).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the shard map is refreshed when nothing fails: leaders move (elections, the
+/// handback to preferred replicas) and the router should follow within about a second.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a refresh waits for each node's map: a node that is down must not hold it up.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// First pause before a retry, doubled per retry up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Longest pause between retries: elections take 1-2 s; retry several times within one.
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
+
+/// TCP connect timeout to a node.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// HTTP/2 keepalive: notices a node that vanished without closing its connections.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long a keepalive ping may go unanswered before the connection counts as dead.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// HTTP/2 frame size towards the nodes: as on the nodes, 256 KiB frames carry large batches in
+/// far fewer syscalls.
+pub const HTTP2_MAX_FRAME_SIZE: u32 = 256 << 10;
+
+/// Largest message to or from a node: a full batch of keys against many sets.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// The router: a shard map and channels to the nodes. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct Router {
+    /// Node client addresses from the command line; asked on every refresh with the
+    /// discovered ones.
+    seeds: Vec<String>,
+    /// The last map learned; `None` until a node answered.
+    map: RwLock<Option<Arc<Map>>>,
+    /// One lazily connecting channel per node address.
+    channels: Mutex<BTreeMap<String, Channel>>,
+    /// When the last refresh finished; held during a refresh so that concurrent failures
+    /// share one.
+    refreshed: tokio::sync::Mutex<Option<Instant>>,
+    /// Rotates any-replica reads and management calls over the nodes.
+    spread: AtomicUsize,
+    metrics: Arc<Metrics>,
+}
+
+impl Router {
+    /// A router that learns the cluster from `seeds` (node client addresses, `HOST:PORT`).
+    /// It knows nothing until [`refresh`](Self::refresh) (or [`run_refresh`](Self::run_refresh))
+    /// reaches a node.
+    pub fn new(seeds: Vec<String>, metrics: Arc<Metrics>) -> Router {
+        Router {
+            seeds,
+            map: RwLock::new(None),
+            channels: Mutex::new(BTreeMap::new()),
+            refreshed: tokio::sync::Mutex::new(None),
+            spread: AtomicUsize::new(0),
+            metrics,
+        }
+    }
+
+    /// The current map, if any node has answered yet.
+    pub fn map(&self) -> Option<Arc<Map>> {
+        self.map.read().expect("map lock").clone()
+    }
+
+    /// The channel to `address`, created (lazily connecting) on first use.
+    fn channel(&self, address: &str) -> Result<Channel, Status> {
+        let mut channels = self.channels.lock().expect("channels lock");
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| Status::unavailable(format!("invalid node address {address:?}: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .max_frame_size(HTTP2_MAX_FRAME_SIZE)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect_lazy();
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// A `Lookup` client for node `node` of `map`.
+    fn lookup(&self, map: &Map, node: NodeId) -> Result<LookupClient<Channel>, Status> {
+        let address = map
+            .addresses
+            .get(&node)
+            .ok_or_else(|| Status::unavailable(format!("node {node}'s address is unknown")))?;
+        Ok(LookupClient::new(self.channel(address)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// Asks every known node (seeds and discovered) for its view and merges the answers,
+    /// unless another refresh finished after `after` (then its map is used). Nodes that do not
+    /// answer count as down until the next refresh.
+    pub async fn refresh(&self, after: Instant) -> Result<Arc<Map>> {
+        let mut refreshed = self.refreshed.lock().await;
+        if let (Some(when), Some(map)) = (*refreshed, self.map()) {
+            if when > after {
+                return Ok(map);
+            }
+        }
+        self.metrics.refresh();
+        let mut addresses: Vec<String> = self.seeds.clone();
+        if let Some(map) = self.map() {
+            addresses.extend(map.addresses.values().cloned());
+        }
+        addresses.sort();
+        addresses.dedup();
+        let answers = join_all(addresses.iter().map(|address| async move {
+            let channel = self.channel(address)?;
+            let mut client = ClusterClient::new(channel);
+            let call = client.get_shard_map(GetShardMapRequest {});
+            match tokio::time::timeout(REFRESH_TIMEOUT, call).await {
+                Ok(answer) => answer.map(|answer| answer.into_inner()),
+                Err(_) => Err(Status::deadline_exceeded("no answer within 1 s")),
+            }
+        }))
+        .await;
+        let mut maps: Vec<ShardMap> = Vec::new();
+        let mut failures = Vec::new();
+        for (address, answer) in addresses.iter().zip(answers) {
+            match answer {
+                Ok(map) => maps.push(map),
+                Err(status) => failures.push(format!("{address}: {}", status.message())),
+            }
+        }
+        *refreshed = Some(Instant::now());
+        let merged = Map::merge(&maps).map_err(|error| match error {
+            MapError::NoAnswer => Error::NoMap {
+                reason: failures.join("; "),
+            },
+            other => other.into(),
+        });
+        let merged = match merged {
+            Ok(map) => Arc::new(map),
+            Err(error) => {
+                // Keep routing over the last map, with every node marked down.
+                let mut stale = self.map.write().expect("map lock");
+                if let Some(map) = stale.as_mut() {
+                    Arc::make_mut(map).up.clear();
+                }
+                tracing::warn!(%error, "shard map refresh failed");
+                return Err(error);
+            }
+        };
+        if !failures.is_empty() {
+            tracing::debug!(failures = ?failures, "some nodes did not answer the refresh");
+        }
+        let changed = self.map().as_deref() != Some(&*merged);
+        if changed {
+            tracing::info!(
+                shards = merged.shards,
+                nodes = ?merged.addresses,
+                up = ?merged.up,
+                "shard map updated"
+            );
+        }
+        self.metrics.nodes_up(merged.up.len());
+        *self.map.write().expect("map lock") = Some(merged.clone());
+        Ok(merged)
+    }
+
+    /// Refreshes the map every [`REFRESH_INTERVAL`], for ever. Calls `ready` once the first
+    /// map is known.
+    pub async fn run_refresh(self: Arc<Router>, ready: impl FnOnce()) {
+        let mut ready = Some(ready);
+        loop {
+            if self.refresh(Instant::now()).await.is_ok() {
+                if let Some(ready) = ready.take() {
+                    ready();
+                }
+            }
+            tokio::time::sleep(REFRESH_INTERVAL).await;
+        }
+    }
+
+    /// The map, refreshing first when there is none yet.
+    async fn current(&self) -> Result<Arc<Map>> {
+        match self.map() {
+            Some(map) => Ok(map),
+            None => self.refresh(Instant::now()).await,
+        }
+    }
+
+    /// Which of `request.sets` may contain each key: split by shard over the nodes, merged.
+    pub async fn check(&self, request: CheckRequest, deadline: Instant) -> Result<CheckResponse> {
+        match self.check_once(&request, deadline).await {
+            Err(Error::SetsChanged(names)) => {
+                // "Every set" meant different sets on different nodes (a set was being
+                // created or dropped): ask again for the first answer's sets by name.
+                let explicit = CheckRequest {
+                    sets: names,
+                    ..request
+                };
+                self.check_once(&explicit, deadline).await
+            }
+            other => other,
+        }
+    }
+
+    async fn check_once(&self, request: &CheckRequest, deadline: Instant) -> Result<CheckResponse> {
+        let map = self.current().await?;
+        let keys = split_keys(&request.keys, map.max_batch)?;
+        let linearizable = match Consistency::try_from(request.consistency) {
+            Ok(Consistency::AnyReplica) => false,
+            Ok(_) => true,
+            Err(_) => return Err(Error::Consistency(request.consistency)),
+        };
+        let spread = self.spread.fetch_add(1, Ordering::Relaxed);
+        let mut merged: Option<Merged> = None;
+        self.route(
+            map,
+            &request.keys,
+            deadline,
+            |map, shard| {
+                if linearizable {
+                    map.leader_target(shard)
+                } else {
+                    map.replica_target(shard, spread)
+                }
+            },
+            |mut client, node, positions, part| {
+                let sub = CheckRequest {
+                    sets: request.sets.clone(),
+                    keys: part,
+                    consistency: request.consistency,
+                };
+                async move {
+                    let answer = client.check(with_deadline(sub, deadline)).await?;
+                    Ok((node, positions, answer.into_inner()))
+                }
+            },
+            |(node, positions, answer)| {
+                match &mut merged {
+                    None if positions.len() == keys.len() => {
+                        check_names(&request.sets, &answer, node)?;
+                        merged = Some(Merged::Whole(answer));
+                    }
+                    None => {
+                        check_names(&request.sets, &answer, node)?;
+                        let mut scattered = Merged::empty(&answer, keys.len());
+                        scattered.scatter(&answer, &positions, node)?;
+                        merged = Some(scattered);
+                    }
+                    Some(whole) => whole.scatter(&answer, &positions, node)?,
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(merged.expect("a routed batch has a part").into_response())
+    }
+
+    /// Adds keys to a set: each node gets the keys of the shards it leads, in one call.
+    pub async fn insert(&self, request: InsertRequest, deadline: Instant) -> Result<u64> {
+        let map = self.current().await?;
+        split_keys(&request.keys, map.max_batch)?;
+        let mut acknowledged = 0u64;
+        self.route(
+            map,
+            &request.keys,
+            deadline,
+            |map, shard| map.leader_target(shard),
+            |mut client, node, positions, part| {
+                let sub = InsertRequest {
+                    set: request.set.clone(),
+                    keys: part,
+                };
+                async move {
+                    let answer = client.insert(with_deadline(sub, deadline)).await?;
+                    Ok((node, positions.len() as u64, answer.into_inner().keys))
+                }
+            },
+            |(node, sent, answered)| {
+                if sent != answered {
+                    return Err(Error::Reply {
+                        node,
+                        reason: format!("acknowledged {answered} keys of {sent}"),
+                    });
+                }
+                acknowledged += answered;
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(acknowledged)
+    }
+
+    /// Routes `keys`: plans them over `map` with `target` (shard → node), sends each node's
+    /// part with `send` (given a client, the node, the part's positions in the request and its
+    /// packed keys), hands each answer to `take`, and retries the parts that failed
+    /// retryably (see the [module docs](self)) until `deadline`.
+    async fn route<T, S, F>(
+        &self,
+        mut map: Arc<Map>,
+        packed: &Bytes,
+        deadline: Instant,
+        target: impl Fn(&Map, u32) -> Option<NodeId>,
+        send: S,
+        mut take: impl FnMut(T) -> Result<()>,
+    ) -> Result<()>
+    where
+        S: Fn(LookupClient<Channel>, NodeId, Vec<u32>, Bytes) -> F,
+        F: Future<Output = Result<T, Status>>,
+    {
+        let started = Instant::now();
+        // Whole keys: the callers checked the length.
+        let (keys, _) = packed.as_chunks::<KEY_LEN>();
+        let mut pending: Vec<u32> = (0..keys.len() as u32).collect();
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let plan = Plan::new(keys, pending.iter().copied(), map.shards, |shard| {
+                target(&map, shard)
+            })
+            .ok_or_else(|| Error::NoMap {
+                reason: "a shard has no replica with a known address".into(),
+            })?;
+            let calls = plan.parts.into_iter().map(|(node, positions)| {
+                // A part with every key sends the request's own bytes: no copy.
+                let part = if positions.len() == keys.len() {
+                    packed.clone()
+                } else {
+                    gather(keys, &positions)
+                };
+                let failed = positions.clone();
+                let call = self
+                    .lookup(&map, node)
+                    .map(|client| send(client, node, positions, part));
+                async move {
+                    let answer = match call {
+                        Ok(call) => call.await,
+                        Err(status) => Err(status),
+                    };
+                    answer.map_err(|status| (node, failed, status))
+                }
+            });
+            let mut retry: Vec<u32> = Vec::new();
+            let mut last: Option<(NodeId, Status)> = None;
+            for answer in join_all(calls).await {
+                match answer {
+                    Ok(answer) => take(answer)?,
+                    Err((node, positions, status)) if retryable(&status) => {
+                        self.metrics.node_failure(node, status.code());
+                        retry.extend(positions);
+                        last = Some((node, status));
+                    }
+                    Err((node, _, status)) => {
+                        self.metrics.node_failure(node, status.code());
+                        return Err(Error::Node(status));
+                    }
+                }
+            }
+            let Some((node, status)) = last else {
+                return Ok(());
+            };
+            let now = Instant::now();
+            if now + backoff >= deadline {
+                return Err(Error::GaveUp {
+                    attempts,
+                    elapsed_ms: started.elapsed().as_millis(),
+                    node,
+                    reason: format!("{:?}: {}", status.code(), status.message()),
+                    leader: status
+                        .metadata()
+                        .get(leakbloom_client::LEADER_METADATA)
+                        .and_then(|value| value.to_str().ok())
+                        .map(str::to_string),
+                });
+            }
+            tracing::debug!(node, code = ?status.code(), message = status.message(), keys = retry.len(), "retrying part of a batch");
+            self.metrics.retry();
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            // A map at least as new as the failure: leaders moved, or the node went down.
+            if let Ok(fresh) = self.refresh(now).await {
+                map = fresh;
+            }
+            retry.sort_unstable();
+            pending = retry;
+        }
+    }
+
+    /// Calls `call` on one node after another (rotating, nodes that answered the last refresh
+    /// first) until one answers, retrying retryable failures with backoff until `deadline`:
+    /// for the set-management calls, which any node serves.
+    pub async fn any_node<T, F, Fut>(&self, deadline: Instant, call: F) -> Result<T>
+    where
+        F: Fn(LookupClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let started = Instant::now();
+        let mut map = self.current().await?;
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempts = 0;
+        loop {
+            let nodes: Vec<NodeId> = map.nodes().collect();
+            let spread = self.spread.fetch_add(1, Ordering::Relaxed);
+            let mut order: Vec<NodeId> = (0..nodes.len())
+                .map(|i| nodes[(spread + i) % nodes.len()])
+                .collect();
+            order.sort_by_key(|node| !map.up.contains(node));
+            let mut last = None;
+            for node in order {
+                attempts += 1;
+                let answer = match self.lookup(&map, node) {
+                    Ok(client) => call(client).await,
+                    Err(status) => Err(status),
+                };
+                match answer {
+                    Ok(answer) => return Ok(answer.into_inner()),
+                    Err(status) if retryable(&status) => {
+                        self.metrics.node_failure(node, status.code());
+                        last = Some((node, status));
+                    }
+                    Err(status) => return Err(Error::Node(status)),
+                }
+            }
+            let now = Instant::now();
+            let (node, status) = last.unwrap_or((0, Status::unavailable("no node is known")));
+            if now + backoff >= deadline {
+                return Err(Error::GaveUp {
+                    attempts,
+                    elapsed_ms: started.elapsed().as_millis(),
+                    node,
+                    reason: format!("{:?}: {}", status.code(), status.message()),
+                    leader: None,
+                });
+            }
+            self.metrics.retry();
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            if let Ok(fresh) = self.refresh(now).await {
+                map = fresh;
+            }
+        }
+    }
+}
+
+/// Sets `deadline` as the request's gRPC timeout, so a node stops working on it when the
+/// router stops waiting.
+fn with_deadline<T>(message: T, deadline: Instant) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    request
+}
+
+/// Checks the batch limits and views packed key bytes as keys.
+fn split_keys(keys: &[u8], max: usize) -> Result<&[[u8; KEY_LEN]]> {
+    let (whole, rest) = keys.as_chunks::<KEY_LEN>();
+    if !rest.is_empty() {
+        return Err(Error::KeyLength { len: keys.len() });
+    }
+    match whole.len() {
+        0 => Err(Error::EmptyBatch { max }),
+        n if n > max => Err(Error::BatchTooLarge { keys: n, max }),
+        _ => Ok(whole),
+    }
+}
+
+/// The keys at `positions`, packed.
+fn gather(keys: &[[u8; KEY_LEN]], positions: &[u32]) -> Bytes {
+    let mut part = BytesMut::with_capacity(positions.len() * KEY_LEN);
+    for &i in positions {
+        part.extend_from_slice(&keys[i as usize]);
+    }
+    part.freeze()
+}
+
+/// Checks that a node answered the sets asked for (`sets`, or every set when empty).
+fn check_names(sets: &[String], answer: &CheckResponse, node: NodeId) -> Result<()> {
+    if sets.is_empty() {
+        return Ok(());
+    }
+    let same = answer.results.len() == sets.len()
+        && answer.results.iter().zip(sets).all(|(r, s)| &r.set == s);
+    if same {
+        Ok(())
+    } else {
+        Err(Error::Reply {
+            node,
+            reason: "answered other sets than asked".into(),
+        })
+    }
+}
+
+/// A check's answer while its parts come in.
+enum Merged {
+    /// One part had every key: its answer is the answer.
+    Whole(CheckResponse),
+    /// Set names and one bitmap per set over the request's keys.
+    Scattered(Vec<String>, Vec<Vec<u8>>),
+}
+
+impl Merged {
+    /// Empty bitmaps for `keys` keys, for the sets `answer` names.
+    fn empty(answer: &CheckResponse, keys: usize) -> Merged {
+        Merged::Scattered(
+            answer.results.iter().map(|r| r.set.clone()).collect(),
+            vec![vec![0u8; keys.div_ceil(8)]; answer.results.len()],
+        )
+    }
+
+    /// Sets the bits of a part's `answer` at its keys' `positions` in the request.
+    fn scatter(&mut self, answer: &CheckResponse, positions: &[u32], node: NodeId) -> Result<()> {
+        let Merged::Scattered(names, bitmaps) = self else {
+            unreachable!("a whole answer has no other parts");
+        };
+        let same = answer.results.len() == names.len()
+            && answer
+                .results
+                .iter()
+                .zip(names.iter())
+                .all(|(r, n)| &r.set == n);
+        if !same {
+            return Err(Error::SetsChanged(names.clone()));
+        }
+        for (result, bitmap) in answer.results.iter().zip(bitmaps) {
+            if result.present.len() < positions.len().div_ceil(8) {
+                return Err(Error::Reply {
+                    node,
+                    reason: format!(
+                        "a bitmap of {} bytes for {} keys",
+                        result.present.len(),
+                        positions.len()
+                    ),
+                });
+            }
+            for (j, &i) in positions.iter().enumerate() {
+                if result.present[j / 8] & (1 << (j % 8)) != 0 {
+                    bitmap[i as usize / 8] |= 1 << (i % 8);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn into_response(self) -> CheckResponse {
+        match self {
+            Merged::Whole(answer) => answer,
+            Merged::Scattered(names, bitmaps) => CheckResponse {
+                results: names
+                    .into_iter()
+                    .zip(bitmaps)
+                    .map(|(set, present)| SetResult {
+                        set,
+                        present: present.into(),
+                    })
+                    .collect(),
+            },
+        }
+    }
+}
+
+/// The deadline a client asked for in its `grpc-timeout` header (`<digits><unit>`, unit one of
+/// `H M S m u n`), capped at `default`; `default` when it set none or sent garbage.
+pub fn deadline<T>(request: &Request<T>, default: Duration) -> Instant {
+    let asked = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_grpc_timeout);
+    Instant::now() + asked.map_or(default, |asked| asked.min(default))
+}
+
+fn parse_grpc_timeout(text: &str) -> Option<Duration> {
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    let value: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value.checked_mul(3600)?),
+        "M" => Duration::from_secs(value.checked_mul(60)?),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+    }
+
+    #[test]
+    fn scattered_parts_land_at_their_positions() {
+        let answer = |bits: &[u8]| CheckResponse {
+            results: vec![SetResult {
+                set: "s".into(),
+                present: Bytes::copy_from_slice(bits),
+            }],
+        };
+        let first = answer(&[0b01]);
+        let mut merged = Merged::empty(&first, 10);
+        // Keys 9 and 0: the part's key 0 (position 9) is present.
+        merged.scatter(&first, &[9, 0], 1).unwrap();
+        // Keys 3 and 4: both present.
+        merged.scatter(&answer(&[0b11]), &[3, 4], 2).unwrap();
+        let response = merged.into_response();
+        assert_eq!(&response.results[0].present[..], &[0b0001_1000, 0b10]);
+        // A part naming other sets means the sets changed meanwhile.
+        let mut merged = Merged::empty(&first, 10);
+        let other = CheckResponse { results: vec![] };
+        assert!(matches!(
+            merged.scatter(&other, &[1], 3),
+            Err(Error::SetsChanged(_))
+        ));
+        // A short bitmap is a malformed reply.
+        assert!(matches!(
+            merged.scatter(&answer(&[]), &[1], 3),
+            Err(Error::Reply { .. })
+        ));
+    }
+
+    #[test]
+    fn batch_limits_are_checked() {
+        assert!(matches!(split_keys(&[], 4), Err(Error::EmptyBatch { .. })));
+        assert!(matches!(
+            split_keys(&[0; 33], 4),
+            Err(Error::KeyLength { len: 33 })
+        ));
+        assert!(matches!(
+            split_keys(&[0; 5 * 32], 4),
+            Err(Error::BatchTooLarge { keys: 5, max: 4 })
+        ));
+        assert_eq!(split_keys(&[0; 64], 4).unwrap().len(), 2);
+    }
+}

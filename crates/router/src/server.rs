@@ -1,0 +1,159 @@
+//! Serving a router: `leakbloom.v1.Lookup` with `grpc.health.v1` and server reflection (v1 and
+//! v1alpha, for grpcurl 1.8) on the client address, and optionally Prometheus metrics.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use leakbloom_proto::v1::lookup_server::LookupServer;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+use crate::metrics::{self, Metrics};
+use crate::router::{Router, HTTP2_MAX_FRAME_SIZE, MAX_MESSAGE_BYTES};
+use crate::service::RouterService;
+
+/// How a router runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address of the client API.
+    pub listen: SocketAddr,
+    /// Client addresses of some nodes (`HOST:PORT`); the rest are learned from them.
+    pub nodes: Vec<String>,
+    /// Address of the Prometheus endpoint; not served when `None`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Deadline of a call whose client sets none (and the most a client may ask for).
+    pub timeout: Duration,
+}
+
+/// Why a router could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// An address could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which address.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No node address was given.
+    #[error("no node addresses: give --nodes HOST:PORT[,HOST:PORT...] (node client addresses)")]
+    NoNodes,
+}
+
+/// A bound router; serves on [`run`](Server::run).
+#[derive(Debug)]
+pub struct Server {
+    config: Config,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+}
+
+impl Server {
+    /// Binds the addresses of `config`.
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        if config.nodes.is_empty() {
+            return Err(StartError::NoNodes);
+        }
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { what, addr, source })
+        };
+        let listener = bind("client API", config.listen).await?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(bind("metrics", addr).await?),
+            None => None,
+        };
+        Ok(Server {
+            config,
+            listener,
+            metrics_listener,
+        })
+    }
+
+    /// The client API address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The metrics address actually bound, when configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight calls. Health says
+    /// NOT_SERVING until the first shard map is learned.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        let metrics = Arc::new(Metrics::new());
+        let router = Arc::new(Router::new(self.config.nodes.clone(), metrics.clone()));
+        let local_addr = self.local_addr();
+        let metrics_addr = self.metrics_addr();
+        let metrics_task = self
+            .metrics_listener
+            .map(|listener| tokio::spawn(metrics::serve(listener, metrics.clone())));
+
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_not_serving::<LookupServer<RouterService>>()
+            .await;
+        let ready = {
+            let reporter = health_reporter.clone();
+            move || {
+                tokio::spawn(async move {
+                    reporter.set_serving::<LookupServer<RouterService>>().await;
+                    tracing::info!("shard map learned: serving");
+                });
+            }
+        };
+        let refresh = tokio::spawn(router.clone().run_refresh(ready));
+
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(leakbloom_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
+            .build_v1()
+            .expect("leakbloom's descriptors are valid");
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .expect("leakbloom's descriptors are valid");
+        let lookup = LookupServer::new(RouterService::new(router, metrics, self.config.timeout))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+        tracing::info!(
+            listen = %local_addr,
+            nodes = ?self.config.nodes,
+            metrics_listen = ?metrics_addr,
+            "router serving"
+        );
+        // Small replies must not wait for Nagle's algorithm (see the node's server).
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let served = tonic::transport::Server::builder()
+            .max_frame_size(Some(HTTP2_MAX_FRAME_SIZE))
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(lookup)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        refresh.abort();
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
+        served
+    }
+}

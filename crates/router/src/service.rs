@@ -1,0 +1,129 @@
+//! The router's `leakbloom.v1.Lookup` service: the same contract as a node's, served by
+//! routing. Errors become `tonic::Status` in one place, `impl From<Error> for Status`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use leakbloom_proto::v1::lookup_server::Lookup;
+use leakbloom_proto::v1::{
+    CheckRequest, CheckResponse, CreateSetRequest, DropSetRequest, DropSetResponse, GetSetRequest,
+    InsertRequest, InsertResponse, ListSetsRequest, ListSetsResponse, SetInfo,
+};
+use tonic::{Request, Response, Status};
+
+use crate::error::Result;
+use crate::metrics::Metrics;
+use crate::router::{deadline, Router};
+
+/// The client API of a router.
+#[derive(Debug, Clone)]
+pub struct RouterService {
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+}
+
+impl RouterService {
+    /// Serves through `router`, counting calls in `metrics`; calls without a client deadline
+    /// get `timeout`.
+    pub fn new(router: Arc<Router>, metrics: Arc<Metrics>, timeout: Duration) -> RouterService {
+        RouterService {
+            router,
+            metrics,
+            timeout,
+        }
+    }
+
+    /// Runs one call of `rpc`, counts it, and turns its error into a status.
+    async fn serve<T>(
+        &self,
+        rpc: &str,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T, Status> {
+        let start = Instant::now();
+        let result = call.await.map_err(Status::from);
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        self.metrics.request(rpc, code, start.elapsed());
+        result
+    }
+}
+
+#[tonic::async_trait]
+impl Lookup for RouterService {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let deadline = deadline(&request, self.timeout);
+        let request = request.into_inner();
+        let keys = (request.keys.len() / leakbloom_filter::KEY_LEN) as u64;
+        let answer = self
+            .serve("Check", self.router.check(request, deadline))
+            .await?;
+        self.metrics.keys_checked(keys);
+        Ok(Response::new(answer))
+    }
+
+    async fn insert(
+        &self,
+        request: Request<InsertRequest>,
+    ) -> Result<Response<InsertResponse>, Status> {
+        let deadline = deadline(&request, self.timeout);
+        let keys = self
+            .serve("Insert", self.router.insert(request.into_inner(), deadline))
+            .await?;
+        self.metrics.keys_inserted(keys);
+        Ok(Response::new(InsertResponse { keys }))
+    }
+
+    async fn create_set(
+        &self,
+        request: Request<CreateSetRequest>,
+    ) -> Result<Response<SetInfo>, Status> {
+        let deadline = deadline(&request, self.timeout);
+        let request = request.into_inner();
+        let call = self.router.any_node(deadline, |mut client| {
+            let request = request.clone();
+            async move { client.create_set(request).await }
+        });
+        Ok(Response::new(self.serve("CreateSet", call).await?))
+    }
+
+    async fn drop_set(
+        &self,
+        request: Request<DropSetRequest>,
+    ) -> Result<Response<DropSetResponse>, Status> {
+        let deadline = deadline(&request, self.timeout);
+        let request = request.into_inner();
+        let call = self.router.any_node(deadline, |mut client| {
+            let request = request.clone();
+            async move { client.drop_set(request).await }
+        });
+        Ok(Response::new(self.serve("DropSet", call).await?))
+    }
+
+    async fn list_sets(
+        &self,
+        request: Request<ListSetsRequest>,
+    ) -> Result<Response<ListSetsResponse>, Status> {
+        let deadline = deadline(&request, self.timeout);
+        let call = self.router.any_node(deadline, |mut client| async move {
+            client.list_sets(ListSetsRequest {}).await
+        });
+        Ok(Response::new(self.serve("ListSets", call).await?))
+    }
+
+    async fn get_set(&self, request: Request<GetSetRequest>) -> Result<Response<SetInfo>, Status> {
+        let deadline = deadline(&request, self.timeout);
+        let request = request.into_inner();
+        let call = self.router.any_node(deadline, |mut client| {
+            let request = request.clone();
+            async move { client.get_set(request).await }
+        });
+        Ok(Response::new(self.serve("GetSet", call).await?))
+    }
+}
