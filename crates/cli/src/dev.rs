@@ -127,19 +127,44 @@ pub async fn run(args: DevArgs) -> Result<()> {
             let _ = stopped.wait_for(|&stop| stop).await;
         })));
     }
-    let router = leakbloom_router::Server::bind(leakbloom_router::Config {
+    // The router gets a thread and a current-thread runtime of its own, as it would have as
+    // its own process: it does not queue behind the nodes' tasks.
+    let config = leakbloom_router::Config {
         listen: args.listen,
         nodes: addrs.iter().map(|a| a.to_string()).collect(),
         metrics_listen: args.metrics_listen,
         timeout: leakbloom_router::router::DEFAULT_TIMEOUT,
-    })
-    .await
-    .context("the router cannot start (is another dev cluster running? try --listen)")?;
-    let addr = router.local_addr();
+    };
+    let (bound, bound_rx) = tokio::sync::oneshot::channel();
     let mut stopped_router = stopped.clone();
-    let routing = tokio::spawn(router.run(async move {
-        let _ = stopped_router.wait_for(|&stop| stop).await;
-    }));
+    let routing =
+        std::thread::Builder::new()
+            .name("router".into())
+            .spawn(move || -> Result<()> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let router = match leakbloom_router::Server::bind(config).await {
+                        Ok(router) => router,
+                        Err(error) => {
+                            let _ = bound.send(Err(error));
+                            return Ok(());
+                        }
+                    };
+                    let _ = bound.send(Ok(router.local_addr()));
+                    router
+                        .run(async move {
+                            let _ = stopped_router.wait_for(|&stop| stop).await;
+                        })
+                        .await?;
+                    Ok(())
+                })
+            })?;
+    let addr = bound_rx
+        .await
+        .context("the router thread ended")?
+        .context("the router cannot start (is another dev cluster running? try --listen)")?;
     tokio::spawn(async move {
         crate::shutdown_signal().await;
         stop.send_replace(true);
@@ -190,7 +215,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
         phones = args.demo_identifiers - half,
         phone0 = demo_phone(0),
     );
-    routing.await??;
+    routing
+        .join()
+        .map_err(|_| anyhow::anyhow!("the router thread panicked"))??;
     for node in serving {
         node.await??;
     }

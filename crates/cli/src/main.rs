@@ -107,7 +107,7 @@ fn main() -> std::process::ExitCode {
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Node(args) => runtime()?.block_on(node_cmd::run(args)),
-        Command::Router(args) => runtime()?.block_on(router_cmd::run(args)),
+        Command::Router(args) => router_cmd::runtime(&args)?.block_on(router_cmd::run(args)),
         Command::Dev(args) => runtime()?.block_on(dev::run(args)),
         Command::Sets(args) => runtime()?.block_on(client_cmd::sets(args)),
         Command::Insert(args) => runtime()?.block_on(client_cmd::insert(args)),

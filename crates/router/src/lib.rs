@@ -17,15 +17,16 @@
 //! # Layout
 //! - [`map`]: the merged shard map and the plan of a batch over it (pure).
 //! - [`router`]: [`Router`]: refreshing the map, channels, routing, merging, retries.
+//! - [`coalesce`]: concurrent small checks for one node share one node call.
 //! - [`service`]: the `Lookup` service over a [`Router`]; [`server`]: binding and serving with
 //!   health, reflection and metrics ([`metrics`]).
 //! - [`error`]: the [`Error`] enum and the single conversion into `tonic::Status`.
 //!
 //! # Caveats
-//! - Concurrent small requests are not yet coalesced into one call per node: every client call
-//!   becomes at least one node call.
+//! - Only checks are coalesced: every small insert is its own node call.
 //! - Set management calls (`CreateSet`, `DropSet`, `ListSets`, `GetSet`) go whole to one node.
 
+pub mod coalesce;
 pub mod error;
 pub mod map;
 pub mod metrics;

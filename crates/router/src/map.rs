@@ -139,6 +139,18 @@ impl Map {
             .or_else(|| self.replica_target(shard, 0))
     }
 
+    /// A node that can take an any-replica read of every shard at once: the first reachable
+    /// node at or after position `spread` that holds a replica of every shard (with
+    /// replication equal to the node count, every node).
+    pub fn whole_target(&self, spread: usize) -> Option<NodeId> {
+        let nodes: Vec<NodeId> = self.nodes().collect();
+        (0..nodes.len())
+            .map(|i| nodes[(spread + i) % nodes.len()])
+            .find(|&node| {
+                self.reachable(node) && self.shard.iter().all(|s| s.replicas.contains(&node))
+            })
+    }
+
     /// The node to send shard `shard`'s any-replica reads to: the first reachable replica
     /// at or after position `spread` in the node order, so that different `spread` values
     /// share the load, and one value sends every shard a node holds to that node.
@@ -257,6 +269,11 @@ mod tests {
         assert_eq!(map.replica_target(0, 1), Some(2));
         // Position 2 is node 3, down: the next one.
         assert_eq!(map.replica_target(0, 2), Some(1));
+        assert_eq!(map.whole_target(1), Some(2));
+        assert_eq!(map.whole_target(2), Some(1));
+        let mut partial = map.clone();
+        partial.shard[0].replicas = vec![2, 3];
+        assert_eq!(partial.whole_target(0), Some(2));
     }
 
     #[test]

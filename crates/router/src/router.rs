@@ -28,6 +28,7 @@ use leakbloom_proto::v1::{
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
+use crate::coalesce::{Coalescer, SMALL_PART_KEYS};
 use crate::error::{retryable, Error, Result};
 use crate::map::{Map, MapError, NodeId, Plan};
 use crate::metrics::Metrics;
@@ -78,6 +79,8 @@ pub struct Router {
     /// When the last refresh finished; held during a refresh so that concurrent failures
     /// share one.
     refreshed: tokio::sync::Mutex<Option<Instant>>,
+    /// Shares node calls between concurrent small checks.
+    coalescer: Arc<Coalescer>,
     /// Rotates any-replica reads and management calls over the nodes.
     spread: AtomicUsize,
     metrics: Arc<Metrics>,
@@ -93,6 +96,7 @@ impl Router {
             map: RwLock::new(None),
             channels: Mutex::new(BTreeMap::new()),
             refreshed: tokio::sync::Mutex::new(None),
+            coalescer: Arc::default(),
             spread: AtomicUsize::new(0),
             metrics,
         }
@@ -256,22 +260,38 @@ impl Router {
             map,
             &request.keys,
             deadline,
-            |map, shard| {
-                if linearizable {
-                    map.leader_target(shard)
-                } else {
-                    map.replica_target(shard, spread)
-                }
+            |map, shard| match (linearizable, shard) {
+                (true, Some(shard)) => map.leader_target(shard),
+                (true, None) => None,
+                (false, Some(shard)) => map.replica_target(shard, spread),
+                (false, None) => map.whole_target(spread),
             },
             |mut client, node, positions, part| {
-                let sub = CheckRequest {
-                    sets: request.sets.clone(),
-                    keys: part,
-                    consistency: request.consistency,
-                };
+                let coalescer = &self.coalescer;
                 async move {
-                    let answer = client.check(with_deadline(sub, deadline)).await?;
-                    Ok((node, positions, answer.into_inner()))
+                    let answer = if positions.len() <= SMALL_PART_KEYS {
+                        coalescer
+                            .check(
+                                client,
+                                node,
+                                &request.sets,
+                                request.consistency,
+                                part,
+                                deadline,
+                            )
+                            .await?
+                    } else {
+                        let sub = CheckRequest {
+                            sets: request.sets.clone(),
+                            keys: part,
+                            consistency: request.consistency,
+                        };
+                        client
+                            .check(with_deadline(sub, deadline))
+                            .await?
+                            .into_inner()
+                    };
+                    Ok((node, positions, answer))
                 }
             },
             |(node, positions, answer)| {
@@ -304,7 +324,7 @@ impl Router {
             map,
             &request.keys,
             deadline,
-            |map, shard| map.leader_target(shard),
+            |map, shard| shard.and_then(|shard| map.leader_target(shard)),
             |mut client, node, positions, part| {
                 let sub = InsertRequest {
                     set: request.set.clone(),
@@ -330,7 +350,8 @@ impl Router {
         Ok(acknowledged)
     }
 
-    /// Routes `keys`: plans them over `map` with `target` (shard → node), sends each node's
+    /// Routes `keys`: plans them over `map` with `target` (shard → node; for `None`, a node
+    /// that takes every key at once, if any: then no key's shard is computed), sends each node's
     /// part with `send` (given a client, the node, the part's positions in the request and its
     /// packed keys), hands each answer to `take`, and retries the parts that failed
     /// retryably (see the [module docs](self)) until `deadline`.
@@ -339,7 +360,7 @@ impl Router {
         mut map: Arc<Map>,
         packed: &Bytes,
         deadline: Instant,
-        target: impl Fn(&Map, u32) -> Option<NodeId>,
+        target: impl Fn(&Map, Option<u32>) -> Option<NodeId>,
         send: S,
         mut take: impl FnMut(T) -> Result<()>,
     ) -> Result<()>
@@ -355,12 +376,20 @@ impl Router {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let plan = Plan::new(keys, pending.iter().copied(), map.shards, |shard| {
-                target(&map, shard)
-            })
-            .ok_or_else(|| Error::NoMap {
-                reason: "a shard has no replica with a known address".into(),
-            })?;
+            let whole = (pending.len() == keys.len())
+                .then(|| target(&map, None))
+                .flatten();
+            let plan = match whole {
+                Some(node) => Plan {
+                    parts: [(node, pending.clone())].into(),
+                },
+                None => Plan::new(keys, pending.iter().copied(), map.shards, |shard| {
+                    target(&map, Some(shard))
+                })
+                .ok_or_else(|| Error::NoMap {
+                    reason: "a shard has no replica with a known address".into(),
+                })?,
+            };
             let calls = plan.parts.into_iter().map(|(node, positions)| {
                 // A part with every key sends the request's own bytes: no copy.
                 let part = if positions.len() == keys.len() {
