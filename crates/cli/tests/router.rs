@@ -153,6 +153,30 @@ fn clients_of_the_router_see_no_error_while_any_one_node_is_killed() {
             .await
             .unwrap_err();
         assert!(missing.to_string().contains("does not exist"), "{missing}");
+
+        // Many concurrent single-key checks share node calls (coalescing); each must still get
+        // its own key's answer: inserted keys present, the others (almost surely) absent.
+        let mut rng = StdRng::seed_from_u64(5);
+        let keys: Vec<Key> = (0..400).map(|_| rng.gen()).collect();
+        client.insert("leak", &keys[..200]).await.unwrap();
+        let answers = futures_util::future::join_all(keys.iter().map(|key| {
+            let mut client = client.clone();
+            let sets = sets.clone();
+            async move {
+                let found = client
+                    .check(&sets, &[*key], Consistency::AnyReplica)
+                    .await
+                    .unwrap();
+                found[0].present[0]
+            }
+        }))
+        .await;
+        assert!(answers[..200].iter().all(|&present| present));
+        let false_positives = answers[200..].iter().filter(|&&present| present).count();
+        assert!(
+            false_positives <= 1,
+            "{false_positives} of 200 absent keys found"
+        );
     });
 
     // The client: inserts of 300 keys, then a linearizable check of the last batch and an

@@ -27,8 +27,11 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use leakbloom_proto::v1::SetInfo;
 
+/// Length of a key in bytes.
+pub const KEY_LEN: usize = 32;
+
 /// A key: SHA-256 or HMAC-SHA256 of an identifier's canonical form.
-pub type Key = [u8; 32];
+pub type Key = [u8; KEY_LEN];
 
 /// Metadata key of an `UNAVAILABLE` status that names the node id leading the shard, when
 /// the node that answered knows it. Nodes set it; routers and clients may follow it.
@@ -45,6 +48,55 @@ const HTTP2_MAX_FRAME_SIZE: u32 = 256 << 10;
 
 /// Largest reply accepted: a check of a full batch against many sets.
 const MAX_DECODING_MESSAGE_SIZE: usize = 64 << 20;
+
+/// Why packed key bytes are not a valid batch: the rules every node and router apply to the
+/// `keys` field of a `Check` or an `Insert`, with messages that say how to fix the request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// No keys.
+    #[error("keys is empty: send 1 to {max} keys of {KEY_LEN} bytes each, concatenated")]
+    Empty {
+        /// The batch limit.
+        max: usize,
+    },
+    /// The packed key bytes are not a whole number of keys.
+    #[error(
+        "keys is {len} bytes, not a multiple of {KEY_LEN}: send whole {KEY_LEN}-byte keys \
+         (SHA-256 or HMAC-SHA256 outputs), concatenated"
+    )]
+    KeyLength {
+        /// Length of the `keys` field in bytes.
+        len: usize,
+    },
+    /// More keys than the server accepts in one request.
+    #[error("batch of {keys} keys is over the limit of {max} keys per request: split it")]
+    TooLarge {
+        /// Keys in the request.
+        keys: usize,
+        /// The batch limit (the nodes' `max_batch`).
+        max: usize,
+    },
+}
+
+/// Views packed key bytes as whole keys.
+pub fn whole_keys(packed: &[u8]) -> Result<&[Key], BatchError> {
+    match packed.as_chunks::<KEY_LEN>() {
+        (keys, []) => Ok(keys),
+        _ => Err(BatchError::KeyLength { len: packed.len() }),
+    }
+}
+
+/// Views packed key bytes as keys after checking the batch limits: 1 to `max` whole keys.
+pub fn split_keys(packed: &[u8], max: usize) -> Result<&[Key], BatchError> {
+    match whole_keys(packed)? {
+        [] => Err(BatchError::Empty { max }),
+        keys if keys.len() > max => Err(BatchError::TooLarge {
+            keys: keys.len(),
+            max,
+        }),
+        keys => Ok(keys),
+    }
+}
 
 /// Errors from the client.
 #[derive(Debug, thiserror::Error)]
@@ -251,5 +303,25 @@ impl Client {
             }
         }
         Ok(merged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_limits_are_checked() {
+        assert_eq!(split_keys(&[], 4), Err(BatchError::Empty { max: 4 }));
+        assert_eq!(
+            split_keys(&[0; 33], 4),
+            Err(BatchError::KeyLength { len: 33 })
+        );
+        assert_eq!(
+            split_keys(&[0; 5 * KEY_LEN], 4),
+            Err(BatchError::TooLarge { keys: 5, max: 4 })
+        );
+        assert_eq!(split_keys(&[0; 2 * KEY_LEN], 4).unwrap().len(), 2);
+        assert_eq!(whole_keys(&[]).unwrap().len(), 0);
     }
 }

@@ -1,6 +1,5 @@
 //! The node's error type, and the one place errors become `tonic::Status`.
 
-use leakbloom_filter::KEY_LEN;
 use leakbloom_raft::NodeId;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
@@ -8,35 +7,15 @@ use tonic::{Code, Status};
 use crate::config::ConfigError;
 use crate::shard::ShardId;
 
-pub use leakbloom_client::LEADER_METADATA;
+pub use leakbloom_client::{BatchError, LEADER_METADATA};
 
 /// Everything a node operation can fail with. Messages say what was wrong and how to fix it;
 /// none of them ever contains a key.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A request carried no keys.
-    #[error("keys is empty: send 1 to {max} keys of {KEY_LEN} bytes each, concatenated")]
-    EmptyBatch {
-        /// The batch limit.
-        max: usize,
-    },
-    /// The packed key bytes are not a whole number of keys.
-    #[error(
-        "keys is {len} bytes, not a multiple of {KEY_LEN}: send whole {KEY_LEN}-byte keys \
-         (SHA-256 or HMAC-SHA256 outputs), concatenated"
-    )]
-    KeyLength {
-        /// Length of the `keys` field in bytes.
-        len: usize,
-    },
-    /// More keys than the server accepts in one request.
-    #[error("batch of {keys} keys is over the limit of {max} keys per request: split it")]
-    BatchTooLarge {
-        /// Keys in the request.
-        keys: usize,
-        /// The batch limit (`max_batch` in the node config).
-        max: usize,
-    },
+    /// The `keys` field is not a valid batch (empty, not whole keys, or over the limit).
+    #[error(transparent)]
+    Batch(#[from] BatchError),
     /// A set name outside the allowed alphabet or length.
     #[error("invalid set name {name:?}: {reason}")]
     SetName {
@@ -155,9 +134,7 @@ fn leader_hint(leader: Option<NodeId>) -> String {
 impl From<Error> for Status {
     fn from(error: Error) -> Status {
         let code = match &error {
-            Error::EmptyBatch { .. }
-            | Error::KeyLength { .. }
-            | Error::BatchTooLarge { .. }
+            Error::Batch(_)
             | Error::SetName { .. }
             | Error::SetParameters { .. }
             | Error::DuplicateSet(_)

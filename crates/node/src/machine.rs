@@ -29,7 +29,7 @@ use leakbloom_proto::v1::{Command, CommandResult};
 use leakbloom_raft::StateMachine;
 use prost::Message as _;
 
-use crate::error::{Error, Result};
+use crate::error::{BatchError, Error, Result};
 use crate::shard::ShardId;
 use crate::state::{Applied, ShardState};
 
@@ -99,7 +99,7 @@ pub fn encode_outcome(outcome: &Result<Applied>) -> Vec<u8> {
             requested: requested.clone(),
         }),
         Err(Error::SetNotFound(name)) => Outcome::SetNotFound(name.clone()),
-        Err(Error::KeyLength { len }) => Outcome::KeyLength(*len as u64),
+        Err(Error::Batch(BatchError::KeyLength { len })) => Outcome::KeyLength(*len as u64),
         Err(Error::SetName { name, reason }) => Outcome::SetName(InvalidSet {
             name: name.clone(),
             reason: reason.clone(),
@@ -140,9 +140,9 @@ pub fn decode_outcome(shard: ShardId, bytes: &[u8]) -> Result<Applied> {
             requested: e.requested,
         }),
         Some(Outcome::SetNotFound(name)) => Err(Error::SetNotFound(name)),
-        Some(Outcome::KeyLength(len)) => Err(Error::KeyLength {
+        Some(Outcome::KeyLength(len)) => Err(Error::Batch(BatchError::KeyLength {
             len: usize::try_from(len).unwrap_or(usize::MAX),
-        }),
+        })),
         Some(Outcome::SetName(e)) => Err(Error::SetName {
             name: e.name,
             reason: e.reason,
@@ -231,8 +231,8 @@ mod tests {
             },
             Error::SetNotFound("facebook-2021".into()),
             Error::SetNotFound(String::new()),
-            Error::KeyLength { len: 33 },
-            Error::KeyLength { len: 0 },
+            Error::Batch(BatchError::KeyLength { len: 33 }),
+            Error::Batch(BatchError::KeyLength { len: 0 }),
             Error::SetName {
                 name: "Bad".into(),
                 reason: "'B' is not allowed".into(),

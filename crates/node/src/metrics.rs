@@ -15,37 +15,22 @@
 //!
 //! Labels are rpc names, gRPC codes, shard numbers and set names: never keys or identifiers.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Method, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use leakbloom_metrics::Requests;
 use leakbloom_proto::v1::SetInfo;
 use leakbloom_raft::GroupHandle;
-use prometheus::{
-    Encoder as _, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
-    Opts, Registry, TextEncoder,
-};
+use prometheus::{GaugeVec, IntGaugeVec, Opts, Registry};
 use tokio::net::TcpListener;
 
 use crate::node::Node;
-
-/// Latency buckets in seconds: sub-millisecond checks to multi-second retried inserts.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
 
 /// The node's request counters (the gauges are read from the node at each scrape).
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    requests: IntCounterVec,
-    latency: HistogramVec,
-    keys_checked: IntCounter,
-    keys_inserted: IntCounter,
+    /// Lookup calls, latency and keys (`leakbloom_requests_total`, ...).
+    pub requests: Requests,
 }
 
 impl Default for Metrics {
@@ -58,67 +43,8 @@ impl Metrics {
     /// Empty counters.
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "leakbloom_requests_total",
-                "Lookup calls served, by rpc and gRPC code.",
-            ),
-            &["rpc", "code"],
-        )
-        .expect("valid metric");
-        let latency = HistogramVec::new(
-            HistogramOpts::new("leakbloom_request_seconds", "Lookup call latency, by rpc.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
-            &["rpc"],
-        )
-        .expect("valid metric");
-        let keys_checked = IntCounter::new(
-            "leakbloom_keys_checked_total",
-            "Keys in successful Check calls.",
-        )
-        .expect("valid metric");
-        let keys_inserted = IntCounter::new(
-            "leakbloom_keys_inserted_total",
-            "Keys in acknowledged Insert calls.",
-        )
-        .expect("valid metric");
-        for collector in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(latency.clone()),
-            Box::new(keys_checked.clone()),
-            Box::new(keys_inserted.clone()),
-        ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
-        }
-        Metrics {
-            registry,
-            requests,
-            latency,
-            keys_checked,
-            keys_inserted,
-        }
-    }
-
-    /// Records one served call of `rpc` that ended with `code` after `elapsed`.
-    pub fn request(&self, rpc: &str, code: tonic::Code, elapsed: Duration) {
-        self.requests
-            .with_label_values(&[rpc, &format!("{code:?}")])
-            .inc();
-        self.latency
-            .with_label_values(&[rpc])
-            .observe(elapsed.as_secs_f64());
-    }
-
-    /// Counts the keys of a successful check.
-    pub fn keys_checked(&self, keys: u64) {
-        self.keys_checked.inc_by(keys);
-    }
-
-    /// Counts the keys of an acknowledged insert.
-    pub fn keys_inserted(&self, keys: u64) {
-        self.keys_inserted.inc_by(keys);
+        let requests = Requests::register(&registry, "leakbloom");
+        Metrics { registry, requests }
     }
 
     /// The text exposition of the counters and of `node`'s current state.
@@ -149,13 +75,7 @@ impl Metrics {
                 .register(Box::new(gauge))
                 .expect("metric names are unique");
         }
-        let mut families = self.registry.gather();
-        families.extend(state.gather());
-        let mut text = Vec::new();
-        TextEncoder::new()
-            .encode(&families, &mut text)
-            .expect("encoding metrics to memory cannot fail");
-        String::from_utf8(text).expect("the text format is UTF-8")
+        leakbloom_metrics::encode([&self.registry, &state])
     }
 }
 
@@ -230,53 +150,9 @@ const SET_GAUGES: &[SetGauge] = &[
 
 /// Serves `GET /metrics` for `node` on `listener` until the task is dropped or aborted.
 pub async fn serve(listener: TcpListener, node: Arc<Node>, metrics: Arc<Metrics>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "metrics endpoint: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    leakbloom_metrics::serve(listener, move || {
         let (node, metrics) = (node.clone(), metrics.clone());
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let (node, metrics) = (node.clone(), metrics.clone());
-                async move { Ok::<_, Infallible>(answer(request, &node, &metrics).await) }
-            });
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%error, %peer, "metrics connection ended");
-            }
-        });
-    }
-}
-
-async fn answer(
-    request: hyper::Request<hyper::body::Incoming>,
-    node: &Node,
-    metrics: &Metrics,
-) -> Response<Full<Bytes>> {
-    let reply = |status: StatusCode, content_type: &str, body: String| {
-        Response::builder()
-            .status(status)
-            .header(hyper::header::CONTENT_TYPE, content_type)
-            .body(Full::new(Bytes::from(body)))
-            .expect("a valid response")
-    };
-    match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics.render(node).await,
-        ),
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "only GET /metrics is served here\n".into(),
-        ),
-    }
+        async move { metrics.render(&node).await }
+    })
+    .await;
 }

@@ -51,6 +51,7 @@ use crate::peer::{Local, Peers};
 use crate::set::{self, Partition, SetSpec};
 use crate::shard::{shard_of, ShardId};
 use crate::state::{Applied, ShardState};
+use leakbloom_client::{split_keys, whole_keys};
 
 /// How many keys ahead a check prefetches filter blocks: the engine's measured batch distance.
 const PREFETCH_DISTANCE: usize = leakbloom_filter::CHECK_PREFETCH_DISTANCE;
@@ -535,16 +536,7 @@ impl Node {
 
     /// Splits packed key bytes into keys after checking the batch limits.
     fn keys<'a>(&self, keys: &'a [u8]) -> Result<&'a [[u8; KEY_LEN]]> {
-        let max = self.config.max_batch;
-        let (whole, rest) = keys.as_chunks::<KEY_LEN>();
-        if !rest.is_empty() {
-            return Err(Error::KeyLength { len: keys.len() });
-        }
-        match whole.len() {
-            0 => Err(Error::EmptyBatch { max }),
-            n if n > max => Err(Error::BatchTooLarge { keys: n, max }),
-            _ => Ok(whole),
-        }
+        Ok(split_keys(keys, self.config.max_batch)?)
     }
 
     /// The states of the local replicas that answer reads ([`serving`](Self::serving)), in
@@ -736,12 +728,7 @@ impl Node {
                 ),
             })?;
         let replica = self.serving(shard).expect("checked above");
-        let (keys, rest) = request.keys.as_chunks::<KEY_LEN>();
-        if !rest.is_empty() {
-            return Err(Error::KeyLength {
-                len: request.keys.len(),
-            });
-        }
+        let keys = whole_keys(&request.keys)?;
         let consistency = Consistency::try_from(request.consistency)
             .map_err(|_| Error::Consistency(request.consistency))?;
         if consistency == Consistency::Linearizable {

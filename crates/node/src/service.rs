@@ -32,12 +32,7 @@ impl LookupService {
 
     /// Records a finished call of `rpc` started at `start`, and passes its result on.
     fn count<T>(&self, rpc: &str, start: Instant, result: Result<T, Status>) -> Result<T, Status> {
-        let code = match &result {
-            Ok(_) => tonic::Code::Ok,
-            Err(status) => status.code(),
-        };
-        self.metrics.request(rpc, code, start.elapsed());
-        result
+        self.metrics.requests.finish(rpc, start, result)
     }
 }
 
@@ -56,7 +51,7 @@ impl Lookup for LookupService {
             .map_err(Status::from);
         if checked.is_ok() {
             let keys = request.keys.len() / leakbloom_filter::KEY_LEN;
-            self.metrics.keys_checked(keys as u64);
+            self.metrics.requests.keys_checked(keys as u64);
         }
         let results = self.count("Check", start, checked)?;
         Ok(Response::new(CheckResponse { results }))
@@ -70,7 +65,7 @@ impl Lookup for LookupService {
         let request = request.into_inner();
         let inserted = self.node.insert(&request.set, request.keys).await;
         let keys = self.count("Insert", start, inserted.map_err(Status::from))?;
-        self.metrics.keys_inserted(keys);
+        self.metrics.requests.keys_inserted(keys);
         Ok(Response::new(InsertResponse { keys }))
     }
 

@@ -43,13 +43,14 @@ use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use leakbloom_filter::{Filter, KEY_LEN};
+use leakbloom_filter::Filter;
 use leakbloom_proto::v1::{command, Command, CreateSetCommand};
 use prost::Message as _;
 
 use crate::error::{Error, Result};
 use crate::set::{Partition, SetSpec};
 use crate::shard::ShardId;
+use leakbloom_client::whole_keys;
 
 /// First bytes of every shard snapshot, so a wrong blob is named as such.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LBSHARD\0";
@@ -251,12 +252,7 @@ impl ShardState {
                 }
             }
             Some(command::Kind::Insert(insert)) => {
-                let (keys, rest) = insert.keys.as_chunks::<KEY_LEN>();
-                if !rest.is_empty() {
-                    return Err(Error::KeyLength {
-                        len: insert.keys.len(),
-                    });
-                }
+                let keys = whole_keys(&insert.keys)?;
                 let partition = self
                     .partition(&insert.set)
                     .ok_or_else(|| Error::SetNotFound(insert.set.clone()))?;
@@ -498,6 +494,8 @@ impl<'a> Cursor<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::BatchError;
+    use leakbloom_filter::KEY_LEN;
     use leakbloom_proto::v1::{CreateSetCommand, DropSetCommand, InsertCommand};
 
     fn create(name: &str, capacity: u64) -> Command {
@@ -605,7 +603,7 @@ mod tests {
         };
         assert!(matches!(
             state.apply(&torn),
-            Err(Error::KeyLength { len: 33 })
+            Err(Error::Batch(BatchError::KeyLength { len: 33 }))
         ));
         let bad_create = Command {
             id: 0,

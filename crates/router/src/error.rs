@@ -1,6 +1,6 @@
 //! The router's error type, and the one place its errors become `tonic::Status`.
 
-use leakbloom_filter::KEY_LEN;
+use leakbloom_client::BatchError;
 use tonic::{Code, Status};
 
 use crate::map::{MapError, NodeId};
@@ -9,29 +9,9 @@ use crate::map::{MapError, NodeId};
 /// none contains a key.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A request carried no keys.
-    #[error("keys is empty: send 1 to {max} keys of {KEY_LEN} bytes each, concatenated")]
-    EmptyBatch {
-        /// The batch limit.
-        max: usize,
-    },
-    /// The packed key bytes are not a whole number of keys.
-    #[error(
-        "keys is {len} bytes, not a multiple of {KEY_LEN}: send whole {KEY_LEN}-byte keys \
-         (SHA-256 or HMAC-SHA256 outputs), concatenated"
-    )]
-    KeyLength {
-        /// Length of the `keys` field in bytes.
-        len: usize,
-    },
-    /// More keys than the nodes accept in one request.
-    #[error("batch of {keys} keys is over the limit of {max} keys per request: split it")]
-    BatchTooLarge {
-        /// Keys in the request.
-        keys: usize,
-        /// The nodes' batch limit.
-        max: usize,
-    },
+    /// The `keys` field is not a valid batch (empty, not whole keys, or over the limit).
+    #[error(transparent)]
+    Batch(#[from] BatchError),
     /// An unknown `Consistency` value.
     #[error(
         "consistency {0} is unknown: use 1 (CONSISTENCY_LINEARIZABLE) or 2 \
@@ -96,10 +76,7 @@ impl From<Error> for Status {
             other => other,
         };
         let code = match &error {
-            Error::EmptyBatch { .. }
-            | Error::KeyLength { .. }
-            | Error::BatchTooLarge { .. }
-            | Error::Consistency(_) => Code::InvalidArgument,
+            Error::Batch(_) | Error::Consistency(_) => Code::InvalidArgument,
             Error::NoMap { .. } | Error::GaveUp { .. } | Error::SetsChanged(_) => Code::Unavailable,
             Error::Node(_) => unreachable!("passed on above"),
             Error::Reply { .. } => Code::Internal,

@@ -28,6 +28,8 @@ use leakbloom_proto::v1::{
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
+use leakbloom_client::split_keys;
+
 use crate::coalesce::{Coalescer, SMALL_PART_KEYS};
 use crate::error::{retryable, Error, Result};
 use crate::map::{Map, MapError, NodeId, Plan};
@@ -519,19 +521,6 @@ fn with_deadline<T>(message: T, deadline: Instant) -> Request<T> {
     request
 }
 
-/// Checks the batch limits and views packed key bytes as keys.
-fn split_keys(keys: &[u8], max: usize) -> Result<&[[u8; KEY_LEN]]> {
-    let (whole, rest) = keys.as_chunks::<KEY_LEN>();
-    if !rest.is_empty() {
-        return Err(Error::KeyLength { len: keys.len() });
-    }
-    match whole.len() {
-        0 => Err(Error::EmptyBatch { max }),
-        n if n > max => Err(Error::BatchTooLarge { keys: n, max }),
-        _ => Ok(whole),
-    }
-}
-
 /// The keys at `positions`, packed.
 fn gather(keys: &[[u8; KEY_LEN]], positions: &[u32]) -> Bytes {
     let mut part = BytesMut::with_capacity(positions.len() * KEY_LEN);
@@ -693,19 +682,5 @@ mod tests {
             merged.scatter(&answer(&[]), &[1], 3),
             Err(Error::Reply { .. })
         ));
-    }
-
-    #[test]
-    fn batch_limits_are_checked() {
-        assert!(matches!(split_keys(&[], 4), Err(Error::EmptyBatch { .. })));
-        assert!(matches!(
-            split_keys(&[0; 33], 4),
-            Err(Error::KeyLength { len: 33 })
-        ));
-        assert!(matches!(
-            split_keys(&[0; 5 * 32], 4),
-            Err(Error::BatchTooLarge { keys: 5, max: 4 })
-        ));
-        assert_eq!(split_keys(&[0; 64], 4).unwrap().len(), 2);
     }
 }

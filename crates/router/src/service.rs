@@ -43,12 +43,7 @@ impl RouterService {
     ) -> Result<T, Status> {
         let start = Instant::now();
         let result = call.await.map_err(Status::from);
-        let code = match &result {
-            Ok(_) => tonic::Code::Ok,
-            Err(status) => status.code(),
-        };
-        self.metrics.request(rpc, code, start.elapsed());
-        result
+        self.metrics.requests.finish(rpc, start, result)
     }
 }
 
@@ -64,7 +59,7 @@ impl Lookup for RouterService {
         let answer = self
             .serve("Check", self.router.check(request, deadline))
             .await?;
-        self.metrics.keys_checked(keys);
+        self.metrics.requests.keys_checked(keys);
         Ok(Response::new(answer))
     }
 
@@ -76,7 +71,7 @@ impl Lookup for RouterService {
         let keys = self
             .serve("Insert", self.router.insert(request.into_inner(), deadline))
             .await?;
-        self.metrics.keys_inserted(keys);
+        self.metrics.requests.keys_inserted(keys);
         Ok(Response::new(InsertResponse { keys }))
     }
 

@@ -298,6 +298,7 @@ fn join(mut parts: Vec<Bytes>, total: usize) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::BatchError;
 
     fn round_trip(error: Error, sets: &[String]) -> Error {
         error_from_status(&Status::from(error), 7, 2, "127.0.0.1:1", sets)
@@ -349,7 +350,7 @@ mod tests {
             matches!(error, Error::Replica { shard: 7, .. }),
             "{error:?}"
         );
-        let error = round_trip(Error::KeyLength { len: 33 }, &sets);
+        let error = round_trip(Error::Batch(BatchError::KeyLength { len: 33 }), &sets);
         let Error::Replica { reason, .. } = &error else {
             panic!("{error:?}");
         };
