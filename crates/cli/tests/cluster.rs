@@ -3,27 +3,19 @@
 //! acknowledged insert is present on every replica (each node checked on its own, from its
 //! local applied state), and a node restarted with another shard count refuses to start.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use leakbloom_client::{Client, Consistency, Key};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-const BIN: &str = env!("CARGO_BIN_EXE_leakbloom");
+use common::{free_port, Proc, BIN};
 const NODES: u64 = 3;
 const SHARDS: &str = "4";
-
-/// A free port on 127.0.0.1 (bound, then released for the child to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One node's fixed command line.
 struct Spec {
@@ -56,63 +48,6 @@ impl Spec {
     }
 }
 
-/// A node process, killed (SIGKILL) on drop. Its stderr lines are collected.
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    ready: mpsc::Receiver<()>,
-}
-
-impl Proc {
-    fn start(args: &[String]) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("LEAKBLOOM_LOG_FORMAT", "text")
-            .env("NO_COLOR", "1")
-            .env_remove("LEAKBLOOM_LOG")
-            .spawn()
-            .expect("spawn leakbloom node");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, ready) = mpsc::channel();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("node serving") {
-                    let _ = tx.send(());
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        Proc { child, log, ready }
-    }
-
-    fn wait_serving(&self) {
-        self.ready
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("node did not start:\n{}", self.log()));
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// SIGKILL: no shutdown code runs.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn keys(rng: &mut StdRng, n: usize) -> Vec<Key> {
     (0..n).map(|_| rng.gen()).collect()
 }
@@ -136,10 +71,10 @@ fn acknowledged_inserts_survive_a_killed_leader() {
         .collect();
     let mut procs: Vec<Option<Proc>> = specs
         .iter()
-        .map(|spec| Some(Proc::start(&spec.args(SHARDS))))
+        .map(|spec| Some(Proc::start(&spec.args(SHARDS), "node serving")))
         .collect();
     for proc in procs.iter().flatten() {
-        proc.wait_serving();
+        proc.wait_ready();
     }
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -208,8 +143,8 @@ fn acknowledged_inserts_survive_a_killed_leader() {
     let at_kill = acked();
     // The two survivors elect a new leader and keep acknowledging.
     wait_for_more(at_kill);
-    procs[killed] = Some(Proc::start(&specs[killed].args(SHARDS)));
-    procs[killed].as_ref().unwrap().wait_serving();
+    procs[killed] = Some(Proc::start(&specs[killed].args(SHARDS), "node serving"));
+    procs[killed].as_ref().unwrap().wait_ready();
     let at_restart = acked();
     wait_for_more(at_restart);
     stop.store(true, Ordering::Relaxed);

@@ -3,78 +3,18 @@
 //! router while each node in turn is killed with SIGKILL and restarted: the client sees no
 //! error at all, and every acknowledged key is found through the router and on every node.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use leakbloom_client::{Client, Consistency, Key};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-const BIN: &str = env!("CARGO_BIN_EXE_leakbloom");
+use common::{free_port, Proc};
+
 const NODES: usize = 3;
-
-/// A free port on 127.0.0.1 (bound, then released for the child to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process, killed (SIGKILL) on drop; `ready` fires on the first stderr line that
-/// contains the marker it was started with.
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    ready: mpsc::Receiver<()>,
-}
-
-impl Proc {
-    fn start(args: &[String], marker: &'static str) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("LEAKBLOOM_LOG_FORMAT", "text")
-            .env("NO_COLOR", "1")
-            .env_remove("LEAKBLOOM_LOG")
-            .spawn()
-            .expect("spawn leakbloom");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, ready) = mpsc::channel();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains(marker) {
-                    let _ = tx.send(());
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        Proc { child, log, ready }
-    }
-
-    fn wait_ready(&self) {
-        self.ready
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("process did not start:\n{}", self.log()));
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// What the client saw: acknowledged keys, and every error (there must be none).
 #[derive(Default)]
@@ -234,8 +174,7 @@ fn clients_of_the_router_see_no_error_while_any_one_node_is_killed() {
     };
     wait_for_more(0, "before any kill");
     for (i, node) in nodes.iter_mut().enumerate() {
-        // SIGKILL (on drop): no shutdown code runs.
-        drop(node.take());
+        node.take().expect("running").kill();
         let at_kill = acked();
         wait_for_more(at_kill, &format!("with node {} killed", i + 1));
         let restarted = node.insert(Proc::start(&node_args(i), "node serving"));
