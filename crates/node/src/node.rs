@@ -300,6 +300,28 @@ impl Node {
         }
     }
 
+    /// Warns in the log, every `every`, about each set whose estimated keys went past its
+    /// capacity since the last look (once per crossing): its false-positive rate then climbs
+    /// past the target. The `leakbloom_set_over_capacity` gauge says the same to metrics.
+    pub async fn watch_capacity(self: Arc<Node>, every: Duration) {
+        let mut over = HashSet::new();
+        loop {
+            tokio::time::sleep(every).await;
+            let sets = self.list_sets().await.unwrap_or_default();
+            for set in newly_over_capacity(&sets, &mut over) {
+                tracing::warn!(
+                    set = %set.name,
+                    estimated_keys = set.estimated_keys,
+                    capacity = set.capacity,
+                    estimated_fpr = set.estimated_fpr,
+                    target_fpr = set.fpr,
+                    "set is over its capacity: its false-positive rate climbs past the target; \
+                     create a larger set and insert its keys there"
+                );
+            }
+        }
+    }
+
     /// Asks the replicas of `shard` on other nodes, the known leader first, to re-add this
     /// node's replica, following leader hints; records the answer on the replica.
     async fn ask_rejoin(&self, shard: ShardId) {
@@ -954,6 +976,22 @@ impl Local for Node {
     }
 }
 
+/// The sets of `sets` over their capacity that are not in `over` yet; `over` becomes the sets
+/// over capacity now (a set that drops back, or is dropped and created again, warns again).
+fn newly_over_capacity<'a>(sets: &'a [SetInfo], over: &mut HashSet<String>) -> Vec<&'a SetInfo> {
+    let now: HashSet<String> = sets
+        .iter()
+        .filter(|set| set.estimated_keys > set.capacity)
+        .map(|set| set.name.clone())
+        .collect();
+    let new = sets
+        .iter()
+        .filter(|set| now.contains(&set.name) && !over.contains(&set.name))
+        .collect();
+    *over = now;
+    new
+}
+
 /// Sums a set's statistics over the partitions this node holds. When it holds only some shards
 /// the key count and memory are scaled to all `shards` (keys spread evenly over shards).
 fn set_info(partitions: &[Arc<Partition>], shards: u32) -> SetInfo {
@@ -1018,4 +1056,32 @@ fn check_bitmap(
         }
     }
     bitmap
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(name: &str, estimated_keys: u64) -> SetInfo {
+        SetInfo {
+            name: name.into(),
+            capacity: 100,
+            estimated_keys,
+            ..SetInfo::default()
+        }
+    }
+
+    #[test]
+    fn over_capacity_warns_once_per_crossing() {
+        let mut over = HashSet::new();
+        let names = |sets: Vec<&SetInfo>| sets.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+        let first = [set("a", 101), set("b", 50)];
+        assert_eq!(names(newly_over_capacity(&first, &mut over)), ["a"]);
+        assert!(newly_over_capacity(&first, &mut over).is_empty());
+        let later = [set("a", 101), set("b", 150)];
+        assert_eq!(names(newly_over_capacity(&later, &mut over)), ["b"]);
+        // `a` dropped (or back under): warns again when it crosses again.
+        assert!(newly_over_capacity(&[set("b", 150)], &mut over).is_empty());
+        assert_eq!(names(newly_over_capacity(&later, &mut over)), ["a"]);
+    }
 }

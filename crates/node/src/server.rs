@@ -35,6 +35,9 @@ pub const HTTP2_MAX_FRAME_SIZE: u32 = 256 << 10;
 /// Room in a gRPC message beyond the keys themselves (field tags, set names).
 const MESSAGE_OVERHEAD: usize = 64 << 10;
 
+/// How often the node looks for sets over their capacity (to warn in the log).
+const CAPACITY_WATCH: Duration = Duration::from_secs(30);
+
 /// How often a node with a new data directory asks its peers whether the cluster is new.
 const DISCOVER_POLL: Duration = Duration::from_millis(200);
 
@@ -333,9 +336,11 @@ impl Server {
             .serve_with_incoming_shutdown(incoming, shutdown);
         // Replicas rebuilt from peers (a lost disk) ask their leaders to re-add them.
         let rebuild = tokio::spawn(self.node.clone().rebuild());
+        let capacity = tokio::spawn(self.node.clone().watch_capacity(CAPACITY_WATCH));
         let client = client.await;
         let peer = self.peer.stop().await;
         rebuild.abort();
+        capacity.abort();
         if let Some(task) = metrics_task {
             task.abort();
         }
