@@ -19,7 +19,8 @@
 //! flight waits for the next round, so one round (one heartbeat round trip) serves them all.
 //! A read is answered once the local applied index reaches the round's read index. raft-rs
 //! drops a round silently when no leader is known or the leader has not yet committed in its
-//! term: a round unanswered after [`ROUND_RETRY_TICKS`] is asked again, and a read not
+//! term: a round unanswered after [`ROUND_RETRY_TICKS`] gets a second round beside it (the
+//! first still answers the reads it covers if it completes after all), and a read not
 //! answered (round and local apply) within [`READ_TIMEOUT_TICKS`] fails with the retryable
 //! [`Error::NotLeader`].
 //!
@@ -50,9 +51,10 @@ const REQUESTS: usize = 1024;
 /// Events taken per wake-up before handling a Ready: many proposals and messages share one
 /// fsync, and ticks are not starved by a flood.
 const MAX_BATCH: usize = 256;
-/// Ticks a ReadIndex round may take before it is asked again: a round needs one heartbeat
-/// round trip (2 ticks by default), so 10 ticks means raft-rs dropped it.
-pub const ROUND_RETRY_TICKS: u32 = 10;
+/// Ticks a ReadIndex round may go unanswered before a second round starts beside it: a round
+/// needs one heartbeat round trip (milliseconds), so 3 ticks means raft-rs or the network
+/// dropped it. The first round stays valid for its reads, so a slow one still counts.
+pub const ROUND_RETRY_TICKS: u32 = 3;
 /// Ticks a read may wait before failing retryably: longer than an election (10-20 ticks by
 /// default), so a read survives one leader change.
 pub const READ_TIMEOUT_TICKS: u32 = 30;
@@ -189,8 +191,9 @@ impl Driver {
             leadership: leadership_tx,
             next_proposal: 1,
             proposals: HashMap::new(),
-            queued: VecDeque::new(),
-            round: None,
+            pending: BTreeMap::new(),
+            next_read: 0,
+            rounds: VecDeque::new(),
             next_round: 1,
             applying: BTreeMap::new(),
         };
@@ -369,11 +372,12 @@ struct Channels {
     stop: mpsc::Receiver<()>,
 }
 
-/// A ReadIndex round in flight.
+/// A ReadIndex round in flight. It answers the pending reads up to `last` (those that had
+/// arrived when it started): its read index is at least the commit index of that moment.
 struct Round {
     context: Vec<u8>,
     started: Instant,
-    reads: Vec<Read>,
+    last: u64,
 }
 
 /// The loop's state: the node and everything waiting on it.
@@ -387,10 +391,13 @@ struct Group<M> {
     /// restarting from 1 after a restart is safe.
     next_proposal: u64,
     proposals: HashMap<u64, oneshot::Sender<Result<Vec<u8>>>>,
-    /// Reads waiting for the next round.
-    queued: VecDeque<Read>,
-    /// At most one round in flight, so that reads pile up and share the next one.
-    round: Option<Round>,
+    /// Reads waiting for a round to complete, by arrival (read id).
+    pending: BTreeMap<u64, Read>,
+    next_read: u64,
+    /// Rounds in flight, oldest first. Normally at most one, so that reads pile up and share
+    /// the next; one unanswered for [`ROUND_RETRY_TICKS`] gets a successor covering every
+    /// pending read, and whichever completes first answers the reads both cover.
+    rounds: VecDeque<Round>,
     next_round: u64,
     /// Reads whose round completed, by read index, waiting for `applied` to reach it.
     applying: BTreeMap<u64, Vec<Read>>,
@@ -433,10 +440,10 @@ impl<M: StateMachine> Group<M> {
                 }
                 Some(reply) = ch.reads.recv() => {
                     let deadline = Instant::now() + self.tick * READ_TIMEOUT_TICKS;
-                    self.queued.push_back(Read { deadline, reply });
+                    self.queue_read(Read { deadline, reply });
                     for _ in 1..MAX_BATCH {
                         let Ok(reply) = ch.reads.try_recv() else { break };
-                        self.queued.push_back(Read { deadline, reply });
+                        self.queue_read(Read { deadline, reply });
                     }
                 }
             }
@@ -548,10 +555,17 @@ impl<M: StateMachine> Group<M> {
             }
         }
         for (context, index) in reads {
-            // A round given up on (retried or timed out) may still complete: ignore it.
-            if self.round.as_ref().is_some_and(|r| r.context == context) {
-                let round = self.round.take().expect("checked above");
-                self.applying.entry(index).or_default().extend(round.reads);
+            // A round dropped after a leader change or a timeout may still complete: ignore
+            // it. Rounds older than this one cover no read it does not: drop them too.
+            if let Some(at) = self.rounds.iter().position(|r| r.context == context) {
+                let last = self.rounds[at].last;
+                self.rounds.drain(..=at);
+                let later = self.pending.split_off(&(last + 1));
+                let answered = std::mem::replace(&mut self.pending, later);
+                self.applying
+                    .entry(index)
+                    .or_default()
+                    .extend(answered.into_values());
             }
         }
         while let Some(entry) = self.applying.first_entry() {
@@ -565,21 +579,30 @@ impl<M: StateMachine> Group<M> {
         }
         if let Some(now) = leadership {
             self.counters.leader_changes.fetch_add(1, Ordering::Relaxed);
-            // A round asked of the old leader will not be answered by the new one: ask again.
-            if let Some(round) = self.round.take() {
-                for read in round.reads.into_iter().rev() {
-                    self.queued.push_front(read);
-                }
-            }
+            // Rounds asked of the old leader will not be answered by the new one: their reads
+            // stay pending for a new round.
+            self.rounds.clear();
             self.leadership.send_replace(now);
         }
     }
 
-    /// Starts a ReadIndex round for every queued read if none is in flight; returns whether
-    /// it did.
+    /// Queues a read for the next round.
+    fn queue_read(&mut self, read: Read) {
+        self.pending.insert(self.next_read, read);
+        self.next_read += 1;
+    }
+
+    /// Starts a ReadIndex round for every pending read unless a round younger than
+    /// [`ROUND_RETRY_TICKS`] is in flight; returns whether it did.
     fn start_round(&mut self) -> bool {
-        if self.round.is_some() || self.queued.is_empty() {
+        let Some(&last) = self.pending.keys().next_back() else {
             return false;
+        };
+        // One round in flight at a time, unless it looks dropped: reads pile up meanwhile.
+        if let Some(newest) = self.rounds.back() {
+            if newest.started.elapsed() < self.tick * ROUND_RETRY_TICKS {
+                return false;
+            }
         }
         // A follower that knows no leader would have raft-rs drop the request: wait for a
         // leader (a tick re-checks) rather than count a round that cannot complete.
@@ -591,25 +614,20 @@ impl<M: StateMachine> Group<M> {
         self.next_round += 1;
         self.counters.rounds.fetch_add(1, Ordering::Relaxed);
         self.node.read_index(context.clone());
-        self.round = Some(Round {
+        self.rounds.push_back(Round {
             context,
             started: Instant::now(),
-            reads: self.queued.drain(..).collect(),
+            last,
         });
         true
     }
 
-    /// Fails reads past their deadline and gives up on a round raft-rs dropped.
+    /// Fails reads past their deadline and forgets rounds too old to matter (their reads have
+    /// timed out).
     fn expire_reads(&mut self, now: Instant) {
-        if let Some(round) = self.round.take() {
-            if now.duration_since(round.started) < self.tick * ROUND_RETRY_TICKS {
-                self.round = Some(round);
-            } else {
-                for read in round.reads.into_iter().rev() {
-                    self.queued.push_front(read);
-                }
-            }
-        }
+        let timeout = self.tick * READ_TIMEOUT_TICKS;
+        self.rounds
+            .retain(|round| now.duration_since(round.started) < timeout);
         let (group, leader) = (self.node.group(), self.node.leadership().leader);
         let expire = |reads: Vec<Read>| -> Vec<Read> {
             let (expired, kept): (Vec<Read>, Vec<Read>) =
@@ -619,10 +637,15 @@ impl<M: StateMachine> Group<M> {
             }
             kept
         };
-        self.queued = expire(self.queued.drain(..).collect()).into();
-        if let Some(round) = &mut self.round {
-            round.reads = expire(std::mem::take(&mut round.reads));
-        }
+        let late: Vec<u64> = (self.pending.iter())
+            .filter(|(_, read)| read.deadline <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        let late: Vec<Read> = late
+            .into_iter()
+            .filter_map(|id| self.pending.remove(&id))
+            .collect();
+        expire(late);
         // A replica cut off after its round completed may not apply for a long time: its
         // reads time out too rather than wait for the partition to heal.
         for reads in self.applying.values_mut() {
