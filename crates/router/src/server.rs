@@ -90,9 +90,9 @@ impl Server {
             .map(|l| l.local_addr().expect("a bound listener has an address"))
     }
 
-    /// Serves until `shutdown` completes, then finishes in-flight calls. Health (of the
-    /// server and of `leakbloom.v1.Lookup`) says NOT_SERVING until the first shard map is
-    /// learned.
+    /// Serves until `shutdown` completes, then finishes in-flight calls. Health says
+    /// `leakbloom.v1.Lookup` is NOT_SERVING until the first shard map is learned; the server
+    /// as a whole (service "") is SERVING from the start.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()>,
@@ -106,21 +106,16 @@ impl Server {
             .map(|listener| tokio::spawn(metrics::serve(listener, metrics.clone())));
 
         let (health_reporter, health) = tonic_health::server::health_reporter();
-        // Both the whole server ("") and the Lookup service: probes may ask either.
+        // The server as a whole ("") is SERVING while the process runs (liveness); the Lookup
+        // service only once the shard map is known (readiness).
         health_reporter
             .set_not_serving::<LookupServer<RouterService>>()
-            .await;
-        health_reporter
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
         let ready = {
             let reporter = health_reporter.clone();
             move || {
                 tokio::spawn(async move {
                     reporter.set_serving::<LookupServer<RouterService>>().await;
-                    reporter
-                        .set_service_status("", tonic_health::ServingStatus::Serving)
-                        .await;
                     tracing::info!("shard map learned: serving");
                 });
             }
