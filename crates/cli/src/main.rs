@@ -74,8 +74,8 @@ struct BenchArgs {
 enum BenchCommand {
     /// The filter engine against the `bloomfilter` crate on the same keys, one thread.
     Filter(bench_filter::FilterBenchArgs),
-    /// End-to-end load on a node on this machine: Check or Insert requests of random keys
-    /// over several connections; one line of keys/s and latency percentiles.
+    /// End-to-end load on a router or node on this machine: Check or Insert requests of random
+    /// keys over several connections; one line of keys/s and latency percentiles.
     E2e(bench_e2e::E2eBenchArgs),
 }
 
