@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use leakbloom_client::{Client, Consistency, Key};
+use leakbloom_client::{Client, Key};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use common::{free_port, Proc, BIN};
+use common::{free_port, wait_until_all_found, Proc, BIN};
 const NODES: u64 = 3;
 const SHARDS: &str = "4";
 
@@ -156,29 +156,8 @@ fn acknowledged_inserts_survive_a_killed_leader() {
     // has caught up (the restarted one recovers from its disk and its peers).
     runtime.block_on(async {
         for spec in &specs {
-            let mut client = Client::connect(&spec.listen).await.unwrap();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let found = client
-                    .check(
-                        &["leak".to_string()],
-                        &acknowledged,
-                        Consistency::AnyReplica,
-                    )
-                    .await
-                    .unwrap();
-                let missing = found[0].present.iter().filter(|&&p| !p).count();
-                if missing == 0 {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "node {} misses {missing} of {} acknowledged keys",
-                    spec.id,
-                    acknowledged.len()
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let what = format!("node {}", spec.id);
+            wait_until_all_found(&spec.listen, &what, "leak", &acknowledged).await;
         }
     });
     let failures = failures.lock().unwrap().clone();

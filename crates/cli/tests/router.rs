@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use leakbloom_client::{Client, Consistency, Key};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use common::{free_port, Proc};
+use common::{free_port, wait_until_all_found, Proc};
 
 const NODES: usize = 3;
 
@@ -201,24 +201,7 @@ fn clients_of_the_router_see_no_error_while_any_one_node_is_killed() {
     // Every acknowledged key through the router, and on every node from its own replicas.
     runtime.block_on(async {
         for addr in std::iter::once(&router_addr).chain(&listens) {
-            let mut client = Client::connect(addr).await.unwrap();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let found = client
-                    .check(&sets, &seen.acknowledged, Consistency::AnyReplica)
-                    .await
-                    .unwrap();
-                let missing = found[0].present.iter().filter(|&&p| !p).count();
-                if missing == 0 {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{addr} misses {missing} of {} acknowledged keys",
-                    seen.acknowledged.len()
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            wait_until_all_found(addr, addr, "leak", &seen.acknowledged).await;
         }
     });
 }

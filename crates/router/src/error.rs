@@ -1,5 +1,7 @@
 //! The router's error type, and the one place its errors become `tonic::Status`.
 
+use std::time::Instant;
+
 use leakbloom_client::BatchError;
 use tonic::{Code, Status};
 
@@ -59,6 +61,24 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl Error {
+    /// Retries ran out: `attempts` since `started`, the last failing with `status` from `node`
+    /// (its leader hint is passed on).
+    pub fn gave_up(attempts: u32, started: Instant, node: NodeId, status: &Status) -> Error {
+        Error::GaveUp {
+            attempts,
+            elapsed_ms: started.elapsed().as_millis(),
+            node,
+            reason: format!("{:?}: {}", status.code(), status.message()),
+            leader: status
+                .metadata()
+                .get(leakbloom_client::LEADER_METADATA)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_string),
+        }
+    }
 }
 
 impl From<MapError> for Error {

@@ -268,10 +268,10 @@ impl Router {
                 (false, Some(shard)) => map.replica_target(shard, spread),
                 (false, None) => map.whole_target(spread),
             },
-            |mut client, node, positions, part| {
+            |mut client, node, part| {
                 let coalescer = &self.coalescer;
                 async move {
-                    let answer = if positions.len() <= SMALL_PART_KEYS {
+                    let answer = if part.len() / KEY_LEN <= SMALL_PART_KEYS {
                         coalescer
                             .check(
                                 client,
@@ -293,10 +293,10 @@ impl Router {
                             .await?
                             .into_inner()
                     };
-                    Ok((node, positions, answer))
+                    Ok(answer)
                 }
             },
-            |(node, positions, answer)| {
+            |node, positions, answer| {
                 match &mut merged {
                     None if positions.len() == keys.len() => {
                         check_names(&request.sets, &answer, node)?;
@@ -305,10 +305,10 @@ impl Router {
                     None => {
                         check_names(&request.sets, &answer, node)?;
                         let mut scattered = Merged::empty(&answer, keys.len());
-                        scattered.scatter(&answer, &positions, node)?;
+                        scattered.scatter(&answer, positions, node)?;
                         merged = Some(scattered);
                     }
-                    Some(whole) => whole.scatter(&answer, &positions, node)?,
+                    Some(whole) => whole.scatter(&answer, positions, node)?,
                 }
                 Ok(())
             },
@@ -327,17 +327,18 @@ impl Router {
             &request.keys,
             deadline,
             |map, shard| shard.and_then(|shard| map.leader_target(shard)),
-            |mut client, node, positions, part| {
+            |mut client, _, part| {
                 let sub = InsertRequest {
                     set: request.set.clone(),
                     keys: part,
                 };
                 async move {
                     let answer = client.insert(with_deadline(sub, deadline)).await?;
-                    Ok((node, positions.len() as u64, answer.into_inner().keys))
+                    Ok(answer.into_inner().keys)
                 }
             },
-            |(node, sent, answered)| {
+            |node, positions, answered| {
+                let sent = positions.len() as u64;
                 if sent != answered {
                     return Err(Error::Reply {
                         node,
@@ -354,8 +355,9 @@ impl Router {
 
     /// Routes `keys`: plans them over `map` with `target` (shard → node; for `None`, a node
     /// that takes every key at once, if any: then no key's shard is computed), sends each node's
-    /// part with `send` (given a client, the node, the part's positions in the request and its
-    /// packed keys), hands each answer to `take`, and retries the parts that failed
+    /// part with `send` (given a client, the node and the part's packed keys), hands each
+    /// answer to `take` with its node and its keys' positions in the request, and retries the
+    /// parts that failed
     /// retryably (see the [module docs](self)) until `deadline`.
     async fn route<T, S, F>(
         &self,
@@ -364,10 +366,10 @@ impl Router {
         deadline: Instant,
         target: impl Fn(&Map, Option<u32>) -> Option<NodeId>,
         send: S,
-        mut take: impl FnMut(T) -> Result<()>,
+        mut take: impl FnMut(NodeId, &[u32], T) -> Result<()>,
     ) -> Result<()>
     where
-        S: Fn(LookupClient<Channel>, NodeId, Vec<u32>, Bytes) -> F,
+        S: Fn(LookupClient<Channel>, NodeId, Bytes) -> F,
         F: Future<Output = Result<T, Status>>,
     {
         let started = Instant::now();
@@ -383,7 +385,7 @@ impl Router {
                 .flatten();
             let plan = match whole {
                 Some(node) => Plan {
-                    parts: [(node, pending.clone())].into(),
+                    parts: [(node, std::mem::take(&mut pending))].into(),
                 },
                 None => Plan::new(keys, pending.iter().copied(), map.shards, |shard| {
                     target(&map, Some(shard))
@@ -399,29 +401,28 @@ impl Router {
                 } else {
                     gather(keys, &positions)
                 };
-                let failed = positions.clone();
                 let call = self
                     .lookup(&map, node)
-                    .map(|client| send(client, node, positions, part));
+                    .map(|client| send(client, node, part));
                 async move {
                     let answer = match call {
                         Ok(call) => call.await,
                         Err(status) => Err(status),
                     };
-                    answer.map_err(|status| (node, failed, status))
+                    (node, positions, answer)
                 }
             });
             let mut retry: Vec<u32> = Vec::new();
             let mut last: Option<(NodeId, Status)> = None;
-            for answer in join_all(calls).await {
+            for (node, positions, answer) in join_all(calls).await {
                 match answer {
-                    Ok(answer) => take(answer)?,
-                    Err((node, positions, status)) if retryable(&status) => {
+                    Ok(answer) => take(node, &positions, answer)?,
+                    Err(status) if retryable(&status) => {
                         self.metrics.node_failure(node, status.code());
                         retry.extend(positions);
                         last = Some((node, status));
                     }
-                    Err((node, _, status)) => {
+                    Err(status) => {
                         self.metrics.node_failure(node, status.code());
                         return Err(Error::Node(status));
                     }
@@ -432,17 +433,7 @@ impl Router {
             };
             let now = Instant::now();
             if now + backoff >= deadline {
-                return Err(Error::GaveUp {
-                    attempts,
-                    elapsed_ms: started.elapsed().as_millis(),
-                    node,
-                    reason: format!("{:?}: {}", status.code(), status.message()),
-                    leader: status
-                        .metadata()
-                        .get(leakbloom_client::LEADER_METADATA)
-                        .and_then(|value| value.to_str().ok())
-                        .map(str::to_string),
-                });
+                return Err(Error::gave_up(attempts, started, node, &status));
             }
             tracing::debug!(node, code = ?status.code(), message = status.message(), keys = retry.len(), "retrying part of a batch");
             self.metrics.retry();
@@ -495,13 +486,7 @@ impl Router {
             let now = Instant::now();
             let (node, status) = last.unwrap_or((0, Status::unavailable("no node is known")));
             if now + backoff >= deadline {
-                return Err(Error::GaveUp {
-                    attempts,
-                    elapsed_ms: started.elapsed().as_millis(),
-                    node,
-                    reason: format!("{:?}: {}", status.code(), status.message()),
-                    leader: None,
-                });
+                return Err(Error::gave_up(attempts, started, node, &status));
             }
             self.metrics.retry();
             tokio::time::sleep(backoff).await;

@@ -1,9 +1,12 @@
-//! Helpers shared by the process tests: free ports and `leakbloom` child processes.
+//! Helpers shared by the process tests: free ports, `leakbloom` child processes, and waiting
+//! until a server finds every acknowledged key.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use leakbloom_client::{Client, Consistency, Key};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_leakbloom");
@@ -74,5 +77,28 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits (up to 30 s) until `addr` finds every one of `keys` in `set` with any-replica
+/// checks (its replicas may still be catching up); panics naming `what` and the count missing.
+pub async fn wait_until_all_found(addr: &str, what: &str, set: &str, keys: &[Key]) {
+    let mut client = Client::connect(addr).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = client
+            .check(&[set.to_string()], keys, Consistency::AnyReplica)
+            .await
+            .unwrap();
+        let missing = found[0].present.iter().filter(|&&p| !p).count();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} misses {missing} of {} acknowledged keys",
+            keys.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
