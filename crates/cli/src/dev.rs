@@ -68,9 +68,9 @@ fn nth(base: SocketAddr, i: u16, peer: bool) -> Result<SocketAddr> {
         if !peer {
             return Ok(base);
         }
-        let probe = std::net::TcpListener::bind(base)
+        let port = leakbloom_node::server::free_port(base.ip())
             .with_context(|| format!("cannot find a free port on {}", base.ip()))?;
-        return Ok(probe.local_addr()?);
+        return Ok(SocketAddr::new(base.ip(), port));
     }
     let port = base
         .port()

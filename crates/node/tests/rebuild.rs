@@ -32,12 +32,12 @@ struct Cluster {
     running: BTreeMap<NodeId, Running>,
 }
 
-/// Peer addresses for nodes 1 to 3 on free ports (probed, then released for the nodes).
+/// Peer addresses for nodes 1 to 3 on free ports.
 fn free_peer_addresses() -> BTreeMap<NodeId, String> {
     (1..=3)
         .map(|id| {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            (id, probe.local_addr().unwrap().to_string())
+            let port = leakbloom_node::server::free_port([127, 0, 0, 1].into()).unwrap();
+            (id, format!("127.0.0.1:{port}"))
         })
         .collect()
 }

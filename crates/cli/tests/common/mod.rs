@@ -11,13 +11,9 @@ use leakbloom_client::{Client, Consistency, Key};
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_leakbloom");
 
-/// A free port on 127.0.0.1 (bound, then released for the child to take).
+/// A free port on 127.0.0.1 for a child to bind later (see [`leakbloom_node::server::free_port`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    leakbloom_node::server::free_port([127, 0, 0, 1].into()).expect("a free port")
 }
 
 /// A child process, killed (SIGKILL) on drop; `ready` fires on the first stderr line that
