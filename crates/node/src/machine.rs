@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use leakbloom_proto::v1::command_result::{self, Outcome};
 use leakbloom_proto::v1::{Command, CommandResult};
-use leakbloom_raft::StateMachine;
+use leakbloom_raft::{ApplyError, StateMachine};
 use prost::Message as _;
 
 use crate::error::{BatchError, Error, Result};
@@ -57,14 +57,14 @@ impl Default for Machine {
 }
 
 impl StateMachine for Machine {
-    fn apply(&mut self, index: u64, command: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    fn apply(&mut self, index: u64, command: &[u8]) -> std::result::Result<Vec<u8>, ApplyError> {
         let command = Command::decode(command).map_err(|e| {
-            format!(
+            ApplyError::Rejected(format!(
                 "log entry {index} of shard {} ({} bytes) is not a command this version \
                  reads: {e}",
                 self.0.shard(),
                 command.len()
-            )
+            ))
         })?;
         Ok(encode_outcome(&self.0.apply_at(index, &command)))
     }
@@ -73,8 +73,10 @@ impl StateMachine for Machine {
         self.0.snapshot()
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> std::result::Result<(), String> {
-        self.0.restore(snapshot).map_err(|e| e.to_string())
+    fn restore(&mut self, snapshot: &[u8]) -> std::result::Result<(), ApplyError> {
+        self.0
+            .restore(snapshot)
+            .map_err(|e| ApplyError::Rejected(e.to_string()))
     }
 }
 
@@ -301,7 +303,7 @@ mod tests {
         assert_eq!(machine.state().applied(), 6);
         // Bytes that are not a command: refused alike everywhere, state untouched.
         let before = machine.snapshot();
-        let err = machine.apply(7, &[0xff, 0xff]).unwrap_err();
+        let err = machine.apply(7, &[0xff, 0xff]).unwrap_err().to_string();
         assert!(err.contains("not a command"), "{err}");
         assert_eq!(machine.snapshot(), before);
     }
@@ -315,11 +317,12 @@ mod tests {
         b.restore(&a.snapshot()).unwrap();
         assert_eq!(b.snapshot(), a.snapshot());
         assert_eq!(b.state().applied(), 3);
-        let err = b.restore(b"LBSHARD\0 not really").unwrap_err();
+        let err = b.restore(b"LBSHARD\0 not really").unwrap_err().to_string();
         assert!(err.contains("snapshot"), "{err}");
         let err = Machine::new(Arc::new(ShardState::new(1)))
             .restore(&a.snapshot())
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("shard 0, not of shard 1"), "{err}");
     }
 }

@@ -23,7 +23,7 @@ use leakbloom_proto::v1::{
     SnapshotChunk, StatusRequest, StatusResponse,
 };
 use leakbloom_raft::{
-    Driver, GroupHandle, GroupId, GroupNode, NodeConfig, NodeId, StateMachine, Store,
+    ApplyError, Driver, GroupHandle, GroupId, GroupNode, NodeConfig, NodeId, StateMachine, Store,
 };
 use raft::StateRole;
 use tokio::net::TcpListener;
@@ -63,7 +63,7 @@ impl Probe {
 }
 
 impl StateMachine for Probe {
-    fn apply(&mut self, _index: u64, command: &[u8]) -> Result<Vec<u8>, String> {
+    fn apply(&mut self, _index: u64, command: &[u8]) -> Result<Vec<u8>, ApplyError> {
         let mut register = self.0.lock().unwrap();
         register.bytes.extend_from_slice(command);
         Ok((register.bytes.len() as u64).to_be_bytes().to_vec())
@@ -73,7 +73,7 @@ impl StateMachine for Probe {
         self.bytes()
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), ApplyError> {
         let mut register = self.0.lock().unwrap();
         register.bytes = snapshot.to_vec();
         register.restored.push(snapshot.len());

@@ -114,6 +114,8 @@ struct Shared {
     reads: mpsc::Sender<oneshot::Sender<Result<u64>>>,
     stop: mpsc::Sender<()>,
     leadership: watch::Receiver<Leadership>,
+    /// Why the replica is stalled, while it is.
+    stall: watch::Receiver<Option<String>>,
     stopped: watch::Receiver<bool>,
     counters: Arc<Counters>,
 }
@@ -162,6 +164,7 @@ impl Driver {
         let (reads, reads_rx) = mpsc::channel(REQUESTS);
         let (stop, stop_rx) = mpsc::channel(1);
         let (leadership_tx, leadership) = watch::channel(node.leadership());
+        let (stall_tx, stall) = watch::channel(node.stalled().map(str::to_string));
         let (stopped_tx, stopped) = watch::channel(false);
         let counters = Arc::new(Counters {
             applied: AtomicU64::new(node.applied()),
@@ -179,6 +182,7 @@ impl Driver {
             reads,
             stop,
             leadership,
+            stall,
             stopped,
             counters: counters.clone(),
         });
@@ -189,6 +193,7 @@ impl Driver {
             counters,
             tick,
             leadership: leadership_tx,
+            stall: stall_tx,
             next_proposal: 1,
             proposals: HashMap::new(),
             pending: BTreeMap::new(),
@@ -331,6 +336,13 @@ impl GroupHandle {
         *self.shared.leadership.borrow()
     }
 
+    /// Why the replica cannot apply committed entries, while it is stalled (see
+    /// `leakbloom_raft::node`, "Stalled replicas"): it then answers no reads and leads nothing
+    /// for long. `None` when it applies normally.
+    pub fn stalled(&self) -> Option<String> {
+        self.shared.stall.borrow().clone()
+    }
+
     /// A receiver of leadership changes, to wait for a leader or follow hints.
     pub fn watch_leadership(&self) -> watch::Receiver<Leadership> {
         self.shared.leadership.clone()
@@ -387,6 +399,7 @@ struct Group<M> {
     counters: Arc<Counters>,
     tick: Duration,
     leadership: watch::Sender<Leadership>,
+    stall: watch::Sender<Option<String>>,
     /// Proposal ids are unique per driver; the node matches them by index and term too, so
     /// restarting from 1 after a restart is safe.
     next_proposal: u64,
@@ -548,6 +561,14 @@ impl<M: StateMachine> Group<M> {
         let committed = self.node.storage().hard_state().commit;
         self.counters.committed.store(committed, Ordering::Release);
         self.publish_rejoin();
+        let stalled = self.node.stalled();
+        self.stall.send_if_modified(|published| {
+            let changed = published.as_deref() != stalled;
+            if changed {
+                *published = stalled.map(str::to_string);
+            }
+            changed
+        });
         for (id, result) in results {
             if let Some(reply) = self.proposals.remove(&id) {
                 // The caller may have given up; nothing to do then.

@@ -64,6 +64,15 @@ pub enum Error {
     /// The state machine rejected a command. Every replica rejects it alike.
     #[error("command rejected: {0}")]
     Rejected(String),
+    /// This replica leads the group but is stalled (see the `node` docs: it cannot apply
+    /// committed entries for want of a local resource) and hands leadership away. Retryable.
+    #[error("group {group}'s leader replica is stalled ({reason}); retry shortly")]
+    Stalled {
+        /// The group.
+        group: GroupId,
+        /// Why it cannot apply.
+        reason: String,
+    },
 }
 
 /// The crate's result type.
@@ -72,6 +81,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Whether retrying the same operation (possibly on another replica) can succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::NotLeader { .. })
+        matches!(self, Error::NotLeader { .. } | Error::Stalled { .. })
     }
 }

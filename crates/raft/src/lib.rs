@@ -93,7 +93,7 @@ pub mod storage;
 
 pub use driver::{Driver, GroupHandle, Transport};
 pub use error::{Error, Result};
-pub use node::{GroupNode, Leadership, NodeConfig, Output, StateMachine};
+pub use node::{ApplyError, GroupNode, Leadership, NodeConfig, Output, StateMachine};
 pub use storage::{GroupStorage, Persist, Store, StoreConfig};
 
 /// Identifies a Raft group (one per shard).

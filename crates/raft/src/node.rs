@@ -28,6 +28,21 @@
 //!
 //! The mark survives restarts. With three replicas, the group runs on the other two meanwhile
 //! (and stops if one of them fails too: two lost copies out of three is data loss).
+//!
+//! # Stalled replicas
+//! Applying a committed entry is deterministic on its content, but it can need a resource one
+//! replica lacks (a new set's filter memory). Skipping the entry would make that replica
+//! diverge, and crashing would repeat at every restart. Instead the state machine answers
+//! [`ApplyError::Stalled`] and the replica *stalls* ([`GroupNode::stalled`] says why):
+//!
+//! 1. It applies nothing more (its applied index stays before the entry); entries keep being
+//!    appended and acknowledged, so the group commits as before with the other replicas.
+//! 2. As a follower it does not tick (never campaigns) and ignores `MsgTimeoutNow`; as leader
+//!    it refuses proposals with the retryable [`Error::Stalled`] and hands leadership to a
+//!    caught-up voter.
+//! 3. Every [`STALL_RETRY_TICKS`] it applies again from its log (or restores the stored
+//!    snapshot, when a snapshot from the leader was what it could not hold), and resumes by
+//!    itself once it can; a snapshot from the leader that it can hold also ends the stall.
 
 use std::collections::BTreeMap;
 
@@ -48,13 +63,40 @@ use crate::{GroupId, NodeId};
 /// the same results, rejections included.
 pub trait StateMachine {
     /// Applies the command committed at log index `index`. A rejection is a result like any
-    /// other (every replica rejects alike) and must leave the state unchanged.
-    fn apply(&mut self, index: u64, command: &[u8]) -> std::result::Result<Vec<u8>, String>;
+    /// other (every replica rejects alike) and must leave the state unchanged. A
+    /// [`ApplyError::Stalled`] stops this replica at this entry until it can apply it.
+    fn apply(&mut self, index: u64, command: &[u8]) -> std::result::Result<Vec<u8>, ApplyError>;
     /// The whole state, to store as a snapshot or send to a lagging replica.
     fn snapshot(&self) -> Vec<u8>;
     /// Replaces the whole state with a snapshot taken by [`snapshot`](Self::snapshot).
-    fn restore(&mut self, snapshot: &[u8]) -> std::result::Result<(), String>;
+    /// [`ApplyError::Rejected`] means the snapshot is corrupt (the state must be unchanged);
+    /// [`ApplyError::Stalled`] that this replica cannot hold it now (the state may have been
+    /// emptied: it is replaced by the snapshot once the replica can).
+    fn restore(&mut self, snapshot: &[u8]) -> std::result::Result<(), ApplyError>;
 }
+
+/// Why a [`StateMachine`] did not apply an entry (or restore a snapshot).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// Refused on its content, alike on every replica: a result for the proposer
+    /// ([`Error::Rejected`]); the entry counts as applied.
+    #[error("{0}")]
+    Rejected(String),
+    /// This replica lacks a local resource (memory) to apply it now, which another replica may
+    /// have: nothing changed, and the replica must not skip the entry (it would diverge). It
+    /// stops applying here, keeps its log, and tries again every [`STALL_RETRY_TICKS`] (see
+    /// [Stalled replicas](self#stalled-replicas)).
+    #[error("stalled: {0}")]
+    Stalled(String),
+}
+
+/// Ticks between attempts of a stalled replica to apply the entry it stopped at (a second at
+/// the default tick): freeing memory takes an operator or a dropped set, not milliseconds.
+pub const STALL_RETRY_TICKS: u64 = 10;
+
+/// Bytes of log a stalled replica reads per step when it applies again: bounds the memory of
+/// catching up after a long stall.
+const RESUME_BATCH_BYTES: u64 = 16 << 20;
 
 /// Tunables of a [`GroupNode`].
 #[derive(Debug, Clone)]
@@ -139,6 +181,19 @@ struct Pending {
     readd: Option<NodeId>,
 }
 
+/// Why and where a replica stopped applying (see
+/// [Stalled replicas](self#stalled-replicas)).
+#[derive(Debug)]
+struct Stall {
+    /// What the state machine said.
+    reason: String,
+    /// The stored snapshot is what must be restored (a snapshot from the leader the state
+    /// machine could not hold); otherwise the entry after `applied`.
+    restore: bool,
+    /// Ticks since the replica stalled.
+    ticks: u64,
+}
+
 /// One replica of one Raft group, fully synchronous.
 pub struct GroupNode<M> {
     group: GroupId,
@@ -161,6 +216,10 @@ pub struct GroupNode<M> {
     applied_bytes: u64,
     snapshot_bytes: u64,
     leadership: Leadership,
+    /// Set while the state machine cannot apply the next entry.
+    stall: Option<Stall>,
+    /// A stalled replica's next attempt is due (set by [`tick`](Self::tick)).
+    retry_due: bool,
 }
 
 impl<M> std::fmt::Debug for GroupNode<M> {
@@ -219,15 +278,34 @@ impl<M: StateMachine> GroupNode<M> {
         }
         let mut applied = 0;
         let mut snapshot_bytes = 0;
+        let mut stall = None;
+        // raft-rs hands out committed entries after this index.
+        let mut raft_applied = 0;
         if let Some(snapshot) = storage.load_snapshot()? {
             snapshot_bytes = snapshot.data.len() as u64;
-            machine
-                .restore(&snapshot.data)
-                .map_err(|reason| Error::SnapshotCorrupt {
-                    path: storage.store().dir().join("snap"),
-                    reason,
-                })?;
-            applied = snapshot.get_metadata().index;
+            raft_applied = snapshot.get_metadata().index;
+            match machine.restore(&snapshot.data) {
+                Ok(()) => applied = raft_applied,
+                Err(ApplyError::Rejected(reason)) => {
+                    return Err(Error::SnapshotCorrupt {
+                        path: storage.store().dir().join("snap"),
+                        reason,
+                    })
+                }
+                Err(ApplyError::Stalled(reason)) => {
+                    tracing::error!(
+                        group,
+                        node = id,
+                        %reason,
+                        "replica cannot restore its snapshot; it stalls and retries"
+                    );
+                    stall = Some(Stall {
+                        reason,
+                        restore: true,
+                        ticks: 0,
+                    });
+                }
+            }
         }
         let raft_config = raft::Config {
             id,
@@ -235,7 +313,7 @@ impl<M: StateMachine> GroupNode<M> {
             min_election_tick: config.election_ticks,
             max_election_tick: config.max_election_ticks,
             heartbeat_tick: config.heartbeat_ticks,
-            applied,
+            applied: raft_applied,
             max_size_per_msg: config.max_message_bytes,
             max_inflight_msgs: config.max_inflight_messages,
             // Followers answer linearizable reads only after confirming the leader with a
@@ -266,6 +344,8 @@ impl<M: StateMachine> GroupNode<M> {
             applied_bytes: 0,
             snapshot_bytes,
             leadership,
+            stall,
+            retry_due: false,
         })
     }
 
@@ -282,6 +362,12 @@ impl<M: StateMachine> GroupNode<M> {
     /// Index of the last applied entry.
     pub fn applied(&self) -> u64 {
         self.applied
+    }
+
+    /// Why this replica stopped applying, while it is stalled (see
+    /// [Stalled replicas](self#stalled-replicas)).
+    pub fn stalled(&self) -> Option<&str> {
+        self.stall.as_ref().map(|stall| stall.reason.as_str())
     }
 
     /// The state machine (read-only; only committed entries change it).
@@ -309,14 +395,55 @@ impl<M: StateMachine> GroupNode<M> {
     /// Advances the logical clock by one tick (elections, heartbeats). A leader also moves the
     /// group towards its members (adds a missing one back, promotes a learner that caught up)
     /// and hands leadership back to the preferred replica (the first member) once it is caught
-    /// up. A rejoining replica does not tick: it must not campaign.
+    /// up. A rejoining replica does not tick: it must not campaign. Neither does a stalled
+    /// follower; a stalled leader hands leadership away (see
+    /// [Stalled replicas](self#stalled-replicas)).
     pub fn tick(&mut self) {
         if self.rejoin().is_some() {
+            return;
+        }
+        if let Some(stall) = &mut self.stall {
+            stall.ticks += 1;
+            if stall.ticks.is_multiple_of(STALL_RETRY_TICKS) {
+                self.retry_due = true;
+            }
+            if self.raw.raft.state == StateRole::Leader {
+                self.raw.tick();
+                self.hand_off_leadership();
+            }
             return;
         }
         self.raw.tick();
         self.reconcile_members();
         self.prefer_leader();
+    }
+
+    /// On a stalled leader: hands leadership to a voter that holds the whole log, so the group
+    /// answers proposals and reads again. raft-rs gives up a transfer after an election
+    /// timeout; it is tried again at the next tick.
+    fn hand_off_leadership(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.lead_transferee.is_some() {
+            return;
+        }
+        let last = raft.raft_log.last_index();
+        let conf = self.raw.store().conf_state();
+        let to = conf.voters.iter().copied().find(|&id| {
+            id != self.id
+                && raft
+                    .prs()
+                    .get(id)
+                    .is_some_and(|pr| pr.matched == last && pr.recent_active)
+        });
+        if let Some(to) = to {
+            tracing::warn!(
+                group = self.group,
+                node = self.id,
+                to,
+                "stalled leader handing leadership away"
+            );
+            self.raw.transfer_leader(to);
+        }
     }
 
     /// Starts an election now instead of waiting for the election timeout. A rejoining replica
@@ -329,34 +456,41 @@ impl<M: StateMachine> GroupNode<M> {
     }
 
     /// Feeds a message from a peer. Messages from unknown peers and stale responses are
-    /// dropped by raft-rs with an error the caller may ignore. A rejoining replica drops vote
-    /// requests and leadership transfers, and commits nothing from heartbeats.
+    /// dropped by raft-rs with an error the caller may ignore. Proposals from the network are
+    /// dropped (they enter only through [`propose`](Self::propose), where the caller checked
+    /// them). A rejoining replica drops vote requests and leadership transfers, and commits
+    /// nothing from heartbeats; a stalled one drops leadership transfers.
     pub fn step(&mut self, mut message: Message) -> Result<()> {
-        if self.rejoin().is_some() {
-            let refused = match message.get_msg_type() {
-                MessageType::MsgRequestVote
-                | MessageType::MsgRequestPreVote
-                | MessageType::MsgTimeoutNow => true,
-                MessageType::MsgHeartbeat => {
-                    // A leader that has not re-added this replica yet sends the commit index
-                    // of the entries the lost disk held: commit nothing from a heartbeat (the
-                    // appends carry commits checked against the log), but answer it, so the
-                    // leader keeps sending appends.
-                    message.commit = message.commit.min(self.raw.raft.raft_log.committed);
-                    false
-                }
-                _ => false,
-            };
-            if refused {
-                tracing::debug!(
-                    group = self.group,
-                    node = self.id,
-                    kind = ?message.get_msg_type(),
-                    from = message.from,
-                    "rejoining replica ignored a message"
-                );
-                return Ok(());
+        let kind = message.get_msg_type();
+        let rejoining = self.rejoin().is_some();
+        let refused = match kind {
+            MessageType::MsgPropose => Some("proposals enter only through the leader's API"),
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote if rejoining => {
+                Some("a rejoining replica does not vote")
             }
+            MessageType::MsgTimeoutNow if rejoining || self.stall.is_some() => {
+                Some("a rejoining or stalled replica does not take leadership")
+            }
+            MessageType::MsgHeartbeat if rejoining => {
+                // A leader that has not re-added this replica yet sends the commit index of
+                // the entries the lost disk held: commit nothing from a heartbeat (the appends
+                // carry commits checked against the log), but answer it, so the leader keeps
+                // sending appends.
+                message.commit = message.commit.min(self.raw.raft.raft_log.committed);
+                None
+            }
+            _ => None,
+        };
+        if let Some(why) = refused {
+            tracing::debug!(
+                group = self.group,
+                node = self.id,
+                ?kind,
+                from = message.from,
+                why,
+                "message refused"
+            );
+            return Ok(());
         }
         Ok(self.raw.step(message)?)
     }
@@ -376,6 +510,13 @@ impl<M: StateMachine> GroupNode<M> {
             return Err(Error::Rejected(format!(
                 "node {node} leads group {} and has not lost its replica",
                 self.group
+            )));
+        }
+        if !self.members.contains(&node) {
+            return Err(Error::Rejected(format!(
+                "node {node} is not a member of group {} (members: {:?}): only a member's \
+                 replica can be rebuilt",
+                self.group, self.members
             )));
         }
         let conf = self.raw.store().conf_state();
@@ -539,6 +680,14 @@ impl<M: StateMachine> GroupNode<M> {
         if self.raw.raft.state != StateRole::Leader {
             return Err(self.not_leader());
         }
+        if let Some(stall) = &self.stall {
+            // Its results would wait for the stall to end: let the caller retry, by then on
+            // the replica this one hands leadership to.
+            return Err(Error::Stalled {
+                group: self.group,
+                reason: stall.reason.clone(),
+            });
+        }
         let before = self.raw.raft.raft_log.last_index();
         self.raw.propose(id.to_be_bytes().to_vec(), command)?;
         self.track(id, before);
@@ -569,7 +718,7 @@ impl<M: StateMachine> GroupNode<M> {
 
     /// Whether [`handle_ready`](Self::handle_ready) has anything to do.
     pub fn has_ready(&self) -> bool {
-        self.raw.has_ready() || self.raw.store().snapshot_wanted()
+        self.raw.has_ready() || self.raw.store().snapshot_wanted() || self.retry_due
     }
 
     /// Processes one Ready in raft-rs's documented order and returns what the caller must
@@ -578,6 +727,9 @@ impl<M: StateMachine> GroupNode<M> {
     /// store.
     pub fn handle_ready(&mut self) -> Result<Output> {
         let mut out = Output::default();
+        if std::mem::take(&mut self.retry_due) {
+            self.resume(&mut out)?;
+        }
         if !self.raw.has_ready() {
             self.maybe_compact()?;
             return Ok(out);
@@ -631,7 +783,7 @@ impl<M: StateMachine> GroupNode<M> {
         // 7. Advance, then handle the light ready: a commit index advanced by our own write
         //    (persist it, so a restart never applies beyond the durable commit), more messages
         //    and more committed entries.
-        let mut light = self.raw.advance(ready);
+        let mut light = self.raw.advance_append(ready);
         if let Some(commit) = light.commit_index() {
             let mut hs = self.raw.store().hard_state();
             hs.commit = commit;
@@ -639,7 +791,7 @@ impl<M: StateMachine> GroupNode<M> {
         }
         out.messages.extend(light.take_messages());
         self.apply_entries(light.take_committed_entries(), &mut out)?;
-        self.raw.advance_apply();
+        self.advance_apply();
         self.readd_removed(&mut out);
         self.finish_rejoin()?;
 
@@ -696,27 +848,137 @@ impl<M: StateMachine> GroupNode<M> {
 
     fn apply_snapshot(&mut self, snapshot: &Snapshot, out: &mut Output) -> Result<()> {
         let meta = snapshot.get_metadata();
-        self.machine
-            .restore(&snapshot.data)
-            .map_err(|reason| Error::SnapshotCorrupt {
-                path: self.raw.store().store().dir().join("snap"),
-                reason: format!("snapshot from the leader at index {}: {reason}", meta.index),
-            })?;
+        // A corrupt snapshot is refused before it replaces the log; one this replica cannot
+        // hold now is stored all the same (it is the leader's, and valid) and restored later.
+        let restored = match self.machine.restore(&snapshot.data) {
+            Ok(()) => Ok(()),
+            Err(ApplyError::Rejected(reason)) => {
+                return Err(Error::SnapshotCorrupt {
+                    path: self.raw.store().store().dir().join("snap"),
+                    reason: format!("snapshot from the leader at index {}: {reason}", meta.index),
+                })
+            }
+            Err(ApplyError::Stalled(reason)) => Err(reason),
+        };
         self.raw.mut_store().persist(Persist {
             snapshot: Some(snapshot),
             ..Default::default()
         })?;
-        self.applied = meta.index;
-        self.applied_bytes = 0;
         self.snapshot_bytes = snapshot.data.len() as u64;
-        // Proposals at or below the snapshot cannot be matched to a result any more (only a
-        // former leader can hold them): fail them, retryably.
-        let rest = self.pending.split_off(&(meta.index + 1));
+        match restored {
+            Ok(()) => self.restored(meta.index, out),
+            Err(reason) => {
+                self.stall_at(reason, true);
+                // Nothing at or below the snapshot will be applied from the log any more.
+                self.fail_pending_to(meta.index, out);
+            }
+        }
+        Ok(())
+    }
+
+    /// The state machine now holds the snapshot at `index`: it is applied, and a stall (of an
+    /// entry it covers, or of restoring it) is over.
+    fn restored(&mut self, index: u64, out: &mut Output) {
+        self.applied = index;
+        self.applied_bytes = 0;
+        if self.stall.take().is_some() {
+            tracing::info!(
+                group = self.group,
+                node = self.id,
+                applied = index,
+                "stalled replica restored a snapshot and applies again"
+            );
+        }
+        self.fail_pending_to(index, out);
+    }
+
+    /// Proposals at or below `index` cannot be matched to a result any more (a snapshot
+    /// covers them; only a former leader can hold them): fails them, retryably.
+    fn fail_pending_to(&mut self, index: u64, out: &mut Output) {
+        let rest = self.pending.split_off(&(index + 1));
         let superseded = std::mem::replace(&mut self.pending, rest);
         for p in superseded.into_values() {
             out.results.push((p.id, Err(self.not_leader())));
         }
+    }
+
+    /// Stops applying (see [Stalled replicas](self#stalled-replicas)).
+    fn stall_at(&mut self, reason: String, restore: bool) {
+        tracing::error!(
+            group = self.group,
+            node = self.id,
+            applied = self.applied,
+            %reason,
+            "replica cannot apply the next committed entry; it stops applying (its log is \
+             kept, the other replicas go on) and retries until it can"
+        );
+        let ticks = self.stall.as_ref().map_or(0, |stall| stall.ticks);
+        self.stall = Some(Stall {
+            reason,
+            restore,
+            ticks,
+        });
+    }
+
+    /// A stalled replica's attempt to go on: restores the stored snapshot if that is what it
+    /// stopped at, then applies committed entries from its log until it has caught up or
+    /// stalls again.
+    fn resume(&mut self, out: &mut Output) -> Result<()> {
+        let Some(stall) = &self.stall else {
+            return Ok(());
+        };
+        if stall.restore {
+            let snapshot = self
+                .raw
+                .store()
+                .load_snapshot()?
+                .expect("a replica stalled on a snapshot has it stored");
+            match self.machine.restore(&snapshot.data) {
+                Ok(()) => self.restored(snapshot.get_metadata().index, out),
+                Err(ApplyError::Stalled(reason)) => {
+                    self.stall_at(reason, true);
+                    return Ok(());
+                }
+                Err(ApplyError::Rejected(reason)) => {
+                    return Err(Error::SnapshotCorrupt {
+                        path: self.raw.store().store().dir().join("snap"),
+                        reason,
+                    })
+                }
+            }
+        }
+        let stalled_at = self.applied;
+        self.stall = None;
+        let log = &self.raw.raft.raft_log;
+        let last = log.committed.min(log.persisted);
+        while self.stall.is_none() && self.applied < last {
+            let entries = self.raw.raft.raft_log.slice(
+                self.applied + 1,
+                last + 1,
+                RESUME_BATCH_BYTES,
+                raft::GetEntriesContext::empty(false),
+            )?;
+            self.apply_entries(entries, out)?;
+        }
+        if self.stall.is_none() {
+            tracing::info!(
+                group = self.group,
+                node = self.id,
+                from = stalled_at,
+                applied = self.applied,
+                "stalled replica applies again"
+            );
+        }
+        self.advance_apply();
         Ok(())
+    }
+
+    /// Tells raft-rs how far the state machine has applied (only forwards: after a snapshot
+    /// this replica could not hold, raft-rs already counts the snapshot as applied).
+    fn advance_apply(&mut self) {
+        if self.applied > self.raw.raft.raft_log.applied {
+            self.raw.advance_apply_to(self.applied);
+        }
     }
 
     fn apply_entries(&mut self, entries: Vec<Entry>, out: &mut Output) -> Result<()> {
@@ -724,17 +986,21 @@ impl<M: StateMachine> GroupNode<M> {
             if entry.index <= self.applied {
                 continue;
             }
+            if self.stall.is_some() {
+                // Entries apply in order: the stalled one first (from the log, in `resume`).
+                break;
+            }
             let result = match entry.get_entry_type() {
                 // An empty normal entry is a new leader's no-op.
                 EntryType::EntryNormal if entry.data.is_empty() => None,
-                EntryType::EntryNormal => {
-                    self.applied_bytes += entry.data.len() as u64;
-                    Some(
-                        self.machine
-                            .apply(entry.index, &entry.data)
-                            .map_err(Error::Rejected),
-                    )
-                }
+                EntryType::EntryNormal => match self.machine.apply(entry.index, &entry.data) {
+                    Ok(result) => Some(Ok(result)),
+                    Err(ApplyError::Rejected(reason)) => Some(Err(Error::Rejected(reason))),
+                    Err(ApplyError::Stalled(reason)) => {
+                        self.stall_at(reason, false);
+                        break;
+                    }
+                },
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(&entry.data)
                         .expect("a committed conf change must decode");
@@ -750,6 +1016,9 @@ impl<M: StateMachine> GroupNode<M> {
                     Some(Ok(entry.index.to_be_bytes().to_vec()))
                 }
             };
+            if entry.get_entry_type() == EntryType::EntryNormal {
+                self.applied_bytes += entry.data.len() as u64;
+            }
             self.applied = entry.index;
             if let Some(pending) = self.pending.remove(&entry.index) {
                 let ours = entry.term == pending.term && proposal_id(&entry) == Some(pending.id);
@@ -781,6 +1050,10 @@ impl<M: StateMachine> GroupNode<M> {
     }
 
     fn maybe_compact(&mut self) -> Result<()> {
+        if self.stall.as_ref().is_some_and(|stall| stall.restore) {
+            // The state machine is not at any index of this log.
+            return Ok(());
+        }
         let storage = self.raw.store();
         let snapshot_index = storage.snapshot_metadata().index;
         let commit = storage.hard_state().commit;
@@ -940,6 +1213,15 @@ mod tests {
         dir: &std::path::Path,
         max_delay: u64,
     ) -> Cluster<Register> {
+        lossless_cluster(seed, dir, max_delay)
+    }
+
+    /// [`lossless_cluster_with_leader`] of any state machine.
+    fn lossless_cluster<M: StateMachine + Default>(
+        seed: u64,
+        dir: &std::path::Path,
+        max_delay: u64,
+    ) -> Cluster<M> {
         let config = ClusterConfig {
             faults: Faults {
                 drop: 0.0,
@@ -948,7 +1230,7 @@ mod tests {
             },
             ..ClusterConfig::default()
         };
-        let mut cluster = Cluster::new(seed, dir, config, Register::default).unwrap();
+        let mut cluster = Cluster::new(seed, dir, config, M::default).unwrap();
         while cluster.leader().is_none() {
             cluster.step().unwrap();
         }
@@ -1070,5 +1352,209 @@ mod tests {
             matches!(error, Error::NotLeader { leader: Some(l), .. } if l == new),
             "{error}"
         );
+    }
+
+    /// A [`Register`] whose replica can be starved: while `starved`, applying and restoring
+    /// stall, as a shard's state machine does when a filter's memory cannot be had.
+    #[derive(Debug, Default)]
+    struct Hungry {
+        register: Register,
+        starved: std::sync::atomic::AtomicBool,
+    }
+
+    impl Hungry {
+        fn starve(&self, starved: bool) {
+            self.starved
+                .store(starved, std::sync::atomic::Ordering::Relaxed);
+        }
+
+        fn stall(&self) -> std::result::Result<(), ApplyError> {
+            if self.starved.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(ApplyError::Stalled("no memory".into()));
+            }
+            Ok(())
+        }
+    }
+
+    impl StateMachine for Hungry {
+        fn apply(
+            &mut self,
+            index: u64,
+            command: &[u8],
+        ) -> std::result::Result<Vec<u8>, ApplyError> {
+            self.stall()?;
+            self.register.apply(index, command)
+        }
+
+        fn snapshot(&self) -> Vec<u8> {
+            self.register.snapshot()
+        }
+
+        fn restore(&mut self, snapshot: &[u8]) -> std::result::Result<(), ApplyError> {
+            self.stall()?;
+            self.register.restore(snapshot)
+        }
+    }
+
+    /// Steps `cluster` until `done` holds, at most `steps` times.
+    fn step_until(
+        cluster: &mut Cluster<Hungry>,
+        steps: u64,
+        done: impl Fn(&Cluster<Hungry>) -> bool,
+    ) {
+        for _ in 0..steps {
+            cluster.step().unwrap();
+            if done(cluster) {
+                return;
+            }
+        }
+        panic!("condition not reached in {steps} steps");
+    }
+
+    /// Proposes commands `ids` on the leader and steps until each is acknowledged, retrying
+    /// (as a client would) while there is no leader or it refuses.
+    fn commit(cluster: &mut Cluster<Hungry>, ids: std::ops::Range<u64>) {
+        for id in ids {
+            let acked = (0..100).any(|_| {
+                let proposed = cluster.propose(id, Register::command(id, b"x")).is_ok();
+                let results: Vec<_> = (0..if proposed { 300 } else { 50 })
+                    .flat_map(|_| cluster.step().unwrap())
+                    .flat_map(|(_, out)| out.results)
+                    .collect();
+                results.iter().any(|(i, r)| *i == id && r.is_ok())
+            });
+            assert!(acked, "proposal {id} was never acknowledged");
+        }
+    }
+
+    fn registers_equal(cluster: &Cluster<Hungry>) -> bool {
+        let ids = cluster.ids();
+        let first = &cluster.node(ids[0]).unwrap().machine().register;
+        ids.iter()
+            .all(|&id| &cluster.node(id).unwrap().machine().register == first)
+    }
+
+    #[test]
+    fn a_starved_follower_stalls_and_catches_up_when_fed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster: Cluster<Hungry> = lossless_cluster(21, dir.path(), 2);
+        commit(&mut cluster, 1..4);
+        let leader = cluster.leader().unwrap();
+        let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+        cluster.node(follower).unwrap().machine().starve(true);
+        // The group goes on with the others; the starved replica applies nothing more.
+        commit(&mut cluster, 4..10);
+        let node = cluster.node(follower).unwrap();
+        assert_eq!(node.stalled(), Some("no memory"));
+        let stuck = node.applied();
+        step_until(&mut cluster, 500, |_| true);
+        assert_eq!(cluster.node(follower).unwrap().applied(), stuck);
+        assert!(cluster.node(leader).unwrap().applied() > stuck);
+        // A stalled follower does not campaign, even when the leader goes away for long.
+        cluster.crash(leader);
+        for _ in 0..3_000 {
+            cluster.step().unwrap();
+            assert_ne!(
+                cluster.node(follower).unwrap().leadership().role,
+                StateRole::Leader
+            );
+        }
+        cluster.restart(leader).unwrap();
+        // Fed again, it applies from its log by itself and ends identical.
+        cluster.node(follower).unwrap().machine().starve(false);
+        step_until(&mut cluster, 5_000, |c| {
+            c.node(follower).unwrap().stalled().is_none() && registers_equal(c)
+        });
+        commit(&mut cluster, 10..12);
+        step_until(&mut cluster, 2_000, registers_equal);
+    }
+
+    #[test]
+    fn a_starved_leader_hands_leadership_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster: Cluster<Hungry> = lossless_cluster(22, dir.path(), 2);
+        commit(&mut cluster, 1..3);
+        let leader = cluster.leader().unwrap();
+        cluster.node(leader).unwrap().machine().starve(true);
+        // Its next entry stalls it; it refuses proposals retryably and hands leadership to a
+        // caught-up follower, which then commits what the client retries.
+        commit(&mut cluster, 3..8);
+        let error = cluster
+            .node_mut(leader)
+            .unwrap()
+            .propose(99, Register::command(99, b""))
+            .unwrap_err();
+        assert!(error.is_retryable(), "{error}");
+        assert_ne!(cluster.leader(), Some(leader));
+        cluster.node(leader).unwrap().machine().starve(false);
+        step_until(&mut cluster, 5_000, registers_equal);
+    }
+
+    #[test]
+    fn a_snapshot_a_replica_cannot_hold_is_stored_and_restored_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster: Cluster<Hungry> = lossless_cluster(23, dir.path(), 2);
+        let leader = cluster.leader().unwrap();
+        let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+        cluster.crash(follower);
+        // The leader compacts its log (every 25 entries here): the follower needs a snapshot.
+        commit(&mut cluster, 1..60);
+        cluster.restart(follower).unwrap();
+        cluster.node(follower).unwrap().machine().starve(true);
+        step_until(&mut cluster, 5_000, |c| {
+            c.node(follower).unwrap().stalled().is_some()
+        });
+        let stored = cluster
+            .node(follower)
+            .unwrap()
+            .storage()
+            .snapshot_metadata()
+            .index;
+        assert!(stored > 25, "the leader's snapshot is stored: {stored}");
+        cluster.node(follower).unwrap().machine().starve(false);
+        step_until(&mut cluster, 5_000, |c| {
+            c.node(follower).unwrap().stalled().is_none() && registers_equal(c)
+        });
+    }
+
+    #[test]
+    fn rejoin_is_refused_for_a_node_that_is_not_a_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster = lossless_cluster_with_leader(24, dir.path(), 2);
+        let leader = cluster.leader().unwrap();
+        let error = cluster
+            .node_mut(leader)
+            .unwrap()
+            .propose_rejoin(1, 99)
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::Rejected(reason) if reason.contains("node 99 is not a member")),
+            "{error}"
+        );
+        assert_eq!(
+            cluster.node(leader).unwrap().storage().conf_state().voters,
+            cluster.ids()
+        );
+    }
+
+    #[test]
+    fn proposals_from_the_network_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster = lossless_cluster_with_leader(25, dir.path(), 2);
+        let leader = cluster.leader().unwrap();
+        let before = cluster.node(leader).unwrap().last_index();
+        let mut forged = Message::default();
+        forged.set_msg_type(MessageType::MsgPropose);
+        forged.from = 2;
+        forged.to = leader;
+        forged.set_entries(
+            vec![Entry {
+                data: Register::command(7, b"forged").into(),
+                ..Default::default()
+            }]
+            .into(),
+        );
+        cluster.node_mut(leader).unwrap().step(forged).unwrap();
+        assert_eq!(cluster.node(leader).unwrap().last_index(), before);
     }
 }

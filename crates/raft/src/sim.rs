@@ -34,7 +34,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
-use crate::node::{GroupNode, NodeConfig, Output, StateMachine};
+use crate::node::{ApplyError, GroupNode, NodeConfig, Output, StateMachine};
 use crate::storage::Store;
 use crate::{GroupId, NodeId};
 
@@ -511,12 +511,15 @@ impl Register {
 }
 
 impl StateMachine for Register {
-    fn apply(&mut self, _index: u64, command: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    fn apply(&mut self, _index: u64, command: &[u8]) -> std::result::Result<Vec<u8>, ApplyError> {
         let Some(id) = command
             .get(..8)
             .map(|b| u64::from_be_bytes(b.try_into().unwrap()))
         else {
-            return Err(format!("command of {} bytes has no id", command.len()));
+            return Err(ApplyError::Rejected(format!(
+                "command of {} bytes has no id",
+                command.len()
+            )));
         };
         let mut hasher = crc32fast::Hasher::new_with_initial(self.checksum);
         hasher.update(command);
@@ -533,9 +536,12 @@ impl StateMachine for Register {
         out
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> std::result::Result<(), String> {
+    fn restore(&mut self, snapshot: &[u8]) -> std::result::Result<(), ApplyError> {
         if snapshot.len() < 4 || !(snapshot.len() - 4).is_multiple_of(8) {
-            return Err(format!("register snapshot of {} bytes", snapshot.len()));
+            return Err(ApplyError::Rejected(format!(
+                "register snapshot of {} bytes",
+                snapshot.len()
+            )));
         }
         self.checksum = u32::from_be_bytes(snapshot[..4].try_into().unwrap());
         self.ids = snapshot[4..]

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use leakbloom_raft::sim::Register;
 use leakbloom_raft::{
-    Driver, Error, GroupHandle, GroupId, GroupNode, NodeConfig, NodeId, StateMachine, Store,
-    Transport,
+    ApplyError, Driver, Error, GroupHandle, GroupId, GroupNode, NodeConfig, NodeId, StateMachine,
+    Store, Transport,
 };
 use raft::eraftpb::{Message, MessageType};
 use raft::StateRole;
@@ -34,7 +34,7 @@ impl Probe {
 }
 
 impl StateMachine for Probe {
-    fn apply(&mut self, index: u64, command: &[u8]) -> Result<Vec<u8>, String> {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Result<Vec<u8>, ApplyError> {
         self.0.lock().unwrap().apply(index, command)
     }
 
@@ -42,7 +42,7 @@ impl StateMachine for Probe {
         self.0.lock().unwrap().snapshot()
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), ApplyError> {
         self.0.lock().unwrap().restore(snapshot)
     }
 }
