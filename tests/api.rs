@@ -205,7 +205,7 @@ async fn bad_input_gets_the_documented_status() {
     let config = Config {
         max_batch: 16,
         max_sets: 3,
-        max_filter_memory: 64 << 20,
+        max_filter_memory: Some(64 << 20),
         ..Config::default()
     };
     let node = TestNode::start(config).await;

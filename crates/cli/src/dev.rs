@@ -89,6 +89,10 @@ pub async fn run(args: DevArgs) -> Result<()> {
         peers.insert(u64::from(i) + 1, nth(args.peer_listen, i, true)?);
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    // The nodes share one process: each may hold its share of what the process can get.
+    let memory = leakbloom_node::memory::ProcessMemory::read();
+    let filter_memory = memory.filter_limit() / u64::from(DEV_NODES);
+    tracing::info!(%memory, filter_memory, "filter memory per node");
     let mut configs = Vec::new();
     for i in 0..DEV_NODES {
         let id = u64::from(i) + 1;
@@ -102,6 +106,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
                 .collect(),
             data_dir: args.data_dir.join(format!("node-{id}")),
             shards: args.shards,
+            max_filter_memory: Some(filter_memory),
             ..Config::default()
         };
         config.validate()?;

@@ -49,7 +49,8 @@ pub struct NodeArgs {
     /// Most keys per Check or Insert request.
     #[arg(long, env = "LEAKBLOOM_MAX_BATCH")]
     pub max_batch: Option<usize>,
-    /// Most bytes of filter memory over all sets.
+    /// Most bytes of filter memory over all sets (default: half of what the process can get:
+    /// the least of its cgroup memory limit, ulimit -v and physical memory).
     #[arg(long, env = "LEAKBLOOM_MAX_FILTER_MEMORY")]
     pub max_filter_memory: Option<u64>,
     /// Most sets.
@@ -95,7 +96,7 @@ impl NodeArgs {
             config.max_batch = max_batch;
         }
         if let Some(max) = self.max_filter_memory {
-            config.max_filter_memory = max;
+            config.max_filter_memory = Some(max);
         }
         if let Some(max) = self.max_sets {
             config.max_sets = max;

@@ -116,6 +116,19 @@ impl Geometry {
         self.blocks.saturating_mul(BLOCK_BYTES)
     }
 
+    /// Bytes of memory a filter of this geometry holds ([`crate::Filter::memory_bytes`]): its
+    /// blocks, rounded up to whole 2 MiB huge pages when it is mapped (from 2 MiB on, on
+    /// Unix). What memory budgets count, computable before the filter exists.
+    pub fn memory_bytes(&self) -> u64 {
+        let bytes = self.bytes();
+        let huge = crate::memory::HUGE_PAGE as u64;
+        if cfg!(unix) && bytes >= huge {
+            bytes.div_ceil(huge).saturating_mul(huge)
+        } else {
+            bytes
+        }
+    }
+
     /// Bits of filter per key when it holds `keys` keys.
     pub fn bits_per_key(&self, keys: u64) -> f64 {
         self.bits() as f64 / keys.max(1) as f64

@@ -231,6 +231,7 @@ fn filled_filters_round_trip() {
     let keys = Keys::take(70, 50_000);
     let filter = Filter::with_capacity(50_000, 1e-5).unwrap();
     assert!(filter.memory_bytes() >= filter.geometry().bytes());
+    assert_eq!(filter.memory_bytes(), filter.geometry().memory_bytes());
     filter.insert_batch(&keys);
     let bytes = filter.encode();
     assert_eq!(bytes.len() as u64, filter.encoded_len());
@@ -255,6 +256,7 @@ fn large_filters_use_mapped_memory_and_round_trip() {
     let filter = Filter::with_capacity(500_000, 1e-6).unwrap();
     assert!(filter.geometry().bytes() >= 2 << 20);
     assert_eq!(filter.memory_bytes() % (2 << 20), 0);
+    assert_eq!(filter.memory_bytes(), filter.geometry().memory_bytes());
     filter.insert_batch(&keys);
     assert!(keys.iter().all(|key| filter.contains(key)));
     let back = Filter::decode(&filter.encode()).unwrap();

@@ -25,6 +25,15 @@ use crate::shard::ShardId;
 /// File in the data directory recording the layout the data was created with.
 pub const RECORD_FILE: &str = "cluster.toml";
 
+/// Format of the data directories this build writes and reads. 2: a catalog group beside the
+/// shards, and set partitions with generations (see [`crate::catalog`]).
+pub const FORMAT: u32 = 2;
+
+/// The format of records written before they named one.
+fn first_format() -> u32 {
+    1
+}
+
 /// Who holds which shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
@@ -97,6 +106,9 @@ impl Layout {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Record {
+    /// The data directory's format ([`FORMAT`]); records written before it had one are 1.
+    #[serde(default = "first_format")]
+    pub format: u32,
     /// The node this directory belongs to.
     pub id: NodeId,
     /// Shard count.
@@ -152,6 +164,16 @@ impl Record {
                 path.parent().unwrap_or(path).display()
             )))
         };
+        if stored.format != self.format {
+            return mismatch(
+                "format",
+                stored.format.to_string(),
+                self.format.to_string(),
+                "this leakbloom reads only its own data directory format: create the cluster \
+                 again with empty data directories (leakbloom dev --fresh) and insert the sets \
+                 again",
+            );
+        }
         if stored.id != self.id {
             return mismatch(
                 "node id",
@@ -239,6 +261,7 @@ mod tests {
 
     fn record(id: NodeId, shards: u32) -> Record {
         Record {
+            format: FORMAT,
             id,
             shards,
             replication: 3,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use leakbloom_raft::NodeId;
 use serde::Deserialize;
 
-use crate::cluster::{Layout, Record};
+use crate::cluster::{Layout, Record, FORMAT};
 use crate::shard::MAX_SHARDS;
 
 /// Default client API address: the conventional local gRPC port.
@@ -41,10 +41,6 @@ pub const DEFAULT_MAX_BATCH: usize = 65_536;
 
 /// Largest `max_batch` a node accepts: 1 Mi keys are a 32 MiB message.
 pub const MAX_MAX_BATCH: usize = 1 << 20;
-
-/// Default filter memory a node may hold, per replica: 16 GiB fits the 533 M-key Facebook set at
-/// 1e-6 (2.4 GiB) several times over and leaves room on a 24-32 GiB machine.
-pub const DEFAULT_MAX_FILTER_MEMORY: u64 = 16 << 30;
 
 /// Default number of sets: every set costs one filter per shard.
 pub const DEFAULT_MAX_SETS: usize = 1024;
@@ -106,9 +102,11 @@ pub struct Config {
     pub shards: u32,
     /// Most keys accepted in one Check or Insert request.
     pub max_batch: usize,
-    /// Most bytes of filter memory this node holds over all sets (one replica's worth).
-    pub max_filter_memory: u64,
-    /// Most sets this node holds.
+    /// Most bytes of filter memory this node holds over all sets. None: half of what the
+    /// process can get (the least of its cgroup memory limit, `RLIMIT_AS` and physical memory;
+    /// see [`crate::memory`]).
+    pub max_filter_memory: Option<u64>,
+    /// Most sets this node allows in the cluster (the cluster's limit is the smallest node's).
     pub max_sets: usize,
 }
 
@@ -127,7 +125,7 @@ impl Default for Config {
             snapshot_entries: DEFAULT_SNAPSHOT_ENTRIES,
             shards: DEFAULT_SHARDS,
             max_batch: DEFAULT_MAX_BATCH,
-            max_filter_memory: DEFAULT_MAX_FILTER_MEMORY,
+            max_filter_memory: None,
             max_sets: DEFAULT_MAX_SETS,
         }
     }
@@ -182,6 +180,13 @@ impl Config {
         }
     }
 
+    /// The filter memory this node may hold: `max_filter_memory`, or the default share of
+    /// what the process can get ([`crate::memory::default_limit`]).
+    pub fn filter_memory_limit(&self) -> u64 {
+        self.max_filter_memory
+            .unwrap_or_else(crate::memory::default_limit)
+    }
+
     /// The replica layout this config describes.
     pub fn layout(&self) -> Result<Layout, ConfigError> {
         let members = self.members();
@@ -195,6 +200,7 @@ impl Config {
     pub fn record(&self) -> Result<Record, ConfigError> {
         let layout = self.layout()?;
         Ok(Record {
+            format: FORMAT,
             id: self.id,
             shards: self.shards,
             replication: layout.replication(),

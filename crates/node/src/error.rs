@@ -32,6 +32,19 @@ pub enum Error {
         /// What is wrong and what is accepted.
         reason: String,
     },
+    /// A check whose answer (one bit per set and key) would be too large.
+    #[error(
+        "a check of {sets} sets x {keys} keys is over the limit of {max} set-key pairs per \
+         check: name fewer sets or send fewer keys per request"
+    )]
+    CheckTooLarge {
+        /// Sets asked for (every set, when none was named).
+        sets: usize,
+        /// Keys in the request.
+        keys: usize,
+        /// The limit.
+        max: u64,
+    },
     /// The same set named twice in one request.
     #[error("set {0:?} is named more than once in the request: name each set once")]
     DuplicateSet(String),
@@ -56,15 +69,17 @@ pub enum Error {
         /// The parameters of the request.
         requested: String,
     },
-    /// Creating the set would take the node over its filter memory limit.
+    /// Creating the set would take a node over its filter memory limit.
     #[error(
-        "set {name:?} needs {needed} bytes of filter memory per replica but only {available} of \
-         the node's {limit}-byte limit are free: lower its capacity, raise its fpr, drop a set, \
-         or raise max_filter_memory"
+        "set {name:?} needs {needed} bytes of filter memory on node {node} but only {available} \
+         of that node's {limit}-byte limit are free: lower its capacity, raise its fpr, drop a \
+         set, or raise max_filter_memory"
     )]
     MemoryLimit {
         /// The set.
         name: String,
+        /// The node that lacks the memory.
+        node: NodeId,
         /// Bytes the new set needs on this node.
         needed: u64,
         /// Bytes still free under the limit.
@@ -72,11 +87,43 @@ pub enum Error {
         /// The limit (`max_filter_memory`).
         limit: u64,
     },
-    /// The node holds as many sets as it allows.
-    #[error("the node already holds {max} sets, its limit: drop a set first")]
+    /// The cluster holds as many sets as its nodes allow.
+    #[error(
+        "the cluster already holds {max} sets, the smallest node's max_sets: drop a set first"
+    )]
     TooManySets {
-        /// `max_sets` from the config.
-        max: usize,
+        /// The smallest `max_sets` of the nodes.
+        max: u64,
+    },
+    /// A node that hosts partitions of every set has not reported its limits to the catalog
+    /// yet (it is starting, or down since the cluster was created). Retryable.
+    #[error(
+        "node {node} has not reported its memory limits yet, so no set can be admitted; \
+         start it, then retry"
+    )]
+    NodeLimitsUnknown {
+        /// The node.
+        node: NodeId,
+    },
+    /// A committed command the state machine cannot accept on its content (keys of another
+    /// shard, a create without a generation, ...): refused alike on every replica. Only a
+    /// forged proposal or a bug produces one; the leader checks commands before proposing.
+    #[error("command refused: {0}")]
+    Refused(String),
+    /// A membership-related command named a node the cluster does not have.
+    #[error("node {node} is not a member of this cluster")]
+    UnknownNode {
+        /// The node.
+        node: NodeId,
+    },
+    /// This node's replica cannot apply a committed command for want of memory; it stops
+    /// applying (the other replicas go on) and retries until it can.
+    #[error("shard {shard} replica on this node is stalled: {reason}")]
+    Stalled {
+        /// The shard.
+        shard: ShardId,
+        /// What it lacks.
+        reason: String,
     },
     /// The filter engine refused (e.g. sizing out of range, allocation failed).
     #[error(transparent)]
@@ -116,6 +163,13 @@ impl Error {
                 leader,
                 reason: format!("node {node} does not lead it"),
             },
+            leakbloom_raft::Error::Stalled { reason, .. } => Error::Unavailable {
+                shard,
+                leader: None,
+                reason: format!(
+                    "node {node} leads it but is stalled ({reason}) and hands leadership away"
+                ),
+            },
             other => Error::Replica {
                 shard,
                 reason: format!("node {node}: {other}"),
@@ -138,10 +192,13 @@ impl From<Error> for Status {
             | Error::SetName { .. }
             | Error::SetParameters { .. }
             | Error::DuplicateSet(_)
+            | Error::CheckTooLarge { .. }
             | Error::Consistency(_) => Code::InvalidArgument,
             Error::SetNotFound(_) => Code::NotFound,
             Error::SetExists { .. } => Code::AlreadyExists,
             Error::MemoryLimit { .. } | Error::TooManySets { .. } => Code::ResourceExhausted,
+            Error::NodeLimitsUnknown { .. } | Error::Stalled { .. } => Code::Unavailable,
+            Error::UnknownNode { .. } | Error::Refused(_) => Code::FailedPrecondition,
             Error::Filter(leakbloom_filter::Error::Alloc { .. }) => Code::ResourceExhausted,
             Error::Filter(_) => Code::InvalidArgument,
             Error::Unavailable { .. } => Code::Unavailable,

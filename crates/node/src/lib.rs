@@ -33,6 +33,7 @@
 //!   part-way leaves it on some shards, invisible until the request is retried (see [`node`]).
 //! - The peer port has no authentication; keep it on a private network.
 
+pub mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod error;
@@ -48,5 +49,6 @@ pub use error::{Error, Result};
 pub use node::Node;
 pub use server::{Server, StartError};
 pub mod machine;
+pub mod memory;
 pub mod metrics;
 pub mod peer;

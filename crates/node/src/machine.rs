@@ -24,12 +24,15 @@
 
 use std::sync::Arc;
 
+use leakbloom_proto::v1::catalog_result::{self, Outcome as CatalogOutcome};
 use leakbloom_proto::v1::command_result::{self, Outcome};
-use leakbloom_proto::v1::{Command, CommandResult};
+use leakbloom_proto::v1::{CatalogCommand, CatalogResult, Command, CommandResult};
 use leakbloom_raft::{ApplyError, StateMachine};
 use prost::Message as _;
 
+use crate::catalog::{self, CatalogState, Entry};
 use crate::error::{BatchError, Error, Result};
+use crate::memory::Budget;
 use crate::shard::ShardId;
 use crate::state::{Applied, ShardState};
 
@@ -52,7 +55,7 @@ impl Machine {
 impl Default for Machine {
     /// An empty state of shard 0 (for tests: the simulation builds machines from nothing).
     fn default() -> Machine {
-        Machine::new(Arc::new(ShardState::new(0)))
+        Machine::new(Arc::new(ShardState::new(0, 1, Budget::new(u64::MAX))))
     }
 }
 
@@ -66,7 +69,10 @@ impl StateMachine for Machine {
                 command.len()
             ))
         })?;
-        Ok(encode_outcome(&self.0.apply_at(index, &command)))
+        match self.0.apply_at(index, &command) {
+            Err(Error::Stalled { reason, .. }) => Err(ApplyError::Stalled(reason)),
+            outcome => Ok(encode_outcome(&outcome)),
+        }
     }
 
     fn snapshot(&self) -> Vec<u8> {
@@ -74,9 +80,13 @@ impl StateMachine for Machine {
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> std::result::Result<(), ApplyError> {
-        self.0
-            .restore(snapshot)
-            .map_err(|e| ApplyError::Rejected(e.to_string()))
+        self.0.restore(snapshot).map_err(|e| {
+            if e.is_memory() {
+                ApplyError::Stalled(e.to_string())
+            } else {
+                ApplyError::Rejected(e.to_string())
+            }
+        })
     }
 }
 
@@ -110,6 +120,7 @@ pub fn encode_outcome(outcome: &Result<Applied>) -> Vec<u8> {
             name: name.clone(),
             reason: reason.clone(),
         }),
+        Err(Error::Refused(reason)) => Outcome::Refused(reason.clone()),
         Err(other) => Outcome::Other(other.to_string()),
     };
     CommandResult {
@@ -153,6 +164,7 @@ pub fn decode_outcome(shard: ShardId, bytes: &[u8]) -> Result<Applied> {
             name: e.name,
             reason: e.reason,
         }),
+        Some(Outcome::Refused(reason)) => Err(Error::Refused(reason)),
         Some(Outcome::Other(message)) => Err(Error::Replica {
             shard,
             reason: message,
@@ -160,6 +172,126 @@ pub fn decode_outcome(shard: ShardId, bytes: &[u8]) -> Result<Applied> {
         None => Err(incompatible(
             "a command's result is of an unknown kind".into(),
         )),
+    }
+}
+
+/// The cluster catalog as its Raft group's [`StateMachine`] (see [`crate::catalog`]).
+#[derive(Debug, Clone)]
+pub struct CatalogMachine(Arc<CatalogState>);
+
+impl CatalogMachine {
+    /// A state machine applying to `state`, which the caller may keep reading.
+    pub fn new(state: Arc<CatalogState>) -> CatalogMachine {
+        CatalogMachine(state)
+    }
+}
+
+impl StateMachine for CatalogMachine {
+    fn apply(&mut self, index: u64, command: &[u8]) -> std::result::Result<Vec<u8>, ApplyError> {
+        let command = CatalogCommand::decode(command).map_err(|e| {
+            ApplyError::Rejected(format!(
+                "catalog log entry {index} ({} bytes) is not a catalog command this version \
+                 reads: {e}",
+                command.len()
+            ))
+        })?;
+        Ok(encode_catalog_outcome(&self.0.apply(index, &command)))
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.snapshot()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> std::result::Result<(), ApplyError> {
+        self.0.restore(snapshot).map_err(ApplyError::Rejected)
+    }
+}
+
+/// Encodes what [`CatalogState::apply`] returned as a `CatalogResult`.
+pub fn encode_catalog_outcome(outcome: &Result<catalog::Outcome>) -> Vec<u8> {
+    use command_result::{InvalidSet, Nothing, SetExists};
+    let outcome = match outcome {
+        Ok(catalog::Outcome::Set(entry)) => CatalogOutcome::Set(entry.to_proto()),
+        Ok(catalog::Outcome::Dropped(generation)) => CatalogOutcome::Dropped(*generation),
+        Ok(catalog::Outcome::Done) => CatalogOutcome::Done(Nothing {}),
+        Err(Error::SetExists {
+            name,
+            existing,
+            requested,
+        }) => CatalogOutcome::SetExists(SetExists {
+            name: name.clone(),
+            existing: existing.clone(),
+            requested: requested.clone(),
+        }),
+        Err(Error::SetNotFound(name)) => CatalogOutcome::SetNotFound(name.clone()),
+        Err(Error::SetParameters { name, reason } | Error::SetName { name, reason }) => {
+            CatalogOutcome::SetParameters(InvalidSet {
+                name: name.clone(),
+                reason: reason.clone(),
+            })
+        }
+        Err(Error::MemoryLimit {
+            name,
+            node,
+            needed,
+            available,
+            limit,
+        }) => CatalogOutcome::MemoryLimit(catalog_result::MemoryLimit {
+            name: name.clone(),
+            node: *node,
+            needed: *needed,
+            available: *available,
+            limit: *limit,
+        }),
+        Err(Error::TooManySets { max }) => CatalogOutcome::TooManySets(*max),
+        Err(Error::NodeLimitsUnknown { node }) => CatalogOutcome::LimitsUnknown(*node),
+        Err(other) => CatalogOutcome::Other(other.to_string()),
+    };
+    CatalogResult {
+        outcome: Some(outcome),
+    }
+    .encode_to_vec()
+}
+
+/// Decodes [`encode_catalog_outcome`]'s bytes.
+pub fn decode_catalog_outcome(bytes: &[u8]) -> Result<catalog::Outcome> {
+    let incompatible = |what: String| Error::Replica {
+        shard: u32::MAX,
+        reason: format!(
+            "catalog: {what}: the nodes run incompatible leakbloom versions; upgrade them all \
+             to one version"
+        ),
+    };
+    let result = CatalogResult::decode(bytes)
+        .map_err(|e| incompatible(format!("a result does not decode ({e})")))?;
+    match result.outcome {
+        Some(CatalogOutcome::Set(set)) => Entry::from_proto(&set).map(catalog::Outcome::Set),
+        Some(CatalogOutcome::Dropped(generation)) => Ok(catalog::Outcome::Dropped(generation)),
+        Some(CatalogOutcome::Done(_)) => Ok(catalog::Outcome::Done),
+        Some(CatalogOutcome::SetExists(e)) => Err(Error::SetExists {
+            name: e.name,
+            existing: e.existing,
+            requested: e.requested,
+        }),
+        Some(CatalogOutcome::SetNotFound(name)) => Err(Error::SetNotFound(name)),
+        Some(CatalogOutcome::SetParameters(e)) => Err(Error::SetParameters {
+            name: e.name,
+            reason: e.reason,
+        }),
+        Some(CatalogOutcome::MemoryLimit(e)) => Err(Error::MemoryLimit {
+            name: e.name,
+            node: e.node,
+            needed: e.needed,
+            available: e.available,
+            limit: e.limit,
+        }),
+        Some(CatalogOutcome::TooManySets(max)) => Err(Error::TooManySets { max }),
+        Some(CatalogOutcome::LimitsUnknown(node)) => Err(Error::NodeLimitsUnknown { node }),
+        Some(CatalogOutcome::Other(message)) => Err(Error::Replica {
+            shard: u32::MAX,
+            reason: format!("catalog: {message}"),
+        }),
+        None => Err(incompatible("a result of an unknown kind".into())),
     }
 }
 
@@ -177,6 +309,7 @@ mod tests {
         let geometry = spec.partition_geometry(1).unwrap();
         let create = CreateSetCommand {
             name: name.into(),
+            generation: 1,
             ..spec.command(geometry)
         };
         Command {
@@ -192,6 +325,7 @@ mod tests {
             kind: Some(command::Kind::Insert(InsertCommand {
                 set: name.into(),
                 keys: keys.to_vec().into(),
+                generation: 1,
             })),
         }
         .encode_to_vec()
@@ -285,7 +419,7 @@ mod tests {
             Applied::Inserted { keys: 2 }
         );
         // Rejections are results, decoded into the error the state returned.
-        let direct = ShardState::new(0);
+        let direct = ShardState::new(0, 1, Budget::new(u64::MAX));
         direct
             .apply(&Command::decode(&create("s", 100)[..]).unwrap())
             .unwrap();
@@ -319,7 +453,7 @@ mod tests {
         assert_eq!(b.state().applied(), 3);
         let err = b.restore(b"LBSHARD\0 not really").unwrap_err().to_string();
         assert!(err.contains("snapshot"), "{err}");
-        let err = Machine::new(Arc::new(ShardState::new(1)))
+        let err = Machine::new(Arc::new(ShardState::new(1, 2, Budget::new(u64::MAX))))
             .restore(&a.snapshot())
             .unwrap_err()
             .to_string();

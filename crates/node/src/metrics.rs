@@ -8,7 +8,10 @@
 //! `leakbloom_raft_term`, `leakbloom_raft_leader` (node id, 0 when unknown),
 //! `leakbloom_raft_leader_changes_total` (since start), `leakbloom_raft_applied`,
 //! `leakbloom_raft_apply_lag` (durable commit index minus applied), `leakbloom_raft_rebuilding`
-//! (1 while the replica is rebuilt from peers); per set (`set` label, as this node sees it):
+//! (1 while the replica is rebuilt from peers), `leakbloom_raft_stalled` (1 while it cannot
+//! apply for want of memory); the catalog's replica has `shard="catalog"`. Per node:
+//! `leakbloom_replica_unhealthy{shard,reason}` (each reason the node is NOT_SERVING:
+//! `stalled` or `no_leader`) and `leakbloom_filter_memory_bytes{kind="used"|"limit"}`. Per set (`set` label, as this node sees it):
 //! `leakbloom_set_estimated_keys`, `leakbloom_set_capacity`, `leakbloom_set_fill_ratio`,
 //! `leakbloom_set_estimated_fpr` and `leakbloom_set_over_capacity` (1 once the estimated keys
 //! exceed the capacity: the false-positive rate then climbs past its target).
@@ -23,7 +26,8 @@ use leakbloom_raft::GroupHandle;
 use prometheus::{GaugeVec, IntGaugeVec, Opts, Registry};
 use tokio::net::TcpListener;
 
-use crate::node::Node;
+use crate::catalog::CATALOG_GROUP;
+use crate::node::{Health, Node};
 
 /// The node's request counters (the gauges are read from the node at each scrape).
 #[derive(Debug)]
@@ -53,16 +57,59 @@ impl Metrics {
         for (name, help, value) in SHARD_GAUGES {
             let gauge =
                 IntGaugeVec::new(Opts::new(*name, *help), &["shard"]).expect("valid metric");
-            for shard in 0..node.config().shards {
-                if let Some(group) = node.group(shard) {
-                    let value = i64::try_from(value(group)).unwrap_or(i64::MAX);
-                    gauge.with_label_values(&[&shard.to_string()]).set(value);
-                }
+            let shards = (0..node.config().shards)
+                .filter_map(|shard| Some((shard.to_string(), node.group(shard)?)))
+                .chain([("catalog".to_string(), node.catalog_group())]);
+            for (shard, group) in shards {
+                let value = i64::try_from(value(group)).unwrap_or(i64::MAX);
+                gauge.with_label_values(&[&shard]).set(value);
             }
             state
                 .register(Box::new(gauge))
                 .expect("metric names are unique");
         }
+        let unhealthy = IntGaugeVec::new(
+            Opts::new(
+                "leakbloom_replica_unhealthy",
+                "1 for each reason a replica keeps this node NOT_SERVING: stalled (it cannot \
+                 apply for want of filter memory), no_leader (its group has no leader it knows).",
+            ),
+            &["shard", "reason"],
+        )
+        .expect("valid metric");
+        for problem in node.health() {
+            let reason = match problem {
+                Health::Stalled { .. } => "stalled",
+                Health::NoLeader { .. } => "no_leader",
+            };
+            let group = problem.group();
+            let shard = if group == CATALOG_GROUP {
+                "catalog".to_string()
+            } else {
+                group.to_string()
+            };
+            unhealthy.with_label_values(&[&shard, reason]).set(1);
+        }
+        state
+            .register(Box::new(unhealthy))
+            .expect("metric names are unique");
+        let memory = IntGaugeVec::new(
+            Opts::new(
+                "leakbloom_filter_memory_bytes",
+                "This node's filter memory: held by its partitions (used), and its limit.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let budget = node.budget();
+        for (kind, bytes) in [("used", budget.used()), ("limit", budget.limit())] {
+            memory
+                .with_label_values(&[kind])
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+        state
+            .register(Box::new(memory))
+            .expect("metric names are unique");
         let sets = node.list_sets().await.unwrap_or_default();
         for (name, help, value) in SET_GAUGES {
             let gauge = GaugeVec::new(Opts::new(*name, *help), &["set"]).expect("valid metric");
@@ -108,6 +155,12 @@ const SHARD_GAUGES: &[ShardGauge] = &[
         "leakbloom_raft_apply_lag",
         "Durable commit index minus applied index.",
         |g| g.committed().saturating_sub(g.applied()),
+    ),
+    (
+        "leakbloom_raft_stalled",
+        "1 while this replica cannot apply committed entries for want of filter memory (it \
+         serves no reads and leads nothing; the log says why; it resumes by itself).",
+        |g| u64::from(g.stalled().is_some()),
     ),
     (
         "leakbloom_raft_rebuilding",

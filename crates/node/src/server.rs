@@ -20,13 +20,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
+use crate::catalog::CATALOG_GROUP;
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::{self, Metrics};
-use crate::node::Node;
+use crate::node::{Health, Node};
 use crate::peer::{Local, PeerService, Peers, Slot};
 use crate::service::{ClusterService, LookupService};
-use crate::shard::ShardId;
 
 /// HTTP/2 frame size on the server: 256 KiB instead of 16 KiB. h2 writes every frame with its
 /// own syscall, so large check batches were measured 1.7x faster with it.
@@ -38,14 +38,61 @@ const MESSAGE_OVERHEAD: usize = 64 << 10;
 /// How often the node looks for sets over their capacity (to warn in the log).
 const CAPACITY_WATCH: Duration = Duration::from_secs(30);
 
+/// How often the Lookup service's health is worked out again.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a replica may know no leader before its node reports NOT_SERVING: longer than an
+/// election (1-2 s at the default tick), so a failover does not flap readiness.
+const NO_LEADER_GRACE: Duration = Duration::from_secs(3);
+
+/// Keeps the health of `leakbloom.v1.Lookup` true: NOT_SERVING while a replica of the node is
+/// stalled (it cannot apply for want of memory) or has known no leader for
+/// [`NO_LEADER_GRACE`] (no quorum reachable), SERVING otherwise; logs each change with why.
+async fn watch_health(node: Arc<Node>, reporter: tonic_health::server::HealthReporter) {
+    let mut leaderless: BTreeMap<GroupId, Instant> = BTreeMap::new();
+    let mut was: Option<Vec<String>> = None;
+    loop {
+        let now = Instant::now();
+        let problems = node.health();
+        leaderless.retain(|group, _| {
+            problems
+                .iter()
+                .any(|p| matches!(p, Health::NoLeader { group: g } if g == group))
+        });
+        let problems: Vec<String> = problems
+            .iter()
+            .filter(|problem| match problem {
+                Health::NoLeader { group } => {
+                    now.duration_since(*leaderless.entry(*group).or_insert(now)) >= NO_LEADER_GRACE
+                }
+                Health::Stalled { .. } => true,
+            })
+            .map(ToString::to_string)
+            .collect();
+        if was.as_ref() != Some(&problems) {
+            if problems.is_empty() {
+                reporter.set_serving::<LookupServer<LookupService>>().await;
+                tracing::info!(node = node.id(), "serving");
+            } else {
+                reporter
+                    .set_not_serving::<LookupServer<LookupService>>()
+                    .await;
+                tracing::warn!(node = node.id(), problems = ?problems, "not serving");
+            }
+            was = Some(problems);
+        }
+        tokio::time::sleep(HEALTH_EVERY).await;
+    }
+}
+
 /// How often a node with a new data directory asks its peers whether the cluster is new.
 const DISCOVER_POLL: Duration = Duration::from_millis(200);
 
 /// How often it says that it is still waiting for them.
 const DISCOVER_LOG: Duration = Duration::from_secs(5);
 
-/// For a node whose data directory is new: the hosted shards whose data the cluster already
-/// holds, so that their replicas must be rebuilt from the peers (a wiped disk) instead of
+/// For a node whose data directory is new: the hosted groups (shards, and the catalog) whose
+/// data the cluster already holds, so that their replicas must be rebuilt from the peers (a wiped disk) instead of
 /// bootstrapped (a new cluster). Asks the peers' `Status` until every hosted shard is decided:
 /// held when one of its other replicas has committed anything, new when a majority of its
 /// replicas, this one included, are new or hold nothing committed. Waits as long as a shard is
@@ -54,13 +101,16 @@ const DISCOVER_LOG: Duration = Duration::from_secs(5);
 /// a leader without acknowledged writes. Nodes of a new cluster therefore start together (a
 /// StatefulSet with `podManagementPolicy: Parallel`, or `leakbloom dev`); one that starts
 /// after the others committed is rebuilt from them, which is slower but as good.
-async fn discover(config: &Config, peers: &Peers) -> Vec<ShardId> {
+async fn discover(config: &Config, peers: &Peers) -> Vec<GroupId> {
     let Ok(layout) = config.layout() else {
         // Node::open reports the configuration error.
         return Vec::new();
     };
-    let hosted: Vec<ShardId> = (0..config.shards)
-        .filter(|&shard| layout.replicas(shard).contains(&config.id))
+    // Every hosted shard's group and its replicas, and the catalog's (on every node).
+    let hosted: Vec<(GroupId, Vec<NodeId>)> = (0..config.shards)
+        .map(|shard| (GroupId::from(shard), layout.replicas(shard)))
+        .chain([(CATALOG_GROUP, layout.nodes().to_vec())])
+        .filter(|(_, replicas)| replicas.contains(&config.id))
         .collect();
     if layout.replication() < 2 {
         return Vec::new();
@@ -83,9 +133,8 @@ async fn discover(config: &Config, peers: &Peers) -> Vec<ShardId> {
         .collect();
         let mut held = Vec::new();
         let mut undecided = Vec::new();
-        for &shard in &hosted {
-            let replicas = layout.replicas(shard);
-            let group = GroupId::from(shard);
+        for (group, replicas) in &hosted {
+            let group = *group;
             let answered = replicas.iter().filter_map(|id| answers.get(id));
             let mut new = 1;
             let mut committed = false;
@@ -98,9 +147,9 @@ async fn discover(config: &Config, peers: &Peers) -> Vec<ShardId> {
                 }
             }
             if committed {
-                held.push(shard);
+                held.push(group);
             } else if new < replicas.len() / 2 + 1 {
-                undecided.push(shard);
+                undecided.push(group);
             }
         }
         if undecided.is_empty() {
@@ -109,8 +158,8 @@ async fn discover(config: &Config, peers: &Peers) -> Vec<ShardId> {
             } else {
                 tracing::info!(
                     node = config.id,
-                    shards = ?held,
-                    "new data directory, but the peers hold these shards' data: rebuilding \
+                    groups = ?held,
+                    "new data directory, but the peers hold these groups' data: rebuilding \
                      their replicas from the peers"
                 );
             }
@@ -125,9 +174,9 @@ async fn discover(config: &Config, peers: &Peers) -> Vec<ShardId> {
                 .collect();
             tracing::warn!(
                 node = config.id,
-                shards = ?undecided,
+                groups = ?undecided,
                 silent = ?silent,
-                "new data directory: waiting for a majority of these shards' replicas to say \
+                "new data directory: waiting for a majority of these groups' replicas to say \
                  whether they are new (bootstrap) or hold data (rebuild from them)"
             );
         }
@@ -317,10 +366,10 @@ impl Server {
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
 
+        // The server as a whole ("") is SERVING while the process runs (liveness); the Lookup
+        // service only while the node's replicas can serve (readiness).
         let (health_reporter, health) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<LookupServer<LookupService>>()
-            .await;
+        let health_task = tokio::spawn(watch_health(self.node.clone(), health_reporter));
 
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -358,10 +407,14 @@ impl Server {
         // Replicas rebuilt from peers (a lost disk) ask their leaders to re-add them.
         let rebuild = tokio::spawn(self.node.clone().rebuild());
         let capacity = tokio::spawn(self.node.clone().watch_capacity(CAPACITY_WATCH));
+        // Limits reported to the catalog; interrupted set changes finished.
+        let maintain = tokio::spawn(self.node.clone().maintain());
         let client = client.await;
         let peer = self.peer.stop().await;
         rebuild.abort();
         capacity.abort();
+        maintain.abort();
+        health_task.abort();
         if let Some(task) = metrics_task {
             task.abort();
         }

@@ -7,6 +7,7 @@ use leakbloom_ident::Hashing;
 use leakbloom_proto::v1::CreateSetCommand;
 
 use crate::error::{Error, Result};
+use crate::memory::Reservation;
 
 /// Longest set name. Names appear in metrics, logs and URLs; 64 characters is plenty for
 /// `facebook-2021`-style names.
@@ -106,7 +107,8 @@ impl SetSpec {
         })
     }
 
-    /// The command that creates this set's partition on one shard.
+    /// The command that creates this set with partitions of `geometry` (its generation is
+    /// 0: the catalog's admission gives it one, see [`crate::catalog::Entry::command`]).
     pub fn command(&self, geometry: Geometry) -> CreateSetCommand {
         CreateSetCommand {
             name: self.name.clone(),
@@ -115,6 +117,7 @@ impl SetSpec {
             hashing: self.hashing.to_string(),
             blocks: geometry.blocks,
             hash_count: geometry.hashes,
+            generation: 0,
         }
     }
 
@@ -149,8 +152,22 @@ impl fmt::Display for SetSpec {
 pub struct Partition {
     /// The set's parameters (the same on every shard).
     pub spec: SetSpec,
+    /// Which incarnation of the set it belongs to (see [`crate::catalog`]).
+    pub generation: u64,
     /// The bits. Checks read it lock-free while the apply path sets bits.
     pub filter: Filter,
+    /// The filter's memory, counted in its node's budget until the partition is gone.
+    pub memory: Reservation,
+}
+
+impl Partition {
+    /// The create command of this partition, generation included.
+    pub fn command(&self) -> CreateSetCommand {
+        CreateSetCommand {
+            generation: self.generation,
+            ..self.spec.command(self.filter.geometry())
+        }
+    }
 }
 
 #[cfg(test)]

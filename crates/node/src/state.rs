@@ -19,11 +19,11 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `LBSHARD` and a zero byte |
-//! | 8 | 4 | format version, u32 (1) |
+//! | 8 | 4 | format version, u32 (2) |
 //! | 12 | 4 | shard id, u32 |
 //! | 16 | 8 | applied index, u64 |
 //! | 24 | 4 | number of sets, u32 |
-//! | 28 | … | each set, in name order: spec length (u32), spec (a protobuf `CreateSetCommand`: name, capacity, fpr, hashing and partition geometry), filter length (u64), filter (the filter codec's format, with its own CRC32) |
+//! | 28 | … | each set, in name order: spec length (u32), spec (a protobuf `CreateSetCommand`: name, capacity, fpr, hashing, partition geometry and generation), filter length (u64), filter (the filter codec's format, with its own CRC32) |
 //! | end − 4 | 4 | CRC32 (IEEE) of every byte before it, u32 |
 //!
 //! # Caveats
@@ -35,8 +35,16 @@
 //!   as bytes); filters are encoded straight into it. A restore holds the old and the new
 //!   filters at once until the swap: up to twice the shard's filter memory.
 //! - Building a filter for a committed `CreateSet` can fail for want of memory on one replica
-//!   only. Skipping the command would make that replica diverge, so `apply_at` panics instead
-//!   (see [`ShardState::apply_at`]); the node checks its memory limit before proposing.
+//!   only (its node's [`Budget`] is full, or the allocation fails). Skipping the command would
+//!   make that replica diverge, so `apply_at` returns [`Error::Stalled`], changes nothing, and
+//!   the replica stalls until it can apply it (`leakbloom_raft::node`, "Stalled replicas"); the
+//!   catalog admits sets against every node's limit before they commit, so this takes a node
+//!   restarted with less memory, or an operating system that refuses what it promised.
+//!   Filters are allocated before any lock is taken: nothing panics while one is held.
+//! - Commands are checked against what the shard can verify: an insert's keys must all
+//!   belong to this shard and name the partition's generation; a create's geometry must be
+//!   valid. Which sets exist is the catalog's to say; the leader checks a command against it
+//!   before proposing.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -48,14 +56,16 @@ use leakbloom_proto::v1::{command, Command, CreateSetCommand};
 use prost::Message as _;
 
 use crate::error::{Error, Result};
+use crate::memory::Budget;
 use crate::set::{Partition, SetSpec};
-use crate::shard::ShardId;
+use crate::shard::{shard_of, ShardId};
 use leakbloom_client::whole_keys;
 
 /// First bytes of every shard snapshot, so a wrong blob is named as such.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LBSHARD\0";
-/// Snapshot format version written and read; bump it whenever the layout changes.
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// Snapshot format version written and read; bump it whenever the layout changes. Version 2:
+/// partitions carry the set's generation.
+pub const SNAPSHOT_VERSION: u32 = 2;
 /// Bytes before the first set: magic, version, shard, applied index, number of sets.
 const HEADER_LEN: usize = 28;
 /// Bytes of the CRC32 trailer.
@@ -126,7 +136,17 @@ pub enum SnapshotError {
         /// What is wrong.
         reason: String,
     },
-    /// A set's encoded filter was refused by the filter codec (or could not be allocated).
+    /// A set's filter does not fit the node's filter memory budget now.
+    #[error("set {name:?} in the shard snapshot: {source}")]
+    Memory {
+        /// The set.
+        name: String,
+        /// What the budget said.
+        #[source]
+        source: crate::memory::Exhausted,
+    },
+    /// A set's encoded filter was refused by the filter codec, or could not be allocated
+    /// ([`SnapshotError::is_memory`]).
     #[error("set {name:?} in the shard snapshot: {source}")]
     Filter {
         /// The set.
@@ -137,6 +157,20 @@ pub enum SnapshotError {
     },
 }
 
+impl SnapshotError {
+    /// Whether the snapshot is fine but this replica lacks the memory to hold it now.
+    pub fn is_memory(&self) -> bool {
+        matches!(
+            self,
+            SnapshotError::Memory { .. }
+                | SnapshotError::Filter {
+                    source: leakbloom_filter::Error::Alloc { .. },
+                    ..
+                }
+        )
+    }
+}
+
 /// Set name → the set's partition on this shard.
 type Sets = BTreeMap<String, Arc<Partition>>;
 
@@ -144,6 +178,10 @@ type Sets = BTreeMap<String, Arc<Partition>>;
 #[derive(Debug)]
 pub struct ShardState {
     shard: ShardId,
+    /// Shards of the cluster: which keys belong here.
+    shards: u32,
+    /// The node's filter memory, shared by its replicas.
+    budget: Arc<Budget>,
     sets: RwLock<Sets>,
     /// Raft log index of the last command applied (0 before the first).
     applied: AtomicU64,
@@ -154,10 +192,12 @@ pub struct ShardState {
 }
 
 impl ShardState {
-    /// An empty shard.
-    pub fn new(shard: ShardId) -> ShardState {
+    /// An empty replica of shard `shard` of `shards`, holding its filters' memory in `budget`.
+    pub fn new(shard: ShardId, shards: u32, budget: Arc<Budget>) -> ShardState {
         ShardState {
             shard,
+            shards,
+            budget,
             sets: RwLock::default(),
             applied: AtomicU64::new(0),
             writer: Mutex::new(()),
@@ -167,6 +207,11 @@ impl ShardState {
     /// This shard's id.
     pub fn shard(&self) -> ShardId {
         self.shard
+    }
+
+    /// The node's filter memory budget this replica holds its filters in.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
     }
 
     /// Raft log index of the last command applied (see the module's caveats).
@@ -189,11 +234,13 @@ impl ShardState {
     /// results too (every replica returns the same one) and leave the sets unchanged, but the
     /// index is recorded either way: a rejected command is an entry of the log like any other.
     ///
+    /// [`Error::Stalled`] is not a result: the memory of a new set's filter cannot be had on
+    /// this replica, nothing changed and the index is not recorded; the same command must be
+    /// applied again later (see the module's caveats).
+    ///
     /// # Panics
     /// When `index` is not above [`applied`](Self::applied) (entries are applied once, in
-    /// order), and when the memory of a new set's filter cannot be had: the replica cannot
-    /// skip a committed command without diverging from the others, so it stops here and
-    /// applies the command again when it restarts with memory to spare.
+    /// order): a bug of the caller.
     pub fn apply_at(&self, index: u64, command: &Command) -> Result<Applied> {
         let _writer = self.writer();
         self.apply_locked(index, command)
@@ -207,54 +254,44 @@ impl ShardState {
              applied once each, in log order",
             self.shard
         );
-        let result = self.apply_kind(index, command.kind.as_ref());
-        self.applied.store(index, Ordering::Release);
+        let result = self.apply_kind(command.kind.as_ref());
+        if !matches!(result, Err(Error::Stalled { .. })) {
+            self.applied.store(index, Ordering::Release);
+        }
         result
     }
 
-    fn apply_kind(&self, index: u64, kind: Option<&command::Kind>) -> Result<Applied> {
+    fn apply_kind(&self, kind: Option<&command::Kind>) -> Result<Applied> {
         match kind {
-            Some(command::Kind::CreateSet(create)) => {
-                let (spec, geometry) = SetSpec::from_command(create)?;
-                geometry.validate().map_err(|e| Error::SetParameters {
-                    name: spec.name.clone(),
-                    reason: e.to_string(),
-                })?;
-                let mut sets = self.sets.write().expect("set map lock poisoned");
-                match sets.get(&spec.name) {
-                    Some(existing) if existing.spec == spec => Ok(Applied::Created),
-                    Some(existing) => Err(Error::SetExists {
-                        name: spec.name.clone(),
-                        existing: existing.spec.to_string(),
-                        requested: spec.to_string(),
-                    }),
-                    None => {
-                        // The geometry is valid, so only the memory can fail.
-                        let filter = Filter::new(geometry).unwrap_or_else(|e| {
-                            panic!(
-                                "shard {}: cannot apply the CreateSet of set {:?} committed at \
-                                 log index {index}: {e}. A replica that skipped it would \
-                                 diverge from the others: free memory (or drop sets) and \
-                                 restart this node, which applies it again",
-                                self.shard, spec.name
-                            )
-                        });
-                        sets.insert(spec.name.clone(), Arc::new(Partition { spec, filter }));
-                        Ok(Applied::Created)
-                    }
-                }
-            }
+            Some(command::Kind::CreateSet(create)) => self.create(create),
             Some(command::Kind::DropSet(drop)) => {
                 let mut sets = self.sets.write().expect("set map lock poisoned");
-                match sets.remove(&drop.name) {
-                    Some(_) => Ok(Applied::Dropped),
-                    None => Err(Error::SetNotFound(drop.name.clone())),
+                match sets.get(&drop.name) {
+                    Some(partition) if partition.generation <= drop.generation => {
+                        sets.remove(&drop.name);
+                        Ok(Applied::Dropped)
+                    }
+                    _ => Err(Error::SetNotFound(drop.name.clone())),
                 }
             }
             Some(command::Kind::Insert(insert)) => {
                 let keys = whole_keys(&insert.keys)?;
+                let outside = keys
+                    .iter()
+                    .filter(|key| shard_of(key, self.shards) != self.shard)
+                    .count();
+                if outside > 0 {
+                    return Err(Error::Refused(format!(
+                        "{outside} of the insert's {} keys belong to other shards than shard {} \
+                         of {}",
+                        keys.len(),
+                        self.shard,
+                        self.shards
+                    )));
+                }
                 let partition = self
                     .partition(&insert.set)
+                    .filter(|p| p.generation == insert.generation)
                     .ok_or_else(|| Error::SetNotFound(insert.set.clone()))?;
                 partition.filter.insert_batch(keys);
                 Ok(Applied::Inserted {
@@ -263,6 +300,64 @@ impl ShardState {
             }
             None => Ok(Applied::Nothing),
         }
+    }
+
+    /// Creates the partition of a set's generation (replacing an older generation's). Its
+    /// memory is reserved and allocated before the set map is locked.
+    fn create(&self, create: &CreateSetCommand) -> Result<Applied> {
+        let (spec, geometry) = SetSpec::from_command(create)?;
+        geometry.validate().map_err(|e| Error::SetParameters {
+            name: spec.name.clone(),
+            reason: e.to_string(),
+        })?;
+        if create.generation == 0 {
+            return Err(Error::Refused(format!(
+                "the create of set {:?} names no generation",
+                spec.name
+            )));
+        }
+        match self.partition(&spec.name) {
+            Some(existing) if existing.generation == create.generation => {
+                return if existing.spec == spec && existing.filter.geometry() == geometry {
+                    Ok(Applied::Created)
+                } else {
+                    Err(Error::Refused(format!(
+                        "set {:?} generation {} exists with other parameters",
+                        spec.name, create.generation
+                    )))
+                };
+            }
+            Some(existing) if existing.generation > create.generation => {
+                return Err(Error::Refused(format!(
+                    "set {:?} has a newer generation ({}) than {}",
+                    spec.name, existing.generation, create.generation
+                )));
+            }
+            _ => {}
+        }
+        let stalled = |reason: String| Error::Stalled {
+            shard: self.shard,
+            reason: format!("set {:?}: {reason}", spec.name),
+        };
+        let memory = self
+            .budget
+            .reserve(geometry.memory_bytes())
+            .map_err(|e| stalled(e.to_string()))?;
+        let filter = Filter::new(geometry).map_err(|e| stalled(e.to_string()))?;
+        let partition = Arc::new(Partition {
+            spec,
+            generation: create.generation,
+            filter,
+            memory,
+        });
+        let old = self
+            .sets
+            .write()
+            .expect("set map lock poisoned")
+            .insert(partition.spec.name.clone(), partition);
+        // An older generation's filter is unmapped here, outside the lock.
+        drop(old);
+        Ok(Applied::Created)
     }
 
     /// The partition of set `name`, if the set exists.
@@ -284,7 +379,7 @@ impl ShardState {
         let sets = self.sets.read().expect("set map lock poisoned");
         let specs: Vec<(Vec<u8>, &Partition)> = sets
             .values()
-            .map(|p| (p.spec.command(p.filter.geometry()).encode_to_vec(), &**p))
+            .map(|p| (p.command().encode_to_vec(), &**p))
             .collect();
         let len = HEADER_LEN
             + CRC_LEN
@@ -327,9 +422,21 @@ impl ShardState {
 
     /// Replaces the whole state with `snapshot` (from [`snapshot`](Self::snapshot) of a replica
     /// of this shard). Everything is checked before anything changes: on error the state is
-    /// as it was; on success readers see the old sets or the new ones, never a mix.
+    /// as it was; on success readers see the old sets or the new ones, never a mix. The one
+    /// exception: when a filter cannot be allocated ([`SnapshotError::is_memory`]), the old
+    /// sets are dropped (the snapshot replaces them anyway) so that the next attempt has their
+    /// memory.
     pub fn restore(&self, snapshot: &[u8]) -> Result<(), SnapshotError> {
-        let (applied, restored) = self.decode(snapshot)?;
+        let (applied, restored) = match self.decode(snapshot) {
+            Ok(decoded) => decoded,
+            Err(error) if error.is_memory() => {
+                let _writer = self.writer();
+                let old = std::mem::take(&mut *self.sets.write().expect("set map lock poisoned"));
+                drop(old);
+                return Err(error);
+            }
+            Err(error) => return Err(error),
+        };
         let _writer = self.writer();
         let mut sets = self.sets.write().expect("set map lock poisoned");
         let old = std::mem::replace(&mut *sets, restored);
@@ -383,10 +490,10 @@ impl ShardState {
             let at = r.pos;
             let spec_len = r.u32()?;
             let spec = r.take(spec_len as usize)?;
-            let (spec, geometry) = CreateSetCommand::decode(spec)
-                .map_err(|e| e.to_string())
-                .and_then(|c| SetSpec::from_command(&c).map_err(|e| e.to_string()))
-                .map_err(|reason| r.malformed(at, format!("set parameters: {reason}")))?;
+            let command = CreateSetCommand::decode(spec)
+                .map_err(|e| r.malformed(at, format!("set parameters: {e}")))?;
+            let (spec, geometry) = SetSpec::from_command(&command)
+                .map_err(|e| r.malformed(at, format!("set parameters: {e}")))?;
             if sets
                 .last_key_value()
                 .is_some_and(|(last, _)| *last >= spec.name)
@@ -401,6 +508,15 @@ impl ShardState {
             let filter = usize::try_from(filter_len)
                 .map_err(|_| r.malformed(at, format!("filter length {filter_len}")))
                 .and_then(|len| r.take(len))?;
+            // Held from the node's budget like a created filter's: a replica whose node has
+            // less memory than the cluster admitted stalls rather than over-commits.
+            let memory = self
+                .budget
+                .reserve(geometry.memory_bytes())
+                .map_err(|source| SnapshotError::Memory {
+                    name: spec.name.clone(),
+                    source,
+                })?;
             let filter = Filter::decode(filter).map_err(|source| SnapshotError::Filter {
                 name: spec.name.clone(),
                 source,
@@ -415,7 +531,13 @@ impl ShardState {
                     ),
                 ));
             }
-            sets.insert(spec.name.clone(), Arc::new(Partition { spec, filter }));
+            let partition = Partition {
+                spec,
+                generation: command.generation,
+                filter,
+                memory,
+            };
+            sets.insert(partition.spec.name.clone(), Arc::new(partition));
         }
         if r.pos != body.len() {
             return Err(r.malformed(
@@ -498,12 +620,26 @@ mod tests {
     use leakbloom_filter::KEY_LEN;
     use leakbloom_proto::v1::{CreateSetCommand, DropSetCommand, InsertCommand};
 
+    /// Shards of the tests' cluster; the keys of [`keys`] belong to shard 3 of them.
+    const SHARDS: u32 = 16;
+
+    /// Generation of the tests' sets.
+    const GENERATION: u64 = 1;
+
+    /// An empty replica of `shard` with memory to spare.
+    fn replica(shard: ShardId) -> ShardState {
+        ShardState::new(shard, SHARDS, Budget::new(u64::MAX))
+    }
+
     fn create(name: &str, capacity: u64) -> Command {
         let spec = SetSpec::new(name, capacity, 1e-3, "sha256").unwrap();
         let geometry = spec.partition_geometry(1).unwrap();
         Command {
             id: 0,
-            kind: Some(command::Kind::CreateSet(spec.command(geometry))),
+            kind: Some(command::Kind::CreateSet(CreateSetCommand {
+                generation: GENERATION,
+                ..spec.command(geometry)
+            })),
         }
     }
 
@@ -513,17 +649,20 @@ mod tests {
             kind: Some(command::Kind::Insert(InsertCommand {
                 set: name.into(),
                 keys: keys.concat().into(),
+                generation: GENERATION,
             })),
         }
     }
 
-    /// `n` distinct keys spread over blocks and bits.
+    /// `n` distinct keys of shard 3, spread over blocks and bits.
     fn keys(seed: u8, n: usize) -> Vec<[u8; KEY_LEN]> {
         (0..n)
             .map(|i| {
                 let mut key = [seed; KEY_LEN];
                 key[..8]
                     .copy_from_slice(&(i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+                // Shard 3 of 16: the top 4 bits of the prefix.
+                key[0] = 0x30 | (key[0] & 0x0f);
                 key[8..16].copy_from_slice(
                     &(i as u64 ^ 0x5555)
                         .wrapping_mul(0xff51_afd7_ed55_8ccd)
@@ -541,7 +680,7 @@ mod tests {
 
     /// A shard with two sets holding keys and a few rejected commands behind it.
     fn sample() -> ShardState {
-        let state = ShardState::new(3);
+        let state = replica(3);
         state.apply_at(5, &create("b-set", 500)).unwrap();
         state.apply_at(6, &create("a-set", 2000)).unwrap();
         state.apply_at(8, &insert("a-set", &keys(1, 300))).unwrap();
@@ -561,13 +700,14 @@ mod tests {
 
     #[test]
     fn create_insert_drop() {
-        let state = ShardState::new(0);
+        let state = replica(0);
         assert_eq!(state.apply(&create("a", 1000)).unwrap(), Applied::Created);
-        // Idempotent with equal parameters, refused with other ones.
+        // Idempotent with equal parameters, refused with other ones (the catalog refuses
+        // them before a shard sees them; a shard refuses them too).
         assert_eq!(state.apply(&create("a", 1000)).unwrap(), Applied::Created);
         assert!(matches!(
             state.apply(&create("a", 2000)),
-            Err(Error::SetExists { .. })
+            Err(Error::Refused(_))
         ));
         let keys = [[7u8; KEY_LEN], [9u8; KEY_LEN]];
         assert_eq!(
@@ -582,7 +722,10 @@ mod tests {
         ));
         let drop = Command {
             id: 0,
-            kind: Some(command::Kind::DropSet(DropSetCommand { name: "a".into() })),
+            kind: Some(command::Kind::DropSet(DropSetCommand {
+                name: "a".into(),
+                generation: GENERATION,
+            })),
         };
         assert_eq!(state.apply(&drop).unwrap(), Applied::Dropped);
         assert!(matches!(state.apply(&drop), Err(Error::SetNotFound(_))));
@@ -590,15 +733,120 @@ mod tests {
         assert_eq!(state.applied(), 7);
     }
 
+    /// `command` with its generation set to `generation`.
+    fn of_generation(mut command: Command, generation: u64) -> Command {
+        match &mut command.kind {
+            Some(command::Kind::CreateSet(c)) => c.generation = generation,
+            Some(command::Kind::Insert(i)) => i.generation = generation,
+            Some(command::Kind::DropSet(d)) => d.generation = generation,
+            None => {}
+        }
+        command
+    }
+
+    #[test]
+    fn generations_keep_a_set_created_again_apart_from_the_old_one() {
+        let state = replica(3);
+        state.apply(&create("s", 1000)).unwrap();
+        state.apply(&insert("s", &keys(1, 50))).unwrap();
+        // Inserts name the generation they are for.
+        assert!(matches!(
+            state.apply(&of_generation(insert("s", &keys(2, 5)), 2)),
+            Err(Error::SetNotFound(_))
+        ));
+        // A newer generation replaces the old partition (its drop did not reach this shard):
+        // it starts empty.
+        state.apply(&of_generation(create("s", 1000), 5)).unwrap();
+        let partition = state.partition("s").unwrap();
+        assert_eq!(partition.generation, 5);
+        assert_eq!(partition.filter.stats().bits_set, 0);
+        // An older generation's create or drop changes nothing.
+        assert!(matches!(
+            state.apply(&create("s", 1000)),
+            Err(Error::Refused(_))
+        ));
+        let drop_old = of_generation(
+            Command {
+                id: 0,
+                kind: Some(command::Kind::DropSet(DropSetCommand {
+                    name: "s".into(),
+                    generation: 0,
+                })),
+            },
+            4,
+        );
+        assert!(matches!(state.apply(&drop_old), Err(Error::SetNotFound(_))));
+        assert_eq!(state.partition("s").unwrap().generation, 5);
+        // A create without a generation is refused.
+        assert!(matches!(
+            state.apply(&of_generation(create("t", 10), 0)),
+            Err(Error::Refused(_))
+        ));
+    }
+
+    #[test]
+    fn keys_of_other_shards_are_refused_and_change_nothing() {
+        let state = replica(3);
+        state.apply(&create("s", 1000)).unwrap();
+        let before = state.snapshot();
+        let mut stray = keys(1, 10);
+        stray[4][0] = 0x40; // shard 4 of 16
+        let err = state.apply(&insert("s", &stray)).unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused(reason) if reason.contains("1 of the insert's 10 keys")),
+            "{err}"
+        );
+        let after = state.snapshot();
+        // Only the applied index (and so the CRC) moved: a refusal is an entry of the log too.
+        let sets = |bytes: &[u8]| bytes[24..bytes.len() - CRC_LEN].to_vec();
+        assert!(sets(&before) == sets(&after), "the sets changed");
+    }
+
+    #[test]
+    fn a_create_without_memory_stalls_and_changes_nothing() {
+        let state = replica(3);
+        state.apply_at(1, &create("a", 1000)).unwrap();
+        let before = state.snapshot();
+        state.budget().set_limit(state.budget().used());
+        let err = state.apply_at(2, &create("b", 1000)).unwrap_err();
+        assert!(
+            matches!(&err, Error::Stalled { shard: 3, reason } if reason.contains("set \"b\"")),
+            "{err}"
+        );
+        assert_eq!(state.applied(), 1, "a stalled command is not applied");
+        assert_eq!(state.snapshot(), before);
+        // With memory again, the same command at the same index applies.
+        state.budget().set_limit(u64::MAX);
+        state.apply_at(2, &create("b", 1000)).unwrap();
+        assert_eq!(state.partitions().len(), 2);
+    }
+
+    #[test]
+    fn a_snapshot_without_memory_stalls_and_frees_the_old_state() {
+        let state = sample();
+        let bytes = state.snapshot();
+        let target = replica(3);
+        target.apply_at(1, &create("old", 100_000)).unwrap();
+        let used = target.budget().used();
+        target.budget().set_limit(used);
+        let err = target.restore(&bytes).unwrap_err();
+        assert!(err.is_memory(), "{err}");
+        assert_eq!(target.budget().used(), 0, "the old filters are let go");
+        target.budget().set_limit(u64::MAX);
+        target.restore(&bytes).unwrap();
+        assert_eq!(target.snapshot(), bytes);
+    }
+
     #[test]
     fn malformed_commands_are_errors_not_panics() {
-        let state = ShardState::new(0);
+        let state = replica(0);
         state.apply(&create("a", 10)).unwrap();
         let torn = Command {
             id: 0,
             kind: Some(command::Kind::Insert(InsertCommand {
                 set: "a".into(),
                 keys: vec![1u8; 33].into(),
+                generation: GENERATION,
             })),
         };
         assert!(matches!(
@@ -633,7 +881,7 @@ mod tests {
 
     #[test]
     fn apply_at_records_the_log_index() {
-        let state = ShardState::new(0);
+        let state = replica(0);
         assert_eq!(state.applied(), 0);
         state.apply_at(4, &create("a", 10)).unwrap();
         assert_eq!(state.applied(), 4);
@@ -647,7 +895,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "applied once each, in log order")]
     fn applying_an_index_twice_is_a_bug() {
-        let state = ShardState::new(0);
+        let state = replica(0);
         state.apply_at(4, &create("a", 10)).unwrap();
         state.apply_at(4, &create("a", 10)).unwrap();
     }
@@ -657,13 +905,13 @@ mod tests {
         let state = sample();
         let bytes = state.snapshot();
         assert_eq!(&bytes[..8], b"LBSHARD\0");
-        assert_eq!(bytes[8..12], 1u32.to_le_bytes());
+        assert_eq!(bytes[8..12], 2u32.to_le_bytes());
         assert_eq!(bytes[12..16], 3u32.to_le_bytes());
         assert_eq!(bytes[16..24], 12u64.to_le_bytes());
         assert_eq!(bytes[24..28], 2u32.to_le_bytes());
         assert_eq!(bytes, state.snapshot(), "snapshots are deterministic");
 
-        let restored = ShardState::new(3);
+        let restored = replica(3);
         restored.restore(&bytes).unwrap();
         assert_eq!(restored.applied(), 12);
         assert_eq!(restored.snapshot(), bytes);
@@ -679,7 +927,7 @@ mod tests {
             .contains(k)));
 
         // The same commands in another order of creation give the same bytes.
-        let other = ShardState::new(3);
+        let other = replica(3);
         other.apply_at(5, &create("a-set", 2000)).unwrap();
         other.apply_at(6, &create("b-set", 500)).unwrap();
         other.apply_at(8, &insert("b-set", &keys(2, 40))).unwrap();
@@ -688,7 +936,7 @@ mod tests {
         assert_eq!(other.snapshot(), bytes);
 
         // Restore replaces everything, and restored state keeps applying.
-        restored.restore(&ShardState::new(3).snapshot()).unwrap();
+        restored.restore(&replica(3).snapshot()).unwrap();
         assert_eq!(restored.applied(), 0);
         assert!(restored.partitions().is_empty());
         restored.restore(&bytes).unwrap();
@@ -701,9 +949,9 @@ mod tests {
 
     #[test]
     fn empty_snapshot_is_header_and_trailer() {
-        let bytes = ShardState::new(0).snapshot();
+        let bytes = replica(0).snapshot();
         assert_eq!(bytes.len(), HEADER_LEN + CRC_LEN);
-        ShardState::new(0).restore(&bytes).unwrap();
+        replica(0).restore(&bytes).unwrap();
     }
 
     /// A state to restore bad snapshots into, checking that failures leave it unchanged.
@@ -735,7 +983,7 @@ mod tests {
 
     #[test]
     fn corrupt_snapshots_are_refused_and_change_nothing() {
-        let source = ShardState::new(3);
+        let source = replica(3);
         source.apply_at(1, &create("s", 100)).unwrap();
         source.apply_at(2, &insert("s", &keys(9, 20))).unwrap();
         source.apply_at(3, &create("t", 10)).unwrap();
@@ -779,7 +1027,7 @@ mod tests {
 
     #[test]
     fn resealed_inconsistencies_are_named() {
-        let state = ShardState::new(3);
+        let state = replica(3);
         state.apply_at(1, &create("s", 100)).unwrap();
         let good = state.snapshot();
         let spec_len = u32::from_le_bytes(good[28..32].try_into().unwrap()) as usize;
@@ -860,12 +1108,16 @@ mod tests {
     #[test]
     fn filter_geometry_must_match_the_parameters() {
         // A spec whose geometry disagrees with the filter's.
-        let state = ShardState::new(0);
+        let state = replica(0);
         state.apply_at(1, &create("s", 100)).unwrap();
         let partition = state.partition("s").unwrap();
         let mut wrong = partition.filter.geometry();
         wrong.blocks += 1;
-        let spec = partition.spec.command(wrong).encode_to_vec();
+        let spec = CreateSetCommand {
+            generation: GENERATION,
+            ..partition.spec.command(wrong)
+        }
+        .encode_to_vec();
         let filter = partition.filter.encode();
         let mut bytes = Vec::new();
         bytes.extend_from_slice(&SNAPSHOT_MAGIC);
@@ -879,17 +1131,14 @@ mod tests {
         bytes.extend_from_slice(&filter);
         bytes.extend_from_slice(&[0; CRC_LEN]);
         reseal(&mut bytes);
-        let err = ShardState::new(0).restore(&bytes).unwrap_err();
+        let err = replica(0).restore(&bytes).unwrap_err();
         assert!(
             matches!(&err, SnapshotError::Malformed { reason, .. } if reason.contains("parameters say")),
             "{err}"
         );
         // With the right geometry the same construction is accepted: the test builds the
         // format as documented.
-        let spec = partition
-            .spec
-            .command(partition.filter.geometry())
-            .encode_to_vec();
+        let spec = partition.command().encode_to_vec();
         let good = [
             &bytes[..28],
             &(spec.len() as u32).to_le_bytes(),
@@ -909,7 +1158,7 @@ mod tests {
         // Readers hold partitions across a restore; the old filter stays readable.
         let state = sample();
         let held = state.partition("a-set").unwrap();
-        state.restore(&ShardState::new(3).snapshot()).unwrap();
+        state.restore(&replica(3).snapshot()).unwrap();
         assert!(state.partition("a-set").is_none());
         assert!(keys(1, 300).iter().all(|k| held.filter.contains(k)));
     }

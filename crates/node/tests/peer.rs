@@ -113,6 +113,10 @@ impl Local for TestLocal {
         })
     }
 
+    async fn admit(&self, _group: GroupId, _command: &[u8]) -> Result<(), Error> {
+        Ok(())
+    }
+
     fn status(&self) -> StatusResponse {
         let replica = self.replica.read().unwrap();
         StatusResponse {
@@ -487,6 +491,7 @@ async fn commits_over_grpc_and_answers_with_leader_hints() {
 
     // Checks reach the node asked, and its errors come back typed.
     let request = ShardCheckRequest {
+        generations: Vec::new(),
         group: GROUP,
         sets: vec!["a".into(), "b".into()],
         keys: Bytes::from(vec![0; 64]),

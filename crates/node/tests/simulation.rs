@@ -21,6 +21,12 @@
 //! must hold across it, in particular nothing acknowledged with the lost copy may disappear.
 //! 6. Nothing panics.
 //!
+//! One node is *hungry*: for random stretches its filter memory budget is zero, so every
+//! set creation or snapshot restore it applies meanwhile fails for want of memory. Its replica
+//! stalls (`leakbloom_raft::node`'s "Stalled replicas") instead of skipping the entry or
+//! panicking; the invariants above hold for it whenever it applies (a stalled replica serves
+//! nothing), and it catches up by itself when fed again.
+//!
 //! Every replica's log store is read on the one thread that runs the simulation, and
 //! raft-engine 0.4.2 caches the last entries block a thread read in a thread-local keyed by
 //! file number, offset and length only, not by engine. Replicas write alike, so before
@@ -42,6 +48,7 @@ use std::path::PathBuf;
 
 use leakbloom_filter::KEY_LEN;
 use leakbloom_node::machine::{decode_outcome, Machine};
+use leakbloom_node::memory::Budget;
 use leakbloom_node::set::SetSpec;
 use leakbloom_node::state::{Applied, ShardState};
 use leakbloom_node::Result;
@@ -72,6 +79,10 @@ const FPR: f64 = 1e-3;
 const PROBES: usize = 200;
 /// Applied entries between snapshots: small, so snapshots travel often.
 const SNAPSHOT_ENTRIES: u64 = 25;
+/// The set's generation (as the catalog would give it).
+const GENERATION: u64 = 1;
+/// Per logical ms, the chance that the hungry node's memory comes or goes.
+const HUNGER_FLIPS: f64 = 0.002;
 
 /// Where node directories go: tmpfs when there is one (fsync is then cheap, and the
 /// simulation tests logic, not the disk).
@@ -111,6 +122,7 @@ fn create(id: u64, name: &str, capacity: u64) -> Command {
     });
     let create = CreateSetCommand {
         name: name.into(),
+        generation: GENERATION,
         ..sized
     };
     command(id, command::Kind::CreateSet(create))
@@ -122,6 +134,7 @@ fn insert(id: u64, set: &str, keys: Vec<u8>) -> Command {
         command::Kind::Insert(InsertCommand {
             set: set.into(),
             keys: keys.into(),
+            generation: GENERATION,
         }),
     )
 }
@@ -135,6 +148,8 @@ struct Stats {
     acked_inserts: u64,
     acked_rejections: u64,
     reads_checked: u64,
+    /// Logical ms the hungry node spent stalled.
+    stalled_ms: u64,
 }
 
 /// A proposal the leader accepted: what the client expects back, and the keys it inserts.
@@ -299,6 +314,12 @@ impl History {
         for id in cluster.live() {
             let node = cluster.node(id).unwrap();
             let applied = node.applied();
+            // A stalled replica serves nothing; one that could not hold a snapshot has let go
+            // of its old state. It is compared again once it applies.
+            if node.stalled().is_some() {
+                self.checked.remove(&id);
+                continue;
+            }
             if self.checked.get(&id) == Some(&applied) {
                 continue;
             }
@@ -448,6 +469,15 @@ fn create_set(cluster: &mut Cluster<Machine>, history: &mut History, next_id: &m
     }
 }
 
+/// Gives node `id` (if up; a restart builds a new machine) no filter memory at all while
+/// `starved`, else plenty: every create or snapshot restore it applies meanwhile stalls.
+fn feed(cluster: &Cluster<Machine>, id: NodeId, starved: bool) {
+    if let Some(node) = cluster.node(id) {
+        let limit = if starved { 0 } else { u64::MAX };
+        node.machine().state().budget().set_limit(limit);
+    }
+}
+
 fn run(seed: u64) -> Stats {
     let dir = scratch();
     let mut rng = StdRng::seed_from_u64(seed ^ 0x0b10_0f11);
@@ -468,17 +498,30 @@ fn run(seed: u64) -> Stats {
     let mut next_id = 1u64;
 
     create_set(&mut cluster, &mut history, &mut next_id);
-    let reference = ShardState::new(0);
+    let reference = ShardState::new(0, 1, Budget::new(u64::MAX));
     reference
         .apply(&create(0, SET, CAPACITY))
         .expect("reference set");
     let probes: Vec<Key> = (0..PROBES).map(|_| rng.gen()).collect();
     history.keys.extend(probes);
 
+    // One node's filter allocations fail now and then, for a while: it stalls, and must
+    // neither diverge nor panic, and catch up once its memory is back.
+    let hungry = ids[rng.gen_range(0..ids.len())];
+    let mut starved = false;
     for _ in 0..FAULT_MS {
         cluster
             .inject_faults(&mut rng, max_down, &mut history.stats.faults)
             .expect("faults");
+        if rng.gen_bool(HUNGER_FLIPS) {
+            starved = !starved;
+        }
+        feed(&cluster, hungry, starved);
+        history.stats.stalled_ms += u64::from(
+            cluster
+                .node(hungry)
+                .is_some_and(|node| node.stalled().is_some()),
+        );
         // A client proposing, and reading from any node, now and then.
         if rng.gen_bool(0.05) {
             let (bytes, proposal) = next_proposal(&mut rng, &mut history, &reference, next_id);
@@ -499,6 +542,7 @@ fn run(seed: u64) -> Stats {
     for &id in &ids {
         cluster.restart(id).expect("restart");
     }
+    feed(&cluster, hungry, false);
     let final_ids = next_id;
     let mut settled = false;
     for _ in 0..SETTLE_MS {
@@ -532,7 +576,14 @@ fn run(seed: u64) -> Stats {
         "seed {seed}: the healed group did not converge in {SETTLE_MS} ms (nodes: {:?})",
         ids.iter()
             .map(|&id| cluster.node(id).unwrap())
-            .map(|n| (n.id(), n.applied(), n.last_index(), n.leadership()))
+            .map(|n| (
+                n.id(),
+                n.applied(),
+                n.last_index(),
+                n.leadership(),
+                n.stalled().map(str::to_string),
+                n.machine().state().budget().limit()
+            ))
             .collect::<Vec<_>>()
     );
 

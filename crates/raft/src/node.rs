@@ -399,14 +399,16 @@ impl<M: StateMachine> GroupNode<M> {
     /// follower; a stalled leader hands leadership away (see
     /// [Stalled replicas](self#stalled-replicas)).
     pub fn tick(&mut self) {
-        if self.rejoin().is_some() {
-            return;
-        }
         if let Some(stall) = &mut self.stall {
             stall.ticks += 1;
             if stall.ticks.is_multiple_of(STALL_RETRY_TICKS) {
                 self.retry_due = true;
             }
+        }
+        if self.rejoin().is_some() {
+            return;
+        }
+        if self.stall.is_some() {
             if self.raw.raft.state == StateRole::Leader {
                 self.raw.tick();
                 self.hand_off_leadership();

@@ -109,6 +109,10 @@ pub trait Local: Send + Sync + 'static {
     /// Checks keys of one shard against this node's replica of it, for another node.
     async fn check_shard(&self, request: ShardCheckRequest) -> Result<ShardCheckResponse, Error>;
 
+    /// Checks a command a peer asks this node to propose on `group`, before it is proposed
+    /// (see `Node::admit`): a refused command never commits.
+    async fn admit(&self, group: GroupId, command: &[u8]) -> Result<(), Error>;
+
     /// What this node holds (the peer `Status` call): serving, and each replica's durable
     /// commit index.
     fn status(&self) -> StatusResponse;
@@ -152,6 +156,15 @@ impl Slot {
     pub fn set(&self, node: Arc<dyn Local>) {
         let _ = self.node.set(node);
     }
+
+    /// What a call needing the node gets while it opens.
+    fn starting(&self, group: GroupId) -> Error {
+        Error::Unavailable {
+            shard: shard_of_group(group),
+            leader: None,
+            reason: format!("node {} is starting", self.id),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -167,11 +180,14 @@ impl Local for Slot {
     async fn check_shard(&self, request: ShardCheckRequest) -> Result<ShardCheckResponse, Error> {
         match self.node.get() {
             Some(node) => node.check_shard(request).await,
-            None => Err(Error::Unavailable {
-                shard: shard_of_group(request.group),
-                leader: None,
-                reason: format!("node {} is starting", self.id),
-            }),
+            None => Err(self.starting(request.group)),
+        }
+    }
+
+    async fn admit(&self, group: GroupId, command: &[u8]) -> Result<(), Error> {
+        match self.node.get() {
+            Some(node) => node.admit(group, command).await,
+            None => Err(self.starting(group)),
         }
     }
 

@@ -82,6 +82,7 @@ impl PeerService {
     async fn propose_one(&self, group: GroupId, command: Bytes) -> Result<Bytes, Error> {
         let shard = shard_of_group(group);
         let handle = self.replica(group)?;
+        self.local.admit(group, &command).await?;
         let result = handle
             .propose(command.to_vec())
             .await

@@ -1,0 +1,329 @@
+//! Checks: which of a batch's keys may be in which sets.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::try_join_all;
+use leakbloom_filter::{Filter, KEY_LEN};
+use leakbloom_proto::v1::{Consistency, SetResult, ShardCheckRequest, ShardCheckResponse};
+use leakbloom_raft::GroupId;
+
+use super::Node;
+use crate::catalog::Entry;
+use crate::error::{Error, Result};
+use crate::set::{self, Partition};
+use crate::shard::{shard_of, ShardId};
+use leakbloom_client::{split_keys, whole_keys};
+
+/// How many keys ahead a check prefetches filter blocks: the engine's measured batch distance.
+const PREFETCH_DISTANCE: usize = leakbloom_filter::CHECK_PREFETCH_DISTANCE;
+
+/// Most set-key pairs one check may ask about (sets named, or every set, times keys): its
+/// answer holds one bit per pair, so this bounds the response to 8 MiB of bitmaps (1024 sets
+/// of a full 65 536-key batch). Larger checks are refused up front, naming the rule.
+pub const MAX_CHECK_BITS: u64 = 1 << 26;
+
+/// A set's partitions on every shard (indexed by shard; `None` for shards checked elsewhere).
+type Partitions = Vec<Option<Arc<Partition>>>;
+
+impl Node {
+    /// Splits packed key bytes into keys after checking the batch limits.
+    pub(super) fn keys<'a>(&self, keys: &'a [u8]) -> Result<&'a [[u8; KEY_LEN]]> {
+        Ok(split_keys(keys, self.config.max_batch)?)
+    }
+
+    /// Which of `sets` (every set when empty) may contain each key: one bitmap per set.
+    /// Anything but `CONSISTENCY_ANY_REPLICA` (the unspecified 0 included) is linearizable.
+    pub async fn check(
+        &self,
+        sets: &[String],
+        keys: &[u8],
+        consistency: i32,
+    ) -> Result<Vec<SetResult>> {
+        let keys = self.keys(keys)?;
+        let linearizable = match Consistency::try_from(consistency) {
+            Ok(Consistency::AnyReplica) => false,
+            Ok(_) => true,
+            Err(_) => return Err(Error::Consistency(consistency)),
+        };
+        let shards = self.config.shards;
+        let shard_ids: Vec<ShardId> = keys.iter().map(|key| shard_of(key, shards)).collect();
+        let mut touched = vec![false; shards as usize];
+        for &shard in &shard_ids {
+            touched[shard as usize] = true;
+        }
+        let touched: Vec<ShardId> = (0..shards).filter(|&s| touched[s as usize]).collect();
+        if linearizable {
+            self.read_barrier(touched.iter().copied()).await?;
+        }
+        let (entries, partitions) = self.check_partitions(sets, keys.len(), &touched).await?;
+        let mut bitmaps: Vec<Vec<u8>> = partitions
+            .iter()
+            .map(|partitions| check_bitmap(partitions, keys, &shard_ids))
+            .collect();
+        // Shards without a local replica that answers reads: ask a replica node, then
+        // scatter its bits back.
+        let remote: Vec<ShardId> = touched
+            .into_iter()
+            .filter(|&shard| self.serving(shard).is_none())
+            .collect();
+        let answers = try_join_all(remote.iter().map(|&shard| {
+            let positions: Vec<usize> =
+                (0..keys.len()).filter(|&i| shard_ids[i] == shard).collect();
+            let mut packed = Vec::with_capacity(positions.len() * KEY_LEN);
+            for &i in &positions {
+                packed.extend_from_slice(&keys[i]);
+            }
+            let request = ShardCheckRequest {
+                group: GroupId::from(shard),
+                sets: entries.iter().map(|e| e.spec.name.clone()).collect(),
+                keys: packed.into(),
+                consistency,
+                generations: entries.iter().map(|e| e.generation).collect(),
+            };
+            async move {
+                let answer = self.remote_check(shard, request).await?;
+                Ok::<_, Error>((positions, answer))
+            }
+        }))
+        .await?;
+        for (positions, answer) in answers {
+            for (bitmap, present) in bitmaps.iter_mut().zip(&answer.present) {
+                for (j, &i) in positions.iter().enumerate() {
+                    if present
+                        .get(j / 8)
+                        .is_some_and(|byte| byte & (1 << (j % 8)) != 0)
+                    {
+                        bitmap[i / 8] |= 1 << (i % 8);
+                    }
+                }
+            }
+        }
+        Ok(entries
+            .into_iter()
+            .zip(bitmaps)
+            .map(|(entry, present)| SetResult {
+                set: entry.spec.name,
+                present: present.into(),
+            })
+            .collect())
+    }
+
+    /// The catalog entries a check asks for (every visible set when `sets` is empty), and
+    /// their partitions on this node's serving replicas of the `touched` shards. A partition
+    /// missing there (the replica has not applied the set's creation yet, or the set is being
+    /// dropped) makes it look again after catalog and shard read barriers; still missing, the
+    /// shard is unavailable, never silently empty.
+    async fn check_partitions(
+        &self,
+        sets: &[String],
+        keys: usize,
+        touched: &[ShardId],
+    ) -> Result<(Vec<Entry>, Vec<Partitions>)> {
+        let mut barrier = false;
+        loop {
+            let entries = self.check_entries(sets, keys).await?;
+            match self.partitions(&entries, touched) {
+                Ok(partitions) => return Ok((entries, partitions)),
+                Err(error) if barrier => return Err(error),
+                Err(_) => {
+                    barrier = true;
+                    self.catalog_barrier().await?;
+                    self.read_barrier(touched.iter().copied()).await?;
+                }
+            }
+        }
+    }
+
+    /// The entries a check asks for, validated and within [`MAX_CHECK_BITS`].
+    async fn check_entries(&self, sets: &[String], keys: usize) -> Result<Vec<Entry>> {
+        let entries = if sets.is_empty() {
+            self.catalog
+                .state
+                .read(|c| c.entries().filter(|e| e.active).cloned().collect())
+        } else {
+            let mut seen = HashSet::new();
+            for name in sets {
+                set::validate_name(name)?;
+                if !seen.insert(name.as_str()) {
+                    return Err(Error::DuplicateSet(name.clone()));
+                }
+            }
+            // Sizes first: no catalog round for a check that cannot be answered.
+            check_size(sets.len(), keys)?;
+            try_join_all(sets.iter().map(|name| self.resolve(name, true))).await?
+        };
+        check_size(entries.len(), keys)?;
+        Ok(entries)
+    }
+
+    /// Each entry's partitions, indexed by shard: this node's for the touched shards it
+    /// serves, `None` elsewhere.
+    fn partitions(&self, entries: &[Entry], touched: &[ShardId]) -> Result<Vec<Partitions>> {
+        entries
+            .iter()
+            .map(|entry| {
+                let mut partitions: Partitions = vec![None; self.config.shards as usize];
+                for &shard in touched {
+                    let Some(replica) = self.serving(shard) else {
+                        continue;
+                    };
+                    let partition = replica
+                        .state
+                        .partition(&entry.spec.name)
+                        .filter(|p| p.generation == entry.generation)
+                        .ok_or_else(|| Error::Unavailable {
+                            shard,
+                            leader: None,
+                            reason: format!(
+                                "node {}'s replica has not applied the creation of set {:?} yet",
+                                self.id(),
+                                entry.spec.name
+                            ),
+                        })?;
+                    partitions[shard as usize] = Some(partition);
+                }
+                Ok(partitions)
+            })
+            .collect()
+    }
+
+    /// Checks one shard on a node holding a replica of it: the leader when known, else each
+    /// replica in turn.
+    async fn remote_check(
+        &self,
+        shard: ShardId,
+        request: ShardCheckRequest,
+    ) -> Result<ShardCheckResponse> {
+        let mut candidates = self.layout.replicas(shard);
+        if let Some(leader) = self.leader_of(shard) {
+            candidates.retain(|&node| node != leader);
+            candidates.insert(0, leader);
+        }
+        // This node's replica is not serving (or it would not be asked).
+        candidates.retain(|&node| node != self.id());
+        let mut last = None;
+        for node in candidates {
+            match self.peers.check(node, request.clone()).await {
+                Ok(answer) if answer.present.len() == request.sets.len() => return Ok(answer),
+                Ok(_) => {
+                    last = Some(Error::Replica {
+                        shard,
+                        reason: format!("node {node} answered a check with the wrong set count"),
+                    })
+                }
+                Err(error @ Error::Unavailable { .. }) => last = Some(error),
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last.unwrap_or(Error::Unavailable {
+            shard,
+            leader: None,
+            reason: "no replica answered".into(),
+        }))
+    }
+
+    /// Serves a check of one local shard for another node (the peer `Check` RPC): the sets'
+    /// partitions of the generations the asking node named.
+    pub(super) async fn check_local_shard(
+        &self,
+        request: ShardCheckRequest,
+    ) -> Result<ShardCheckResponse> {
+        let shard = ShardId::try_from(request.group)
+            .ok()
+            .filter(|&shard| self.serving(shard).is_some())
+            .ok_or_else(|| Error::Unavailable {
+                shard: ShardId::try_from(request.group).unwrap_or(ShardId::MAX),
+                leader: None,
+                reason: format!(
+                    "node {} holds no replica of it that answers reads (none, one being \
+                     rebuilt, or a stalled one)",
+                    self.id()
+                ),
+            })?;
+        let replica = self.serving(shard).expect("checked above");
+        let keys = whole_keys(&request.keys)?;
+        check_size(request.sets.len(), keys.len())?;
+        if request.generations.len() != request.sets.len() {
+            return Err(Error::Refused(format!(
+                "a shard check names {} sets but {} generations",
+                request.sets.len(),
+                request.generations.len()
+            )));
+        }
+        let linearizable = !matches!(
+            Consistency::try_from(request.consistency),
+            Ok(Consistency::AnyReplica)
+        );
+        if linearizable {
+            self.read_barrier(std::iter::once(shard)).await?;
+        }
+        let present = request
+            .sets
+            .iter()
+            .zip(&request.generations)
+            .map(|(name, &generation)| {
+                let partition = replica
+                    .state
+                    .partition(name)
+                    .filter(|p| p.generation == generation)
+                    .ok_or_else(|| Error::SetNotFound(name.clone()))?;
+                let mut bitmap = vec![0u8; keys.len().div_ceil(8)];
+                for (i, key) in keys.iter().enumerate() {
+                    if partition.filter.contains(key) {
+                        bitmap[i / 8] |= 1 << (i % 8);
+                    }
+                }
+                Ok(Bytes::from(bitmap))
+            })
+            .collect::<Result<_>>()?;
+        Ok(ShardCheckResponse { present })
+    }
+}
+
+/// Refuses a check of `sets` sets and `keys` keys whose answer would pass [`MAX_CHECK_BITS`].
+fn check_size(sets: usize, keys: usize) -> Result<()> {
+    let pairs = (sets as u64).saturating_mul(keys as u64);
+    if pairs > MAX_CHECK_BITS {
+        return Err(Error::CheckTooLarge {
+            sets,
+            keys,
+            max: MAX_CHECK_BITS,
+        });
+    }
+    Ok(())
+}
+
+/// Checks `keys` against one set's partitions (indexed by shard; `None` for shards checked
+/// elsewhere, whose bits stay 0): bit i of the result is set when key i may be present.
+/// Prefetches the block of key `i + PREFETCH_DISTANCE` while checking key `i`, so cache misses
+/// overlap across shards' filters.
+fn check_bitmap(
+    partitions: &[Option<Arc<Partition>>],
+    keys: &[[u8; KEY_LEN]],
+    shard_ids: &[ShardId],
+) -> Vec<u8> {
+    let filter = |i: usize| -> Option<&Filter> {
+        partitions[shard_ids[i] as usize]
+            .as_ref()
+            .map(|p| &p.filter)
+    };
+    let mut bitmap = vec![0u8; keys.len().div_ceil(8)];
+    for (i, key) in keys.iter().enumerate().take(PREFETCH_DISTANCE) {
+        if let Some(filter) = filter(i) {
+            filter.prefetch(key);
+        }
+    }
+    for (i, key) in keys.iter().enumerate() {
+        if let Some(ahead) = keys.get(i + PREFETCH_DISTANCE) {
+            if let Some(filter) = filter(i + PREFETCH_DISTANCE) {
+                filter.prefetch(ahead);
+            }
+        }
+        if filter(i).is_some_and(|filter| filter.contains(key)) {
+            bitmap[i / 8] |= 1 << (i % 8);
+        }
+    }
+    bitmap
+}
