@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use leakbloom_raft::NodeId;
 use serde::Deserialize;
@@ -48,6 +49,15 @@ pub const DEFAULT_MAX_FILTER_MEMORY: u64 = 16 << 30;
 
 /// Default number of sets: every set costs one filter per shard.
 pub const DEFAULT_MAX_SETS: usize = 1024;
+
+/// Default milliseconds a new connection may take to send the HTTP/2 preface (see
+/// [`leakbloom_net::DEFAULT_HANDSHAKE_TIMEOUT`]).
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 =
+    leakbloom_net::DEFAULT_HANDSHAKE_TIMEOUT.as_millis() as u64;
+
+/// Default milliseconds a connection may go without a received byte (see
+/// [`leakbloom_net::DEFAULT_IDLE_TIMEOUT`]).
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = leakbloom_net::DEFAULT_IDLE_TIMEOUT.as_millis() as u64;
 
 /// Errors loading a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +120,12 @@ pub struct Config {
     pub max_filter_memory: u64,
     /// Most sets this node holds.
     pub max_sets: usize,
+    /// Milliseconds a connection to the client or peer port may take to send the HTTP/2
+    /// preface before it is closed.
+    pub handshake_timeout_ms: u64,
+    /// Milliseconds a connection to the client or peer port may go without sending a byte
+    /// before it is closed.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -129,6 +145,8 @@ impl Default for Config {
             max_batch: DEFAULT_MAX_BATCH,
             max_filter_memory: DEFAULT_MAX_FILTER_MEMORY,
             max_sets: DEFAULT_MAX_SETS,
+            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
         }
     }
 }
@@ -179,6 +197,14 @@ impl Config {
         {
             Some((host, _)) if !host.is_empty() => format!("{host}:{}", bound.port()),
             _ => bound.to_string(),
+        }
+    }
+
+    /// When connections to the client and peer ports that stall are closed.
+    pub fn connection_timeouts(&self) -> leakbloom_net::Timeouts {
+        leakbloom_net::Timeouts {
+            handshake: Duration::from_millis(self.handshake_timeout_ms),
+            idle: Duration::from_millis(self.idle_timeout_ms),
         }
     }
 
@@ -239,6 +265,11 @@ impl Config {
                 "max_batch = {} is out of range 1..={MAX_MAX_BATCH}",
                 self.max_batch
             )));
+        }
+        if self.handshake_timeout_ms == 0 || self.idle_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "handshake_timeout_ms and idle_timeout_ms must be at least 1".into(),
+            ));
         }
         if self.max_sets == 0 {
             return Err(ConfigError::Invalid(
@@ -310,6 +341,8 @@ mod tests {
         let config = Config::from_toml("shards = 0", "t").unwrap();
         assert!(config.validate().is_err());
         let config = Config::from_toml("max_batch = 0", "t").unwrap();
+        assert!(config.validate().is_err());
+        let config = Config::from_toml("idle_timeout_ms = 0", "t").unwrap();
         assert!(config.validate().is_err());
     }
 
