@@ -7,7 +7,7 @@ use leakbloom_proto::v1::lookup_client::LookupClient;
 use leakbloom_proto::v1::{
     CheckRequest, CreateSetRequest, DropSetRequest, GetSetRequest, InsertRequest,
 };
-use leakbloom_tests::{random_keys, TestNode};
+use leakbloom_tests::{random_keys, scrape, TestNode};
 use tonic::Code;
 
 fn create(name: &str, capacity: u64, fpr: f64, hashing: &str) -> CreateSetRequest {
@@ -496,17 +496,6 @@ async fn health_and_reflection_are_served() {
         assert!(!files.file_descriptor_proto.is_empty());
     }
     node.stop().await;
-}
-
-/// `GET /metrics` on the metrics port, as a Prometheus scraper would send it.
-async fn scrape(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).await.unwrap();
-    reply
 }
 
 #[tokio::test]

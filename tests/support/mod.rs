@@ -18,6 +18,8 @@ pub struct TestNode {
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     _data: tempfile::TempDir,
+    /// Where its peer port listens.
+    pub peer: SocketAddr,
 }
 
 impl TestNode {
@@ -36,6 +38,7 @@ impl TestNode {
         let server = Server::bind(config).await.expect("bind 127.0.0.1:0");
         let addr = server.local_addr();
         let metrics = server.metrics_addr();
+        let peer = server.peer_addr();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             server
@@ -51,6 +54,7 @@ impl TestNode {
             shutdown: Some(tx),
             task: Some(task),
             _data: data,
+            peer,
         }
     }
 
@@ -89,4 +93,15 @@ impl Drop for TestNode {
 pub fn random_keys(seed: u64, n: usize) -> Vec<Key> {
     let mut rng = StdRng::seed_from_u64(seed);
     (0..n).map(|_| rng.gen()).collect()
+}
+
+/// `GET path` on a metrics port, as a Prometheus scraper would send it: the whole reply.
+pub async fn scrape(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.unwrap();
+    reply
 }

@@ -199,7 +199,8 @@ pub async fn run(args: E2eBenchArgs) -> Result<()> {
     let addr = loopback_addr(&args.addr)?;
     let mut connections = Vec::with_capacity(args.conns);
     for _ in 0..args.conns {
-        let mut client = Client::connect(&addr).await?;
+        // Requests of --batch keys: the server, not this client, says whether that is too many.
+        let mut client = Client::connect(&addr).await?.with_max_batch(args.batch);
         connections.push(client.raw().clone());
     }
     let load = Arc::new(Load {

@@ -139,6 +139,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
         nodes: addrs.iter().map(|a| a.to_string()).collect(),
         metrics_listen: args.metrics_listen,
         timeout: leakbloom_router::router::DEFAULT_TIMEOUT,
+        max_batch: leakbloom_client::DEFAULT_MAX_BATCH,
+        connections: leakbloom_net::Timeouts::default(),
     };
     let (bound, bound_rx) = tokio::sync::oneshot::channel();
     let mut stopped_router = stopped.clone();

@@ -56,6 +56,14 @@ pub struct NodeArgs {
     /// Most sets.
     #[arg(long, env = "LEAKBLOOM_MAX_SETS")]
     pub max_sets: Option<usize>,
+    /// Milliseconds a new connection (client or peer port) may take to send the HTTP/2 preface
+    /// before it is closed.
+    #[arg(long, env = "LEAKBLOOM_HANDSHAKE_TIMEOUT_MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Milliseconds a connection (client or peer port) may go without sending a byte before it
+    /// is closed.
+    #[arg(long, env = "LEAKBLOOM_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 impl NodeArgs {
@@ -100,6 +108,12 @@ impl NodeArgs {
         }
         if let Some(max) = self.max_sets {
             config.max_sets = max;
+        }
+        if let Some(ms) = self.handshake_timeout_ms {
+            config.handshake_timeout_ms = ms;
+        }
+        if let Some(ms) = self.idle_timeout_ms {
+            config.idle_timeout_ms = ms;
         }
         config.validate()?;
         Ok(config)

@@ -27,6 +27,17 @@ pub struct RouterArgs {
     /// sharing a small machine; it measured within noise of 2 threads on 2 cores here).
     #[arg(long, env = "LEAKBLOOM_THREADS", default_value_t = 0)]
     pub threads: usize,
+    /// Most keys per Check or Insert request (the nodes' --max-batch applies when smaller);
+    /// larger requests are refused before they are read. Match the nodes' --max-batch.
+    #[arg(long, env = "LEAKBLOOM_MAX_BATCH", default_value_t = leakbloom_client::DEFAULT_MAX_BATCH)]
+    pub max_batch: usize,
+    /// Milliseconds a new client connection may take to send the HTTP/2 preface before it is
+    /// closed.
+    #[arg(long, env = "LEAKBLOOM_HANDSHAKE_TIMEOUT_MS", default_value_t = leakbloom_net::DEFAULT_HANDSHAKE_TIMEOUT.as_millis() as u64)]
+    pub handshake_timeout_ms: u64,
+    /// Milliseconds a client connection may go without sending a byte before it is closed.
+    #[arg(long, env = "LEAKBLOOM_IDLE_TIMEOUT_MS", default_value_t = leakbloom_net::DEFAULT_IDLE_TIMEOUT.as_millis() as u64)]
+    pub idle_timeout_ms: u64,
 }
 
 impl RouterArgs {
@@ -42,6 +53,11 @@ impl RouterArgs {
                 .collect(),
             metrics_listen: self.metrics_listen,
             timeout: Duration::from_millis(self.timeout_ms.max(1)),
+            max_batch: self.max_batch.max(1),
+            connections: leakbloom_net::Timeouts {
+                handshake: Duration::from_millis(self.handshake_timeout_ms.max(1)),
+                idle: Duration::from_millis(self.idle_timeout_ms.max(1)),
+            },
         }
     }
 }

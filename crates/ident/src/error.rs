@@ -116,14 +116,13 @@ pub enum Error {
     )]
     EmailDomain,
 
-    /// A set's `hashing` field could not be parsed.
+    /// A set's `hashing` field could not be parsed. The message does not quote the field (it
+    /// may be of any size); callers that show it quote it shortened.
     #[error(
-        "invalid hashing {value:?}: {reason}; expected \"sha256\" or \"hmac-sha256:<pepper-id>\" \
-         where <pepper-id> is 1-64 characters of a-z, 0-9, '.', '_' and '-'"
+        "invalid hashing: {reason}; expected \"sha256\" or \"hmac-sha256:<pepper-id>\" where \
+         <pepper-id> is 1-64 characters of a-z, 0-9, '.', '_' and '-'"
     )]
     InvalidHashing {
-        /// The field as given.
-        value: String,
         /// What exactly is wrong with it.
         reason: &'static str,
     },

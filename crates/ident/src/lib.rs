@@ -44,7 +44,8 @@
 //! A key is SHA-256 of the canonical form's UTF-8 bytes ([`sha256_key`]), or for keyed sets
 //! HMAC-SHA256 keyed by the pepper's bytes over the same ([`hmac_key`]). A set's `hashing` field
 //! says which: `sha256` or `hmac-sha256:<pepper-id>` ([`Hashing`]), where the pepper id names
-//! the pepper (1–64 characters of `[a-z0-9._-]`) and the pepper itself never leaves its holders.
+//! the pepper (1–[`MAX_PEPPER_ID_LEN`] characters of `[a-z0-9._-]`, its length checked
+//! before anything else) and the pepper itself never leaves its holders.
 //! Keyed sets stop anyone who gets hold of the filter, but not the pepper, from testing guesses
 //! against it; unkeyed keys of phone numbers can be brute-forced by anyone.
 //!
@@ -101,4 +102,6 @@ mod phone;
 
 pub use canonical::{canonicalize, Kind};
 pub use error::Error;
-pub use hashing::{hmac_key, key, sha256_key, Hashing, Key, Pepper, MIN_PEPPER_LEN};
+pub use hashing::{
+    hmac_key, key, sha256_key, Hashing, Key, Pepper, MAX_PEPPER_ID_LEN, MIN_PEPPER_LEN,
+};

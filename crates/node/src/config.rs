@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use leakbloom_raft::NodeId;
 use serde::Deserialize;
@@ -44,6 +45,15 @@ pub const MAX_MAX_BATCH: usize = 1 << 20;
 
 /// Default number of sets: every set costs one filter per shard.
 pub const DEFAULT_MAX_SETS: usize = 1024;
+
+/// Default milliseconds a new connection may take to send the HTTP/2 preface (see
+/// [`leakbloom_net::DEFAULT_HANDSHAKE_TIMEOUT`]).
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 =
+    leakbloom_net::DEFAULT_HANDSHAKE_TIMEOUT.as_millis() as u64;
+
+/// Default milliseconds a connection may go without a received byte (see
+/// [`leakbloom_net::DEFAULT_IDLE_TIMEOUT`]).
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = leakbloom_net::DEFAULT_IDLE_TIMEOUT.as_millis() as u64;
 
 /// Errors loading a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +118,12 @@ pub struct Config {
     pub max_filter_memory: Option<u64>,
     /// Most sets this node allows in the cluster (the cluster's limit is the smallest node's).
     pub max_sets: usize,
+    /// Milliseconds a connection to the client or peer port may take to send the HTTP/2
+    /// preface before it is closed.
+    pub handshake_timeout_ms: u64,
+    /// Milliseconds a connection to the client or peer port may go without sending a byte
+    /// before it is closed.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -127,6 +143,8 @@ impl Default for Config {
             max_batch: DEFAULT_MAX_BATCH,
             max_filter_memory: None,
             max_sets: DEFAULT_MAX_SETS,
+            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
         }
     }
 }
@@ -187,6 +205,14 @@ impl Config {
             .unwrap_or_else(crate::memory::default_limit)
     }
 
+    /// When connections to the client and peer ports that stall are closed.
+    pub fn connection_timeouts(&self) -> leakbloom_net::Timeouts {
+        leakbloom_net::Timeouts {
+            handshake: Duration::from_millis(self.handshake_timeout_ms),
+            idle: Duration::from_millis(self.idle_timeout_ms),
+        }
+    }
+
     /// The replica layout this config describes.
     pub fn layout(&self) -> Result<Layout, ConfigError> {
         let members = self.members();
@@ -245,6 +271,11 @@ impl Config {
                 "max_batch = {} is out of range 1..={MAX_MAX_BATCH}",
                 self.max_batch
             )));
+        }
+        if self.handshake_timeout_ms == 0 || self.idle_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "handshake_timeout_ms and idle_timeout_ms must be at least 1".into(),
+            ));
         }
         if self.max_sets == 0 {
             return Err(ConfigError::Invalid(
@@ -316,6 +347,8 @@ mod tests {
         let config = Config::from_toml("shards = 0", "t").unwrap();
         assert!(config.validate().is_err());
         let config = Config::from_toml("max_batch = 0", "t").unwrap();
+        assert!(config.validate().is_err());
+        let config = Config::from_toml("idle_timeout_ms = 0", "t").unwrap();
         assert!(config.validate().is_err());
     }
 

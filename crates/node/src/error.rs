@@ -1,4 +1,9 @@
 //! The node's error type, and the one place errors become `tonic::Status`.
+//!
+//! Messages quote a client's strings (set names, the `hashing` field) only shortened
+//! ([`quote`]), and every status message is cut to [`MAX_STATUS_MESSAGE_BYTES`]: a long one
+//! would make the receiving HTTP/2 peer (a router) reset its connection, and with it every
+//! other call on it.
 
 use leakbloom_raft::NodeId;
 use tonic::metadata::MetadataValue;
@@ -7,17 +12,19 @@ use tonic::{Code, Status};
 use crate::config::ConfigError;
 use crate::shard::ShardId;
 
-pub use leakbloom_client::{BatchError, LEADER_METADATA};
+use leakbloom_client::{bound_message, quote};
+
+pub use leakbloom_client::{BatchError, LEADER_METADATA, MAX_STATUS_MESSAGE_BYTES};
 
 /// Everything a node operation can fail with. Messages say what was wrong and how to fix it;
-/// none of them ever contains a key.
+/// none of them ever contains a key, and names are quoted shortened.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The `keys` field is not a valid batch (empty, not whole keys, or over the limit).
     #[error(transparent)]
     Batch(#[from] BatchError),
     /// A set name outside the allowed alphabet or length.
-    #[error("invalid set name {name:?}: {reason}")]
+    #[error("invalid set name {}: {reason}", quote(.name))]
     SetName {
         /// The offending name.
         name: String,
@@ -25,28 +32,15 @@ pub enum Error {
         reason: String,
     },
     /// Set parameters out of range.
-    #[error("invalid parameters for set {name:?}: {reason}")]
+    #[error("invalid parameters for set {}: {reason}", quote(.name))]
     SetParameters {
         /// The set.
         name: String,
         /// What is wrong and what is accepted.
         reason: String,
     },
-    /// A check whose answer (one bit per set and key) would be too large.
-    #[error(
-        "a check of {sets} sets x {keys} keys is over the limit of {max} set-key pairs per \
-         check: name fewer sets or send fewer keys per request"
-    )]
-    CheckTooLarge {
-        /// Sets asked for (every set, when none was named).
-        sets: usize,
-        /// Keys in the request.
-        keys: usize,
-        /// The limit.
-        max: u64,
-    },
     /// The same set named twice in one request.
-    #[error("set {0:?} is named more than once in the request: name each set once")]
+    #[error("set {} is named more than once in the request: name each set once", quote(.0))]
     DuplicateSet(String),
     /// An unknown `Consistency` value.
     #[error(
@@ -54,12 +48,13 @@ pub enum Error {
     )]
     Consistency(i32),
     /// The set does not exist.
-    #[error("set {0:?} does not exist: create it first, or list sets with ListSets")]
+    #[error("set {} does not exist: create it first, or list sets with ListSets", quote(.0))]
     SetNotFound(String),
     /// A set of that name exists with other parameters.
     #[error(
-        "set {name:?} already exists with {existing}, not {requested}: \
-         use the existing parameters, another name, or drop it first"
+        "set {} already exists with {existing}, not {requested}: \
+         use the existing parameters, another name, or drop it first",
+        quote(.name)
     )]
     SetExists {
         /// The set.
@@ -71,9 +66,10 @@ pub enum Error {
     },
     /// Creating the set would take a node over its filter memory limit.
     #[error(
-        "set {name:?} needs {needed} bytes of filter memory on node {node} but only {available} \
-         of that node's {limit}-byte limit are free: lower its capacity, raise its fpr, drop a \
-         set, or raise max_filter_memory"
+        "set {} needs {needed} bytes of filter memory on node {node} but only {available} of \
+         that node's {limit}-byte limit are free: lower its capacity, raise its fpr, drop a \
+         set, or raise max_filter_memory",
+        quote(.name)
     )]
     MemoryLimit {
         /// The set.
@@ -192,7 +188,6 @@ impl From<Error> for Status {
             | Error::SetName { .. }
             | Error::SetParameters { .. }
             | Error::DuplicateSet(_)
-            | Error::CheckTooLarge { .. }
             | Error::Consistency(_) => Code::InvalidArgument,
             Error::SetNotFound(_) => Code::NotFound,
             Error::SetExists { .. } => Code::AlreadyExists,
@@ -205,7 +200,7 @@ impl From<Error> for Status {
             Error::Replica { .. } => Code::Internal,
             Error::Config(_) => Code::FailedPrecondition,
         };
-        let mut status = Status::new(code, error.to_string());
+        let mut status = Status::new(code, bound_message(error.to_string()));
         if let Error::Unavailable {
             leader: Some(leader),
             ..
@@ -221,3 +216,41 @@ impl From<Error> for Status {
 
 /// Result alias for node operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_quote_names_shortened_and_stay_short() {
+        let huge = "a".repeat(60_000);
+        for error in [
+            Error::SetName {
+                name: huge.clone(),
+                reason: "it is 60000 bytes long, the limit is 64".into(),
+            },
+            Error::SetParameters {
+                name: huge.clone(),
+                reason: "capacity is 0".into(),
+            },
+            Error::DuplicateSet(huge.clone()),
+            Error::SetNotFound(huge.clone()),
+        ] {
+            let status = Status::from(error);
+            let message = status.message();
+            assert!(message.contains("… (60000 bytes)"), "{message}");
+            assert!(message.len() < 300, "{message}");
+        }
+        // Whatever a message holds, the status carries at most the limit.
+        let status = Status::from(Error::Replica {
+            shard: 1,
+            reason: "é".repeat(100_000),
+        });
+        assert_eq!(status.code(), Code::Internal);
+        assert!(status.message().len() <= MAX_STATUS_MESSAGE_BYTES);
+        assert!(status.message().ends_with("é…"), "{}", status.message());
+        // A valid name is quoted whole, as the peer client expects of NOT_FOUND.
+        let status = Status::from(Error::SetNotFound("breach-2021".into()));
+        assert!(status.message().starts_with("set \"breach-2021\" "));
+    }
+}

@@ -19,8 +19,9 @@
 //!   chunks, forwarded proposals and checks) and [`peer::Peers`], its client side and the Raft
 //!   transport.
 //! - [`service`]: the `Lookup` gRPC service over a [`Node`]; [`server`]: both tonic servers
-//!   (client port with health and reflection, peer port), the metrics endpoint, and the
-//!   new-data-directory question to the peers (bootstrap or rebuild).
+//!   (client port with health and reflection, peer port; on `leakbloom_net` connections, which
+//!   close when they stall; messages sized from the batch limit), the metrics endpoint, and
+//!   the new-data-directory question to the peers (bootstrap or rebuild).
 //! - [`metrics`]: Prometheus counters of the client API and gauges read from the replicas and
 //!   sets at each scrape, on `GET /metrics`.
 //! - [`error`]: the [`Error`] enum and the single conversion into `tonic::Status`.

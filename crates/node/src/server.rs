@@ -18,7 +18,6 @@ use leakbloom_raft::{GroupId, NodeId};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 
 use crate::catalog::CATALOG_GROUP;
 use crate::config::Config;
@@ -31,9 +30,6 @@ use crate::service::{ClusterService, LookupService};
 /// HTTP/2 frame size on the server: 256 KiB instead of 16 KiB. h2 writes every frame with its
 /// own syscall, so large check batches were measured 1.7x faster with it.
 pub const HTTP2_MAX_FRAME_SIZE: u32 = 256 << 10;
-
-/// Room in a gRPC message beyond the keys themselves (field tags, set names).
-const MESSAGE_OVERHEAD: usize = 64 << 10;
 
 /// How often the node looks for sets over their capacity (to warn in the log).
 const CAPACITY_WATCH: Duration = Duration::from_secs(30);
@@ -225,10 +221,15 @@ struct PeerServing {
 }
 
 impl PeerServing {
-    /// Serves the peer service over `local` on `listener` until stopped.
-    fn start(listener: TcpListener, local: Arc<dyn Local>) -> PeerServing {
+    /// Serves the peer service over `local` on `listener` until stopped; connections that
+    /// stall close after `timeouts`.
+    fn start(
+        listener: TcpListener,
+        local: Arc<dyn Local>,
+        timeouts: leakbloom_net::Timeouts,
+    ) -> PeerServing {
         let (stop, mut stopped) = watch::channel(false);
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = leakbloom_net::Incoming::new(listener, timeouts);
         let task = tokio::spawn(
             tonic::transport::Server::builder()
                 .max_frame_size(Some(HTTP2_MAX_FRAME_SIZE))
@@ -291,7 +292,7 @@ impl Server {
         let record = config.record().map_err(Error::from)?;
         let new_directory = !record.check(&config.data_dir).map_err(Error::from)?;
         let slot = Arc::new(Slot::new(config.id, address, new_directory));
-        let peer = PeerServing::start(peer_listener, slot.clone());
+        let peer = PeerServing::start(peer_listener, slot.clone(), config.connection_timeouts());
         let opened = async {
             let peers = Arc::new(Peers::new(config.id, config.members()));
             let held_elsewhere = if new_directory {
@@ -355,16 +356,18 @@ impl Server {
         mut self,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
-        let max_batch = self.node.config().max_batch;
-        let max_message = max_batch * leakbloom_filter::KEY_LEN + MESSAGE_OVERHEAD;
         let metrics = Arc::new(Metrics::new());
         let metrics_addr = self.metrics_addr();
         let metrics_task = self.metrics_listener.take().map(|listener| {
             tokio::spawn(metrics::serve(listener, self.node.clone(), metrics.clone()))
         });
+        // Requests as large as the batch limit needs, replies as large as a check may be: a
+        // larger request is refused before it is read.
         let lookup = LookupServer::new(LookupService::new(self.node.clone(), metrics))
-            .max_decoding_message_size(max_message)
-            .max_encoding_message_size(max_message);
+            .max_decoding_message_size(leakbloom_client::max_request_bytes(
+                self.node.config().max_batch,
+            ))
+            .max_encoding_message_size(leakbloom_client::MAX_REPLY_BYTES);
 
         // The server as a whole ("") is SERVING while the process runs (liveness); the Lookup
         // service only while the node's replicas can serve (readiness).
@@ -391,9 +394,9 @@ impl Server {
             shards = self.node.config().shards,
             "node serving"
         );
-        // Small replies must not wait for Nagle's algorithm: with it on, a forwarding hop
-        // was measured at ~1 K requests/s instead of ~20 K.
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        // TCP_NODELAY, and connections that stall are closed (see leakbloom_net).
+        let incoming =
+            leakbloom_net::Incoming::new(self.listener, self.node.config().connection_timeouts());
         // Clients stop first; the peer service serves on until their in-flight requests (which
         // need other nodes' votes and acknowledgements) have finished.
         let client = tonic::transport::Server::builder()

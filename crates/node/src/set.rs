@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use leakbloom_client::{check_set_name, quote};
 use leakbloom_filter::{Filter, Geometry};
 use leakbloom_ident::Hashing;
 use leakbloom_proto::v1::CreateSetCommand;
@@ -9,9 +10,7 @@ use leakbloom_proto::v1::CreateSetCommand;
 use crate::error::{Error, Result};
 use crate::memory::Reservation;
 
-/// Longest set name. Names appear in metrics, logs and URLs; 64 characters is plenty for
-/// `facebook-2021`-style names.
-pub const MAX_SET_NAME_LEN: usize = 64;
+pub use leakbloom_client::MAX_SET_NAME_LEN;
 
 /// Hashing scheme of a set created without one.
 pub const DEFAULT_HASHING: &str = "sha256";
@@ -20,26 +19,12 @@ pub const DEFAULT_HASHING: &str = "sha256";
 /// key and a sorted list of keys would be smaller.
 pub const MIN_FPR: f64 = 1e-12;
 
-/// Checks a set name: 1-64 characters of `[a-z0-9._-]`.
+/// Checks a set name: 1-64 characters of `[a-z0-9._-]` (the rule routers apply too,
+/// [`check_set_name`]).
 pub fn validate_name(name: &str) -> Result<()> {
-    let reason = if name.is_empty() {
-        "it is empty".to_string()
-    } else if name.len() > MAX_SET_NAME_LEN {
-        format!(
-            "it is {} bytes long, the limit is {MAX_SET_NAME_LEN}",
-            name.len()
-        )
-    } else if let Some(c) = name
-        .chars()
-        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '-'))
-    {
-        format!("{c:?} is not allowed; use 1-{MAX_SET_NAME_LEN} characters of [a-z0-9._-]")
-    } else {
-        return Ok(());
-    };
-    Err(Error::SetName {
+    check_set_name(name).map_err(|reason| Error::SetName {
         name: name.to_string(),
-        reason,
+        reason: reason.to_string(),
     })
 }
 
@@ -82,7 +67,7 @@ impl SetSpec {
         };
         let hashing = hashing
             .parse::<Hashing>()
-            .map_err(|e| invalid(e.to_string()))?;
+            .map_err(|e| invalid(format!("{e} (given: {})", quote(hashing))))?;
         Ok(SetSpec {
             name: name.to_string(),
             capacity,
@@ -183,6 +168,9 @@ mod tests {
             let err = validate_name(bad).unwrap_err();
             assert!(matches!(err, Error::SetName { .. }), "{bad:?}: {err}");
         }
+        let err = validate_name(&"a".repeat(60_000)).unwrap_err().to_string();
+        assert!(err.contains("60000 bytes long, the limit is 64"), "{err}");
+        assert!(err.len() < 200, "{err}");
     }
 
     #[test]
@@ -202,6 +190,13 @@ mod tests {
             let err = SetSpec::new("s", capacity, fpr, hashing).unwrap_err();
             assert!(matches!(err, Error::SetParameters { .. }), "{err}");
         }
+        let err = SetSpec::new("s", 10, 1e-3, "md5").unwrap_err().to_string();
+        assert!(err.contains("(given: \"md5\")"), "{err}");
+        let huge = format!("hmac-sha256:{}", "p".repeat(100_000));
+        let err = SetSpec::new("s", 10, 1e-3, &huge).unwrap_err().to_string();
+        assert!(err.contains("longer than 64 characters"), "{err}");
+        assert!(err.contains("(100012 bytes)"), "{err}");
+        assert!(err.len() < 500, "{err}");
     }
 
     #[test]

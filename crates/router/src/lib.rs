@@ -14,6 +14,12 @@
 //! Nodes do the same splitting themselves (any node serves the whole API), so a stale map only
 //! costs a hop, never a wrong answer.
 //!
+//! A request is checked with the nodes' rules (keys, set names, sets per check, set-key pairs)
+//! before any of it is forwarded, and messages are limited to what the batch limit needs, so
+//! a bad request is answered by the router and never reaches the connection a node shares
+//! with every other client's calls. Connections that never complete the HTTP/2 handshake or
+//! go idle are closed (`leakbloom_net`).
+//!
 //! # Layout
 //! - [`map`]: the merged shard map and the plan of a batch over it (pure).
 //! - [`router`]: [`Router`]: refreshing the map, channels, routing, merging, retries.

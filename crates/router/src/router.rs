@@ -2,6 +2,13 @@
 //! call split by shard, grouped per node, sent concurrently, merged back into request order,
 //! and retried where it failed.
 //!
+//! # Validation
+//! A request is checked with the nodes' own rules before any of it is forwarded (keys, set
+//! names, the number of sets, the size of a check's answer: [`validate_check`]), so that a bad
+//! request is answered here and never reaches a node's shared connection. Messages to and
+//! from the nodes are limited to what the batch limit needs
+//! ([`leakbloom_client::max_request_bytes`], [`leakbloom_client::MAX_REPLY_BYTES`]).
+//!
 //! # Retries
 //! A part that fails with a retryable status (no leader, node down or restarting, connection
 //! lost: [`retryable`]) is planned again over a refreshed map and sent again, with backoff,
@@ -28,10 +35,10 @@ use leakbloom_proto::v1::{
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
-use leakbloom_client::split_keys;
+use leakbloom_client::{check_bits, check_set_count, split_keys, Key};
 
 use crate::coalesce::{Coalescer, SMALL_PART_KEYS};
-use crate::error::{retryable, Error, Result};
+use crate::error::{check_name, retryable, Error, Result};
 use crate::map::{Map, MapError, NodeId, Plan};
 use crate::metrics::Metrics;
 
@@ -65,9 +72,6 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// far fewer syscalls.
 pub const HTTP2_MAX_FRAME_SIZE: u32 = 256 << 10;
 
-/// Largest message to or from a node: a full batch of keys against many sets.
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
-
 /// The router: a shard map and channels to the nodes. Cheap to share (`Arc`).
 #[derive(Debug)]
 pub struct Router {
@@ -86,13 +90,16 @@ pub struct Router {
     /// Rotates any-replica reads and management calls over the nodes.
     spread: AtomicUsize,
     metrics: Arc<Metrics>,
+    /// Most keys per request the router accepts (the nodes' `max_batch` when smaller).
+    max_batch: usize,
 }
 
 impl Router {
-    /// A router that learns the cluster from `seeds` (node client addresses, `HOST:PORT`).
-    /// It knows nothing until [`refresh`](Self::refresh) (or [`run_refresh`](Self::run_refresh))
+    /// A router that learns the cluster from `seeds` (node client addresses, `HOST:PORT`) and
+    /// accepts at most `max_batch` keys per request (or the nodes' limit, when smaller). It
+    /// knows nothing until [`refresh`](Self::refresh) (or [`run_refresh`](Self::run_refresh))
     /// reaches a node.
-    pub fn new(seeds: Vec<String>, metrics: Arc<Metrics>) -> Router {
+    pub fn new(seeds: Vec<String>, metrics: Arc<Metrics>, max_batch: usize) -> Router {
         Router {
             seeds,
             map: RwLock::new(None),
@@ -101,6 +108,7 @@ impl Router {
             coalescer: Arc::default(),
             spread: AtomicUsize::new(0),
             metrics,
+            max_batch,
         }
     }
 
@@ -135,8 +143,8 @@ impl Router {
             .get(&node)
             .ok_or_else(|| Status::unavailable(format!("node {node}'s address is unknown")))?;
         Ok(LookupClient::new(self.channel(address)?)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+            .max_decoding_message_size(leakbloom_client::MAX_REPLY_BYTES)
+            .max_encoding_message_size(leakbloom_client::max_request_bytes(self.max_batch)))
     }
 
     /// Asks every known node (seeds and discovered) for its view and merges the answers,
@@ -250,7 +258,7 @@ impl Router {
 
     async fn check_once(&self, request: &CheckRequest, deadline: Instant) -> Result<CheckResponse> {
         let map = self.current().await?;
-        let keys = split_keys(&request.keys, map.max_batch)?;
+        let keys = validate_check(request, map.max_batch.min(self.max_batch))?;
         let linearizable = match Consistency::try_from(request.consistency) {
             Ok(Consistency::AnyReplica) => false,
             Ok(_) => true,
@@ -320,7 +328,8 @@ impl Router {
     /// Adds keys to a set: each node gets the keys of the shards it leads, in one call.
     pub async fn insert(&self, request: InsertRequest, deadline: Instant) -> Result<u64> {
         let map = self.current().await?;
-        split_keys(&request.keys, map.max_batch)?;
+        split_keys(&request.keys, map.max_batch.min(self.max_batch))?;
+        check_name(&request.set)?;
         let mut acknowledged = 0u64;
         self.route(
             map,
@@ -498,6 +507,19 @@ impl Router {
     }
 }
 
+/// Checks a check request with the nodes' rules, before any of it is forwarded: 1 to
+/// `max_batch` whole keys, at most [`leakbloom_client::MAX_CHECK_SETS`] sets, each a valid
+/// name, and at most [`leakbloom_client::MAX_CHECK_BITS`] set-key pairs. Returns the keys.
+pub fn validate_check(request: &CheckRequest, max_batch: usize) -> Result<&[Key]> {
+    let keys = split_keys(&request.keys, max_batch)?;
+    check_set_count(request.sets.len())?;
+    for name in &request.sets {
+        check_name(name)?;
+    }
+    check_bits(request.sets.len(), keys.len())?;
+    Ok(keys)
+}
+
 /// Sets `deadline` as the request's gRPC timeout, so a node stops working on it when the
 /// router stops waiting.
 fn with_deadline<T>(message: T, deadline: Instant) -> Request<T> {
@@ -637,6 +659,44 @@ mod tests {
         assert_eq!(parse_grpc_timeout("S"), None);
         assert_eq!(parse_grpc_timeout(""), None);
         assert_eq!(parse_grpc_timeout("5x"), None);
+    }
+
+    #[test]
+    fn checks_are_validated_before_they_are_forwarded() {
+        use leakbloom_client::BatchError;
+        let check = |sets: Vec<String>, keys: usize| CheckRequest {
+            sets,
+            keys: vec![0u8; keys * KEY_LEN].into(),
+            consistency: 0,
+        };
+        let name = |i: usize| format!("set-{i}");
+        assert_eq!(validate_check(&check(vec![], 3), 4).unwrap().len(), 3);
+        let sets: Vec<String> = (0..1024).map(name).collect();
+        assert_eq!(validate_check(&check(sets, 16), 16).unwrap().len(), 16);
+        assert!(matches!(
+            validate_check(&check(vec![name(1)], 5), 4),
+            Err(Error::Batch(BatchError::TooLarge { keys: 5, max: 4 }))
+        ));
+        let too_many: Vec<String> = (0..1025).map(name).collect();
+        assert!(matches!(
+            validate_check(&check(too_many, 1), 4),
+            Err(Error::Batch(BatchError::TooManySets { sets: 1025 }))
+        ));
+        let bad = vec![name(1), "a".repeat(60_000)];
+        assert!(matches!(
+            validate_check(&check(bad, 1), 4),
+            Err(Error::SetName { .. })
+        ));
+        // 65 sets x 2^20 keys is over 2^26 set-key pairs.
+        let sets: Vec<String> = (0..65).map(name).collect();
+        assert!(matches!(
+            validate_check(&check(sets.clone(), 1 << 20), 1 << 20),
+            Err(Error::Batch(BatchError::TooManyBits {
+                sets: 65,
+                keys: 1_048_576
+            }))
+        ));
+        validate_check(&check(sets[..64].to_vec(), 1 << 20), 1 << 20).unwrap();
     }
 
     #[test]

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use leakbloom_proto::v1::lookup_server::LookupServer;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 use crate::metrics::{self, Metrics};
-use crate::router::{Router, HTTP2_MAX_FRAME_SIZE, MAX_MESSAGE_BYTES};
+use crate::router::{Router, HTTP2_MAX_FRAME_SIZE};
 use crate::service::RouterService;
 
 /// How a router runs.
@@ -25,6 +24,11 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Deadline of a call whose client sets none (and the most a client may ask for).
     pub timeout: Duration,
+    /// Most keys per request (the nodes' `max_batch` applies when smaller); sizes the largest
+    /// request the router reads and sends.
+    pub max_batch: usize,
+    /// When client connections that stall are closed.
+    pub connections: leakbloom_net::Timeouts,
 }
 
 /// Why a router could not start.
@@ -98,7 +102,11 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
         let metrics = Arc::new(Metrics::new());
-        let router = Arc::new(Router::new(self.config.nodes.clone(), metrics.clone()));
+        let router = Arc::new(Router::new(
+            self.config.nodes.clone(),
+            metrics.clone(),
+            self.config.max_batch,
+        ));
         let local_addr = self.local_addr();
         let metrics_addr = self.metrics_addr();
         let metrics_task = self
@@ -133,9 +141,10 @@ impl Server {
         let reflection_v1alpha = reflection()
             .build_v1alpha()
             .expect("leakbloom's descriptors are valid");
+        // A request larger than the batch limit needs is refused before it is read.
         let lookup = LookupServer::new(RouterService::new(router, metrics, self.config.timeout))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(leakbloom_client::max_request_bytes(self.config.max_batch))
+            .max_encoding_message_size(leakbloom_client::MAX_REPLY_BYTES);
 
         tracing::info!(
             listen = %local_addr,
@@ -143,8 +152,8 @@ impl Server {
             metrics_listen = ?metrics_addr,
             "router serving"
         );
-        // Small replies must not wait for Nagle's algorithm (see the node's server).
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        // TCP_NODELAY, and connections that stall are closed (see leakbloom_net).
+        let incoming = leakbloom_net::Incoming::new(self.listener, self.config.connections);
         let served = tonic::transport::Server::builder()
             .max_frame_size(Some(HTTP2_MAX_FRAME_SIZE))
             .add_service(health)

@@ -5,14 +5,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use leakbloom_proto::v1::lookup_client::LookupClient;
 use leakbloom_proto::v1::lookup_server::Lookup;
 use leakbloom_proto::v1::{
     CheckRequest, CheckResponse, CreateSetRequest, DropSetRequest, DropSetResponse, GetSetRequest,
     InsertRequest, InsertResponse, ListSetsRequest, ListSetsResponse, SetInfo,
 };
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::error::Result;
+use crate::error::{check_name, Result};
 use crate::metrics::Metrics;
 use crate::router::{deadline, Router};
 
@@ -44,6 +46,26 @@ impl RouterService {
         let start = Instant::now();
         let result = call.await.map_err(Status::from);
         self.metrics.requests.finish(rpc, start, result)
+    }
+
+    /// Runs one set-management call of `rpc` on any node, once the set name it carries has
+    /// passed the nodes' rule: a bad name never reaches a node.
+    async fn named<T, F, Fut>(
+        &self,
+        rpc: &str,
+        name: &str,
+        deadline: Instant,
+        call: F,
+    ) -> Result<Response<T>, Status>
+    where
+        F: Fn(LookupClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let call = async {
+            check_name(name)?;
+            self.router.any_node(deadline, call).await
+        };
+        Ok(Response::new(self.serve(rpc, call).await?))
     }
 }
 
@@ -81,11 +103,11 @@ impl Lookup for RouterService {
     ) -> Result<Response<SetInfo>, Status> {
         let deadline = deadline(&request, self.timeout);
         let request = request.into_inner();
-        let call = self.router.any_node(deadline, |mut client| {
+        self.named("CreateSet", &request.name, deadline, |mut client| {
             let request = request.clone();
             async move { client.create_set(request).await }
-        });
-        Ok(Response::new(self.serve("CreateSet", call).await?))
+        })
+        .await
     }
 
     async fn drop_set(
@@ -94,11 +116,11 @@ impl Lookup for RouterService {
     ) -> Result<Response<DropSetResponse>, Status> {
         let deadline = deadline(&request, self.timeout);
         let request = request.into_inner();
-        let call = self.router.any_node(deadline, |mut client| {
+        self.named("DropSet", &request.name, deadline, |mut client| {
             let request = request.clone();
             async move { client.drop_set(request).await }
-        });
-        Ok(Response::new(self.serve("DropSet", call).await?))
+        })
+        .await
     }
 
     async fn list_sets(
@@ -115,10 +137,10 @@ impl Lookup for RouterService {
     async fn get_set(&self, request: Request<GetSetRequest>) -> Result<Response<SetInfo>, Status> {
         let deadline = deadline(&request, self.timeout);
         let request = request.into_inner();
-        let call = self.router.any_node(deadline, |mut client| {
+        self.named("GetSet", &request.name, deadline, |mut client| {
             let request = request.clone();
             async move { client.get_set(request).await }
-        });
-        Ok(Response::new(self.serve("GetSet", call).await?))
+        })
+        .await
     }
 }

@@ -14,15 +14,10 @@ use crate::catalog::Entry;
 use crate::error::{Error, Result};
 use crate::set::{self, Partition};
 use crate::shard::{shard_of, ShardId};
-use leakbloom_client::{split_keys, whole_keys};
+use leakbloom_client::{check_bits, check_set_count, split_keys, whole_keys};
 
 /// How many keys ahead a check prefetches filter blocks: the engine's measured batch distance.
 const PREFETCH_DISTANCE: usize = leakbloom_filter::CHECK_PREFETCH_DISTANCE;
-
-/// Most set-key pairs one check may ask about (sets named, or every set, times keys): its
-/// answer holds one bit per pair, so this bounds the response to 8 MiB of bitmaps (1024 sets
-/// of a full 65 536-key batch). Larger checks are refused up front, naming the rule.
-pub const MAX_CHECK_BITS: u64 = 1 << 26;
 
 /// A set's partitions on every shard (indexed by shard; `None` for shards checked elsewhere).
 type Partitions = Vec<Option<Arc<Partition>>>;
@@ -136,13 +131,15 @@ impl Node {
         }
     }
 
-    /// The entries a check asks for, validated and within [`MAX_CHECK_BITS`].
+    /// The entries a check asks for, validated, and within the limits of a check's answer
+    /// ([`leakbloom_client::MAX_CHECK_BITS`]: every set counts when none is named).
     async fn check_entries(&self, sets: &[String], keys: usize) -> Result<Vec<Entry>> {
         let entries = if sets.is_empty() {
             self.catalog
                 .state
                 .read(|c| c.entries().filter(|e| e.active).cloned().collect())
         } else {
+            check_set_count(sets.len())?;
             let mut seen = HashSet::new();
             for name in sets {
                 set::validate_name(name)?;
@@ -151,10 +148,10 @@ impl Node {
                 }
             }
             // Sizes first: no catalog round for a check that cannot be answered.
-            check_size(sets.len(), keys)?;
+            check_bits(sets.len(), keys)?;
             try_join_all(sets.iter().map(|name| self.resolve(name, true))).await?
         };
-        check_size(entries.len(), keys)?;
+        check_bits(entries.len(), keys)?;
         Ok(entries)
     }
 
@@ -244,7 +241,7 @@ impl Node {
             })?;
         let replica = self.serving(shard).expect("checked above");
         let keys = whole_keys(&request.keys)?;
-        check_size(request.sets.len(), keys.len())?;
+        check_bits(request.sets.len(), keys.len())?;
         if request.generations.len() != request.sets.len() {
             return Err(Error::Refused(format!(
                 "a shard check names {} sets but {} generations",
@@ -280,19 +277,6 @@ impl Node {
             .collect::<Result<_>>()?;
         Ok(ShardCheckResponse { present })
     }
-}
-
-/// Refuses a check of `sets` sets and `keys` keys whose answer would pass [`MAX_CHECK_BITS`].
-fn check_size(sets: usize, keys: usize) -> Result<()> {
-    let pairs = (sets as u64).saturating_mul(keys as u64);
-    if pairs > MAX_CHECK_BITS {
-        return Err(Error::CheckTooLarge {
-            sets,
-            keys,
-            max: MAX_CHECK_BITS,
-        });
-    }
-    Ok(())
 }
 
 /// Checks `keys` against one set's partitions (indexed by shard; `None` for shards checked

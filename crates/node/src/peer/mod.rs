@@ -78,10 +78,26 @@ mod transport;
 pub use service::PeerService;
 pub use transport::Peers;
 
-/// Largest gRPC message either side of the peer service encodes or decodes: room for a full
-/// [`MAX_BATCH_BYTES`] batch, one oversized Raft message (an entry of a 65 536-key insert is
-/// 2 MiB) or a check of the largest batch, far above gRPC's 4 MiB default.
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Largest gRPC message either side of the peer service encodes or decodes (32.5 MiB), sized
+/// from what travels: a `Raft` call carries at most [`MAX_BATCH_BYTES`] of messages (their
+/// framing at most doubles it) or one larger message alone, whose entries are at most one
+/// client batch; a forwarded `ProposeBatch` is one client batch split by shard (a command and
+/// set name per shard); a shard `Check` is at most one client batch and its reply at most
+/// [`leakbloom_client::MAX_REPLY_BYTES`]; snapshot chunks are [`SNAPSHOT_CHUNK_BYTES`]. A
+/// client batch is at most [`leakbloom_client::max_request_bytes`] of the largest allowed
+/// `max_batch` ([`crate::config::MAX_MAX_BATCH`], 32 MiB of keys).
+pub const MAX_MESSAGE_BYTES: usize = {
+    let batch = leakbloom_client::max_request_bytes(crate::config::MAX_MAX_BATCH)
+        + crate::shard::MAX_SHARDS as usize * (leakbloom_client::MAX_SET_NAME_LEN + 32);
+    let raft = 2 * MAX_BATCH_BYTES;
+    let reply = leakbloom_client::MAX_REPLY_BYTES;
+    let largest = if batch > raft { batch } else { raft };
+    if largest > reply {
+        largest
+    } else {
+        reply
+    }
+};
 
 /// Encoded Raft messages per `Raft` call, at most (a lone larger message still goes alone):
 /// large enough to carry every group's appends of a busy round, small enough that one call
