@@ -134,6 +134,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         nodes: addrs.iter().map(|a| a.to_string()).collect(),
         metrics_listen: args.metrics_listen,
         timeout: leakbloom_router::router::DEFAULT_TIMEOUT,
+        hedge: leakbloom_router::hedge::DEFAULT_MARGIN,
     };
     let (bound, bound_rx) = tokio::sync::oneshot::channel();
     let mut stopped_router = stopped.clone();

@@ -25,6 +25,9 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Deadline of a call whose client sets none (and the most a client may ask for).
     pub timeout: Duration,
+    /// How much longer than the recent p99 of node calls an any-replica check part waits for
+    /// its node before it is also sent to another replica (a hedged read); zero: never hedged.
+    pub hedge: Duration,
 }
 
 /// Why a router could not start.
@@ -98,7 +101,11 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
         let metrics = Arc::new(Metrics::new());
-        let router = Arc::new(Router::new(self.config.nodes.clone(), metrics.clone()));
+        let router = Arc::new(Router::new(
+            self.config.nodes.clone(),
+            self.config.hedge,
+            metrics.clone(),
+        ));
         let local_addr = self.local_addr();
         let metrics_addr = self.metrics_addr();
         let metrics_task = self
@@ -140,6 +147,7 @@ impl Server {
         tracing::info!(
             listen = %local_addr,
             nodes = ?self.config.nodes,
+            hedge_ms = self.config.hedge.as_millis() as u64,
             metrics_listen = ?metrics_addr,
             "router serving"
         );
