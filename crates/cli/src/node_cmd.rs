@@ -55,6 +55,10 @@ pub struct NodeArgs {
     /// Most sets.
     #[arg(long, env = "LEAKBLOOM_MAX_SETS")]
     pub max_sets: Option<usize>,
+    /// Floor of a shard's log budget in bytes: a shard snapshots and compacts its log once the
+    /// log holds max(its snapshot's size, this) bytes (0: no byte budget).
+    #[arg(long, env = "LEAKBLOOM_SNAPSHOT_LOG_BYTES")]
+    pub snapshot_log_bytes: Option<u64>,
 }
 
 impl NodeArgs {
@@ -99,6 +103,9 @@ impl NodeArgs {
         }
         if let Some(max) = self.max_sets {
             config.max_sets = max;
+        }
+        if let Some(bytes) = self.snapshot_log_bytes {
+            config.snapshot_log_bytes = bytes;
         }
         config.validate()?;
         Ok(config)
