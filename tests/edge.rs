@@ -56,6 +56,7 @@ fn router_config(node: SocketAddr) -> leakbloom_router::Config {
         timeout: Duration::from_secs(10),
         max_batch: DEFAULT_MAX_BATCH,
         connections: leakbloom_net::Timeouts::default(),
+        hedge: leakbloom_router::hedge::DEFAULT_MARGIN,
     }
 }
 

@@ -64,6 +64,10 @@ pub struct NodeArgs {
     /// is closed.
     #[arg(long, env = "LEAKBLOOM_IDLE_TIMEOUT_MS")]
     pub idle_timeout_ms: Option<u64>,
+    /// Floor of a shard's log budget in bytes: a shard snapshots and compacts its log once the
+    /// log holds max(its snapshot's size, this) bytes (0: no byte budget).
+    #[arg(long, env = "LEAKBLOOM_SNAPSHOT_LOG_BYTES")]
+    pub snapshot_log_bytes: Option<u64>,
 }
 
 impl NodeArgs {
@@ -114,6 +118,9 @@ impl NodeArgs {
         }
         if let Some(ms) = self.idle_timeout_ms {
             config.idle_timeout_ms = ms;
+        }
+        if let Some(bytes) = self.snapshot_log_bytes {
+            config.snapshot_log_bytes = bytes;
         }
         config.validate()?;
         Ok(config)

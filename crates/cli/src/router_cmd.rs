@@ -23,6 +23,12 @@ pub struct RouterArgs {
     /// deadline may be): retryable failures are retried until it passes.
     #[arg(long, env = "LEAKBLOOM_TIMEOUT_MS", default_value_t = leakbloom_router::router::DEFAULT_TIMEOUT.as_millis() as u64)]
     pub timeout_ms: u64,
+    /// Hedged reads: an any-replica check part its node leaves unanswered for this many
+    /// milliseconds more than the recent p99 of node calls is also sent to another replica
+    /// holding the same shards (the first answer wins), so a frozen node costs a little
+    /// latency instead of the deadline; 0 disables hedging.
+    #[arg(long, env = "LEAKBLOOM_HEDGE_MS", default_value_t = leakbloom_router::hedge::DEFAULT_MARGIN.as_millis() as u64)]
+    pub hedge_ms: u64,
     /// Worker threads: 0 (the default) one per core; 1 a single-threaded runtime (for a router
     /// sharing a small machine; it measured within noise of 2 threads on 2 cores here).
     #[arg(long, env = "LEAKBLOOM_THREADS", default_value_t = 0)]
@@ -58,6 +64,7 @@ impl RouterArgs {
                 handshake: Duration::from_millis(self.handshake_timeout_ms.max(1)),
                 idle: Duration::from_millis(self.idle_timeout_ms.max(1)),
             },
+            hedge: Duration::from_millis(self.hedge_ms),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use leakbloom_client::{Client, Consistency, Key};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use common::{free_port, wait_until_all_found, Proc};
+use common::{free_port, wait_until_all_found, Nodes, Proc};
 
 const NODES: usize = 3;
 
@@ -27,33 +27,9 @@ struct Seen {
 #[test]
 fn clients_of_the_router_see_no_error_while_any_one_node_is_killed() {
     let dir = tempfile::tempdir().unwrap();
-    let peer_ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
-    let peers = (0..NODES)
-        .map(|i| format!("{}=127.0.0.1:{}", i + 1, peer_ports[i]))
-        .collect::<Vec<_>>()
-        .join(",");
-    let listens: Vec<String> = (0..NODES)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let node_args = |i: usize| -> Vec<String> {
-        [
-            "node",
-            "--id",
-            &(i + 1).to_string(),
-            "--listen",
-            &listens[i],
-            "--peer-listen",
-            &format!("127.0.0.1:{}", peer_ports[i]),
-            "--peers",
-            &peers,
-            "--data-dir",
-            dir.path().join(format!("node-{i}")).to_str().unwrap(),
-            "--shards",
-            "8",
-        ]
-        .map(String::from)
-        .to_vec()
-    };
+    let cluster = Nodes::new(dir.path(), NODES, 8);
+    let listens = cluster.listens.clone();
+    let node_args = |i: usize| cluster.args(i, &[]);
     let mut nodes: Vec<Option<Proc>> = (0..NODES)
         .map(|i| Some(Proc::start(&node_args(i), "node serving")))
         .collect();

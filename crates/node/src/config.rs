@@ -32,6 +32,12 @@ pub const DEFAULT_TICK_MS: u64 = 100;
 /// 10 M keys of log to replay on restart, and a filter-sized write per 10 000 entries.
 pub const DEFAULT_SNAPSHOT_ENTRIES: u64 = 10_000;
 
+/// Default floor of a shard's log budget: a shard's log is compacted once it holds max(its
+/// snapshot's size, this) bytes. 4 MiB x 16 shards keeps a node's log of small sets within the
+/// raft store's 128 MiB purge threshold, while a snapshot of a tiny filter still comes only
+/// every 4 MiB of log (1-2 s of a shard's share of max-batch inserts here).
+pub const DEFAULT_SNAPSHOT_LOG_BYTES: u64 = 4 << 20;
+
 /// Default shard count: enough to spread 3-5 nodes' worth of Raft groups evenly, few enough
 /// that per-shard overhead (heartbeats, snapshots, one filter per set) stays small.
 pub const DEFAULT_SHARDS: u32 = 16;
@@ -106,7 +112,8 @@ pub struct Config {
     /// Milliseconds per Raft tick.
     pub tick_ms: u64,
     /// Applied entries between snapshots of a shard (which also compact its log), at least: a
-    /// snapshot also waits until the inserts since the last one are as large as it.
+    /// snapshot also waits until the inserts since the last one are as large as it. The log's
+    /// byte budget (`snapshot_log_bytes`) may call for one sooner.
     pub snapshot_entries: u64,
     /// Number of shards the key space is split into. Fixed when the data is created.
     pub shards: u32,
@@ -124,6 +131,10 @@ pub struct Config {
     /// Milliseconds a connection to the client or peer port may go without sending a byte
     /// before it is closed.
     pub idle_timeout_ms: u64,
+    /// Floor of a shard's log budget in bytes: a shard snapshots (and compacts its log) once
+    /// its log since the last snapshot holds max(that snapshot's size, this), whatever the
+    /// entry count. 0: no byte budget (the log then grows until `snapshot_entries`).
+    pub snapshot_log_bytes: u64,
 }
 
 impl Default for Config {
@@ -145,6 +156,7 @@ impl Default for Config {
             max_sets: DEFAULT_MAX_SETS,
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            snapshot_log_bytes: DEFAULT_SNAPSHOT_LOG_BYTES,
         }
     }
 }

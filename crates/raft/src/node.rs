@@ -110,20 +110,29 @@ pub struct NodeConfig {
     pub max_election_ticks: usize,
     /// Ticks between a leader's heartbeats; must be well below `election_ticks`.
     pub heartbeat_ticks: usize,
-    /// Applied entries after which a snapshot is taken and the log compacted; bounds log size
-    /// and restart replay. Each replica adds up to 7/16 of it, by group and node id, so that
+    /// Applied entries after which a snapshot is taken and the log compacted; bounds restart
+    /// replay in entries. Each replica adds up to 7/16 of it, by group and node id, so that
     /// the replicas of a node (and of a group) do not all snapshot at the same moment.
     pub snapshot_entries: u64,
-    /// A snapshot also waits until the entries applied since the last one hold at least this
-    /// many times its size, so writing snapshots costs at most 1/ratio of the log written
-    /// (a filter is as large as its capacity from the start; small inserts would otherwise
-    /// rewrite it far more often than they fill it). 0 disables the rule.
+    /// The entry rule above also waits until the entries applied since the last snapshot hold
+    /// at least this many times its size, so writing snapshots costs at most 1/ratio of the
+    /// log written (a filter is as large as its capacity from the start; small inserts would
+    /// otherwise rewrite it far more often than they fill it). 0 disables this wait. It also
+    /// sizes the byte budget (`snapshot_log_bytes`).
     pub snapshot_log_ratio: f64,
     /// Bytes of entries per append message; bounds message size (gRPC's default limit is
     /// 4 MiB).
     pub max_message_bytes: u64,
     /// Append messages in flight per follower before waiting for acknowledgements.
     pub max_inflight_messages: usize,
+    /// The floor of a replica's log budget: a snapshot (and compaction) is due, whatever the
+    /// entry count, once the log written since the last snapshot reaches
+    /// `max(snapshot_log_ratio × last snapshot's size, snapshot_log_bytes)` bytes, so a
+    /// group's log never holds more than that (plus one entry). Each replica snapshots up to
+    /// 7/32 earlier, by group and node id, to spread snapshots. The log is counted as the
+    /// commands' bytes plus a fixed overhead per entry (see `maybe_compact`). 0 disables the
+    /// byte budget.
+    pub snapshot_log_bytes: u64,
 }
 
 impl Default for NodeConfig {
@@ -136,6 +145,7 @@ impl Default for NodeConfig {
             snapshot_log_ratio: 0.0,
             max_message_bytes: 1 << 20,
             max_inflight_messages: 256,
+            snapshot_log_bytes: 64 << 20,
         }
     }
 }
@@ -798,8 +808,8 @@ impl<M: StateMachine> GroupNode<M> {
         self.finish_rejoin()?;
 
         // 8. Compaction policy: snapshot the state machine and drop the applied log prefix,
-        //    every `snapshot_entries`, or now when a follower needs a snapshot the stored one
-        //    cannot serve.
+        //    every `snapshot_entries` or once the log reaches its byte budget, or now when a
+        //    follower needs a snapshot the stored one cannot serve.
         self.maybe_compact()?;
         Ok(out)
     }
@@ -1051,22 +1061,39 @@ impl<M: StateMachine> GroupNode<M> {
         Ok(())
     }
 
+    /// The snapshot policy: snapshots the state machine and compacts the log when a follower
+    /// wants a snapshot newer than the stored one, or by entries (`snapshot_entries`, once the
+    /// log is `snapshot_log_ratio` times the last snapshot), or by bytes (the log reached its
+    /// budget, `max(snapshot_log_ratio × last snapshot, snapshot_log_bytes)`); see
+    /// [`NodeConfig`]. Then frees the log files no group needs any more.
     fn maybe_compact(&mut self) -> Result<()> {
         if self.stall.as_ref().is_some_and(|stall| stall.restore) {
             // The state machine is not at any index of this log.
             return Ok(());
         }
+        // Log bytes an entry takes beyond its command: its index, term and proposal id, and its
+        // share of a write's framing, hard state and sequence record (measured: single-key
+        // inserts, one entry a write, took 200 bytes of log each on leader and follower for a
+        // 43-byte command). Without it, tiny entries would fill five times the byte budget.
+        const ENTRY_LOG_OVERHEAD: u64 = 160;
         let storage = self.raw.store();
         let snapshot_index = storage.snapshot_metadata().index;
         let commit = storage.hard_state().commit;
         let index = self.applied.min(commit);
         let wanted = storage.take_snapshot_wanted() && index > snapshot_index;
+        // 0..=7 by group and node id: spreads the snapshots of a node's replicas (and of a
+        // group's) over time.
+        let spread = (self.group * 7 + self.id * 3) % 8;
         let entries = self.config.snapshot_entries.max(1);
-        let jitter = entries * ((self.group * 7 + self.id * 3) % 8) / 16;
-        let due = index >= snapshot_index + entries + jitter
-            && self.applied_bytes as f64
-                >= self.config.snapshot_log_ratio * self.snapshot_bytes as f64;
-        if !wanted && !due {
+        let ratio_bytes = self.config.snapshot_log_ratio * self.snapshot_bytes as f64;
+        let by_entries = index >= snapshot_index + entries + entries * spread / 16
+            && self.applied_bytes as f64 >= ratio_bytes;
+        let budget = (ratio_bytes as u64).max(self.config.snapshot_log_bytes);
+        let logged = self.applied_bytes + index.saturating_sub(snapshot_index) * ENTRY_LOG_OVERHEAD;
+        let by_bytes = self.config.snapshot_log_bytes > 0
+            && index > snapshot_index
+            && logged >= budget - budget / 32 * spread;
+        if !wanted && !by_entries && !by_bytes {
             return Ok(());
         }
         let data = self.machine.snapshot();
@@ -1075,7 +1102,15 @@ impl<M: StateMachine> GroupNode<M> {
         self.applied_bytes = 0;
         self.snapshot_bytes = bytes;
         self.raw.store().store().purge()?;
-        tracing::debug!(group = self.group, node = self.id, index, "log compacted");
+        tracing::debug!(
+            group = self.group,
+            node = self.id,
+            index,
+            logged,
+            budget,
+            by_bytes,
+            "log compacted"
+        );
         Ok(())
     }
 

@@ -123,20 +123,34 @@ const SNAPSHOT_MAGIC: &[u8; 8] = b"LBSNAP01";
 const LOAD_CHUNK: u64 = 1024;
 
 /// Tunables of a [`Store`].
+///
+/// raft-engine frees a log file only once no group needs any record in it, and
+/// [`Store::purge`] does anything at all only while the log is larger than `purge_threshold`:
+/// then it deletes the files every group has compacted past, and first moves what stale groups
+/// still hold in old files (a few entries, their hard and conf states) to its rewrite queue, or,
+/// for a group with many entries there, asks for it to be compacted and after nine purges
+/// rewrites it anyway. So the log holds at most about `max(purge_threshold, what the groups
+/// hold since their last compaction) + target_file_size` (see the crate docs for the bound of
+/// a whole data directory).
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     /// Size at which raft-engine starts a new log file; purging frees whole files, and recovery
     /// scans the newest one, so smaller files free space sooner and recover faster.
     pub target_file_size: u64,
-    /// Total log size above which raft-engine rewrites long-lived groups to free old files.
+    /// Total log size above which a purge frees files (and rewrites stale groups' records to
+    /// free old ones): below it, even files no group needs stay on disk.
     pub purge_threshold: u64,
 }
 
 impl Default for StoreConfig {
+    /// 16 MiB files and a 128 MiB purge threshold: the threshold is what a data directory
+    /// keeps beyond its groups' own log budgets, so it is small next to the filters a node
+    /// holds, yet above a node's summed byte floors (16 shards x 4 MiB), so that small filters'
+    /// logs do not get their live entries rewritten on every purge.
     fn default() -> StoreConfig {
         StoreConfig {
-            target_file_size: 32 << 20,
-            purge_threshold: 1 << 30,
+            target_file_size: 16 << 20,
+            purge_threshold: 128 << 20,
         }
     }
 }
@@ -1213,13 +1227,85 @@ mod tests {
         assert_eq!(state.hard_state, hard_state(2, 1, 25));
     }
 
+    /// 64 KiB log files, purged above 256 KiB: tests fill and free several quickly.
+    fn small_files() -> StoreConfig {
+        StoreConfig {
+            target_file_size: 64 << 10,
+            purge_threshold: 256 << 10,
+        }
+    }
+
+    #[test]
+    fn purge_frees_files_that_idle_groups_hold_while_one_group_compacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = small_files();
+        let store = Store::open_with(dir.path(), config.clone()).unwrap();
+        let conf = ConfState {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        };
+        // Two idle groups in the first files: one with a few entries, one with more than
+        // raft-engine rewrites at once (it asks for those to be compacted, then rewrites them
+        // after nine purges). Neither ever compacts.
+        let mut idle = Vec::new();
+        for (group, count) in [(2, 5u64), (3, 60)] {
+            let mut g = store.group(group).unwrap();
+            g.set_conf_state(&conf).unwrap();
+            let written: Vec<Entry> = (1..=count)
+                .map(|i| entry(i, 1, &[group as u8; 1024]))
+                .collect();
+            g.append(&written).unwrap();
+            g.set_hard_state(&hard_state(1, 1, count)).unwrap();
+            idle.push((g, written));
+        }
+        // One busy group writes 100 times the purge threshold, compacting and purging as a
+        // replica does.
+        let mut busy = store.group(1).unwrap();
+        busy.set_conf_state(&conf).unwrap();
+        let payload = vec![1u8; 4096];
+        let log_bytes = || -> u64 {
+            fs::read_dir(dir.path().join("log"))
+                .unwrap()
+                .map(|f| f.unwrap().metadata().unwrap().len())
+                .sum()
+        };
+        let mut largest = 0;
+        for round in 0..800u64 {
+            let first = round * 8 + 1;
+            busy.append(
+                &(first..first + 8)
+                    .map(|i| entry(i, 1, &payload))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+            busy.set_hard_state(&hard_state(1, 1, first + 7)).unwrap();
+            busy.compact(first + 7, b"s".to_vec()).unwrap();
+            store.purge().unwrap();
+            largest = largest.max(log_bytes());
+        }
+        // The threshold, the file being written (preallocated up to 2 MiB ahead) and one more.
+        let bound = config.purge_threshold + 2 * config.target_file_size + (2 << 20);
+        assert!(
+            largest <= bound,
+            "the log reached {largest} bytes, over {bound}"
+        );
+        // The idle groups' records were moved, not lost, also across a restart.
+        for (g, written) in &idle {
+            assert_eq!(&all(g), written);
+        }
+        drop((idle, busy, store));
+        let store = Store::open_with(dir.path(), config).unwrap();
+        for (group, count) in [(2, 5u64), (3, 60)] {
+            let g = store.group(group).unwrap();
+            assert_eq!((g.first_index(), g.last_index()), (1, count));
+            assert_eq!(g.hard_state().commit, count);
+        }
+    }
+
     #[test]
     fn compaction_drops_entries_and_purge_frees_files() {
         let dir = tempfile::tempdir().unwrap();
-        let config = StoreConfig {
-            target_file_size: 64 << 10,
-            purge_threshold: 256 << 10,
-        };
+        let config = small_files();
         let store = Store::open_with(dir.path(), config.clone()).unwrap();
         let mut g = store.group(1).unwrap();
         let big = vec![7u8; 4096];

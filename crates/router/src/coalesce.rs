@@ -6,6 +6,11 @@
 //! [`IN_FLIGHT`] calls of its kind are in flight; otherwise it waits in a queue, and when a call
 //! returns, everything queued meanwhile (up to [`MAX_KEYS`]) goes out as the next call. An idle
 //! router adds no delay; a busy one sends fewer, larger calls.
+//!
+//! A node that stops answering holds its [`IN_FLIGHT`] calls until their deadline, and parts
+//! queue behind them; the router's hedging ([`crate::router`]) sends such a part to another
+//! replica after the hedge delay, through that node's queue, and drops the waiting one. A part
+//! whose caller is gone (hedged elsewhere, or the client gave up) is left out of the next call.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -104,7 +109,12 @@ impl Coalescer {
             let Some(queue) = queues.get_mut(&kind) else {
                 return;
             };
+            // Nobody waits for these any more (answered by a hedge, or abandoned).
+            queue.waiting.retain(|waiting| !waiting.reply.is_closed());
             if queue.in_flight >= IN_FLIGHT || queue.waiting.is_empty() {
+                if queue.in_flight == 0 {
+                    queues.remove(&kind);
+                }
                 return;
             }
             let mut keys = 0;

@@ -24,6 +24,8 @@
 //! - [`map`]: the merged shard map and the plan of a batch over it (pure).
 //! - [`router`]: [`Router`]: refreshing the map, channels, routing, merging, retries.
 //! - [`coalesce`]: concurrent small checks for one node share one node call.
+//! - [`hedge`]: how long an any-replica check part waits for a node before it is hedged on
+//!   another replica (the recent p99 of node calls plus a margin).
 //! - [`service`]: the `Lookup` service over a [`Router`]; [`server`]: binding and serving with
 //!   health, reflection and metrics ([`metrics`]).
 //! - [`error`]: the [`Error`] enum and the single conversion into `tonic::Status`.
@@ -34,6 +36,7 @@
 
 pub mod coalesce;
 pub mod error;
+pub mod hedge;
 pub mod map;
 pub mod metrics;
 pub mod router;

@@ -143,34 +143,53 @@ impl Map {
     /// node at or after position `spread` that holds a replica of every shard (with
     /// replication equal to the node count, every node).
     pub fn whole_target(&self, spread: usize) -> Option<NodeId> {
-        let nodes: Vec<NodeId> = self.nodes().collect();
-        (0..nodes.len())
-            .map(|i| nodes[(spread + i) % nodes.len()])
-            .find(|&node| {
-                self.reachable(node) && self.shard.iter().all(|s| s.replicas.contains(&node))
-            })
+        self.whole_target_avoiding(spread, &[])
+    }
+
+    /// [`whole_target`](Self::whole_target), never one of the nodes in `avoid`.
+    pub fn whole_target_avoiding(&self, spread: usize, avoid: &[NodeId]) -> Option<NodeId> {
+        self.rotated(spread).find(|&node| {
+            !avoid.contains(&node)
+                && self.reachable(node)
+                && self.shard.iter().all(|s| s.replicas.contains(&node))
+        })
     }
 
     /// The node to send shard `shard`'s any-replica reads to: the first reachable replica
     /// at or after position `spread` in the node order, so that different `spread` values
     /// share the load, and one value sends every shard a node holds to that node.
     pub fn replica_target(&self, shard: u32, spread: usize) -> Option<NodeId> {
+        self.replica_target_avoiding(shard, spread, &[])
+    }
+
+    /// [`replica_target`](Self::replica_target), never one of the nodes in `avoid`; `None`
+    /// when every replica of the shard is avoided or has no known address.
+    pub fn replica_target_avoiding(
+        &self,
+        shard: u32,
+        spread: usize,
+        avoid: &[NodeId],
+    ) -> Option<NodeId> {
         let entry = &self.shard[shard as usize];
-        let nodes: Vec<NodeId> = self.nodes().collect();
-        if nodes.is_empty() {
-            return None;
-        }
-        let reachable = (0..nodes.len())
-            .map(|i| nodes[(spread + i) % nodes.len()])
-            .find(|node| entry.replicas.contains(node) && self.reachable(*node));
+        let candidate = |node: &NodeId| entry.replicas.contains(node) && !avoid.contains(node);
+        let reachable = self
+            .rotated(spread)
+            .find(|node| candidate(node) && self.reachable(*node));
         // Nothing reachable: try a replica anyway (the refresh may be stale).
         reachable.or_else(|| {
             entry
                 .replicas
                 .iter()
                 .copied()
-                .find(|node| self.addresses.contains_key(node))
+                .find(|node| candidate(node) && self.addresses.contains_key(node))
         })
+    }
+
+    /// Every node with a known address, starting at position `spread` (modulo the count).
+    fn rotated(&self, spread: usize) -> impl Iterator<Item = NodeId> + '_ {
+        let nodes: Vec<NodeId> = self.nodes().collect();
+        let count = nodes.len();
+        (0..count).map(move |i| nodes[(spread + i) % count])
     }
 }
 
@@ -198,6 +217,29 @@ impl Plan {
             parts.entry(node?).or_default().push(position);
         }
         Some(Plan { parts })
+    }
+
+    /// The hedge of an any-replica read part: keys `positions` of `keys`, first sent to
+    /// `slow`, planned again over the other nodes (with `spread` as for the first plan). One
+    /// node takes them all when one holds every shard (then no key's shard is computed);
+    /// otherwise each key goes to another replica of its shard. `None` when some key's shard
+    /// has no replica but `slow` (with replication 1 there is nothing to hedge with).
+    pub fn hedge(
+        map: &Map,
+        keys: &[[u8; KEY_LEN]],
+        positions: &[u32],
+        slow: NodeId,
+        spread: usize,
+    ) -> Option<Plan> {
+        let avoid = [slow];
+        if let Some(node) = map.whole_target_avoiding(spread, &avoid) {
+            return Some(Plan {
+                parts: [(node, positions.to_vec())].into(),
+            });
+        }
+        Plan::new(keys, positions.iter().copied(), map.shards, |shard| {
+            map.replica_target_avoiding(shard, spread, &avoid)
+        })
     }
 }
 
@@ -284,5 +326,89 @@ mod tests {
         assert_eq!(plan.parts[&1], vec![0, 1, 4, 5]);
         assert_eq!(plan.parts[&2], vec![2, 3, 6, 7]);
         assert!(Plan::new(&keys, 0..8, 4, |shard| (shard != 3).then_some(1)).is_none());
+    }
+
+    /// A map of nodes `1..=nodes`, shard `s` on `replicas[s]`, with only `up` answering.
+    fn placed(nodes: u64, replicas: &[&[NodeId]], up: &[NodeId]) -> Map {
+        Map {
+            shards: replicas.len() as u32,
+            max_batch: 1000,
+            addresses: (1..=nodes).map(|id| (id, format!("n{id}:1"))).collect(),
+            up: up.iter().copied().collect(),
+            shard: replicas
+                .iter()
+                .map(|replicas| Shard {
+                    replicas: replicas.to_vec(),
+                    leader: replicas.first().copied(),
+                    term: 1,
+                })
+                .collect(),
+        }
+    }
+
+    /// One row of the hedge planning table.
+    struct Case {
+        what: &'static str,
+        /// Shard `s`'s replicas.
+        replicas: &'static [&'static [NodeId]],
+        /// Nodes that answered the last refresh (of nodes 1, 2, 3).
+        up: &'static [NodeId],
+        /// The part first sent to `slow`.
+        positions: &'static [u32],
+        slow: NodeId,
+        spread: usize,
+        /// The expected hedge: node and positions of each part.
+        hedge: Option<&'static [(NodeId, &'static [u32])]>,
+    }
+
+    #[test]
+    fn hedges_plan_a_slow_part_over_the_other_replicas() {
+        // Four shards: key i has prefix byte i * 32, so keys 0-1 are in shard 0, 2-3 in
+        // shard 1, 4-5 in shard 2, 6-7 in shard 3.
+        let keys: Vec<[u8; KEY_LEN]> = (0..8u8).map(|i| [i * 32; KEY_LEN]).collect();
+        const EVERYWHERE: &[&[NodeId]] = &[&[1, 2, 3], &[2, 3, 1], &[3, 1, 2], &[1, 2, 3]];
+        const TWO_EACH: &[&[NodeId]] = &[&[1, 2], &[2, 3], &[3, 1], &[1, 2]];
+        #[rustfmt::skip]
+        let table = [
+            Case { what: "every node holds every shard: the next node in the rotation takes it all",
+                   replicas: EVERYWHERE, up: &[1, 2, 3], positions: &[0, 1, 2, 3, 4, 5, 6, 7],
+                   slow: 2, spread: 1, hedge: Some(&[(3, &[0, 1, 2, 3, 4, 5, 6, 7])]) },
+            Case { what: "the rotation wraps around past the slow node",
+                   replicas: EVERYWHERE, up: &[1, 2, 3], positions: &[3, 6],
+                   slow: 3, spread: 2, hedge: Some(&[(1, &[3, 6])]) },
+            Case { what: "a node that did not answer the last refresh is skipped",
+                   replicas: EVERYWHERE, up: &[2, 3], positions: &[0, 5],
+                   slow: 2, spread: 0, hedge: Some(&[(3, &[0, 5])]) },
+            Case { what: "two replicas per shard: each key goes to its shard's other replica",
+                   replicas: TWO_EACH, up: &[1, 2, 3], positions: &[0, 1, 2, 3, 6, 7],
+                   slow: 2, spread: 0, hedge: Some(&[(1, &[0, 1, 6, 7]), (3, &[2, 3])]) },
+            Case { what: "the spread picks among the other replicas as in the first plan",
+                   replicas: EVERYWHERE, up: &[1, 2, 3], positions: &[4],
+                   slow: 1, spread: 1, hedge: Some(&[(2, &[4])]) },
+            Case { what: "the only other replica did not answer the refresh: it is tried anyway",
+                   replicas: TWO_EACH, up: &[1, 2], positions: &[2],
+                   slow: 2, spread: 0, hedge: Some(&[(3, &[2])]) },
+            Case { what: "one replica per shard: nothing to hedge with",
+                   replicas: &[&[1], &[2], &[3], &[1]], up: &[1, 2, 3], positions: &[0, 1, 6],
+                   slow: 1, spread: 0, hedge: None },
+            Case { what: "some key's shard has no other replica: no hedge at all",
+                   replicas: &[&[1, 2], &[2], &[3, 1], &[1, 2]], up: &[1, 2, 3], positions: &[0, 2],
+                   slow: 2, spread: 0, hedge: None },
+        ];
+        for case in table {
+            let map = placed(3, case.replicas, case.up);
+            let plan = Plan::hedge(&map, &keys, case.positions, case.slow, case.spread);
+            let expected = case.hedge.map(|parts| Plan {
+                parts: parts.iter().map(|&(node, p)| (node, p.to_vec())).collect(),
+            });
+            assert_eq!(plan, expected, "{}", case.what);
+            if let Some(plan) = plan {
+                assert!(
+                    !plan.parts.contains_key(&case.slow),
+                    "{}: sent to the slow node",
+                    case.what
+                );
+            }
+        }
     }
 }

@@ -5,9 +5,11 @@
 //! (every `Lookup` call, by gRPC code), `leakbloom_router_keys_checked_total` /
 //! `leakbloom_router_keys_inserted_total` (keys of successful calls),
 //! `leakbloom_router_node_failures_total{node,code}` (failed calls to nodes, retried or not),
-//! `leakbloom_router_retries_total` (retry rounds), `leakbloom_router_shard_map_refreshes_total`
-//! and `leakbloom_router_nodes_up` (nodes that answered the last refresh). Labels are rpc
-//! names, codes and node ids: never keys or identifiers.
+//! `leakbloom_router_retries_total` (retry rounds), `leakbloom_router_hedges_total`
+//! (any-replica check parts sent to a second replica because the first had not answered
+//! within the hedge delay), `leakbloom_router_shard_map_refreshes_total` and
+//! `leakbloom_router_nodes_up` (nodes that answered the last refresh). Labels are rpc names,
+//! codes and node ids: never keys or identifiers.
 
 use std::sync::Arc;
 
@@ -25,6 +27,7 @@ pub struct Metrics {
     pub requests: Requests,
     node_failures: IntCounterVec,
     retries: IntCounter,
+    hedges: IntCounter,
     refreshes: IntCounter,
     nodes_up: IntGauge,
 }
@@ -49,6 +52,10 @@ impl Metrics {
         let retries = counter(
             "leakbloom_router_retries_total",
             "Rounds of resending parts of a call that failed retryably.",
+        );
+        let hedges = counter(
+            "leakbloom_router_hedges_total",
+            "Any-replica check parts also sent to another replica after the hedge delay.",
         );
         let refreshes = counter(
             "leakbloom_router_shard_map_refreshes_total",
@@ -78,6 +85,7 @@ impl Metrics {
             requests,
             node_failures,
             retries,
+            hedges,
             refreshes,
             nodes_up,
         }
@@ -93,6 +101,11 @@ impl Metrics {
     /// Counts a retry round.
     pub fn retry(&self) {
         self.retries.inc();
+    }
+
+    /// Counts a hedged part.
+    pub fn hedge(&self) {
+        self.hedges.inc();
     }
 
     /// Counts a shard map refresh.

@@ -16,6 +16,16 @@
 //! that part's keys go again; the parts that succeeded stay. Inserts are idempotent, so a part
 //! retried after its first try committed on some shards is harmless. Any other status is the
 //! client's to see and is passed on unchanged.
+//!
+//! # Hedged reads
+//! A node can stop answering without failing: a frozen process (SIGSTOP, a stalled VM, a disk
+//! stall) keeps its TCP connection up, so its calls neither fail nor answer until the deadline.
+//! An any-replica check part that a node has not answered within the hedge delay (the recent
+//! p99 of node calls plus `--hedge-ms`: [`HedgeDelay`]) is therefore planned again over the
+//! other replicas of its keys' shards ([`Plan::hedge`]) and sent there too: the first complete
+//! answer wins and the other call is dropped (cancelled). Small parts are hedged alike, through the coalescer of
+//! the other node. Inserts and linearizable checks are not hedged: they go to leaders, and a
+//! frozen leader is replaced by a Raft election (its calls then fail and are retried).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -39,6 +49,7 @@ use leakbloom_client::{check_bits, check_set_count, split_keys, Key};
 
 use crate::coalesce::{Coalescer, SMALL_PART_KEYS};
 use crate::error::{check_name, retryable, Error, Result};
+use crate::hedge::HedgeDelay;
 use crate::map::{Map, MapError, NodeId, Plan};
 use crate::metrics::Metrics;
 
@@ -89,6 +100,8 @@ pub struct Router {
     coalescer: Arc<Coalescer>,
     /// Rotates any-replica reads and management calls over the nodes.
     spread: AtomicUsize,
+    /// How long an any-replica check part waits before it is hedged; `None`: never hedged.
+    hedge: Option<HedgeDelay>,
     metrics: Arc<Metrics>,
     /// Most keys per request the router accepts (the nodes' `max_batch` when smaller).
     max_batch: usize,
@@ -96,10 +109,16 @@ pub struct Router {
 
 impl Router {
     /// A router that learns the cluster from `seeds` (node client addresses, `HOST:PORT`) and
-    /// accepts at most `max_batch` keys per request (or the nodes' limit, when smaller). It
-    /// knows nothing until [`refresh`](Self::refresh) (or [`run_refresh`](Self::run_refresh))
-    /// reaches a node.
-    pub fn new(seeds: Vec<String>, metrics: Arc<Metrics>, max_batch: usize) -> Router {
+    /// accepts at most `max_batch` keys per request (or the nodes' limit, when smaller), and
+    /// hedges any-replica check parts unanswered for `hedge` more than the recent p99 of node
+    /// calls (zero: never). It knows nothing until [`refresh`](Self::refresh) (or
+    /// [`run_refresh`](Self::run_refresh)) reaches a node.
+    pub fn new(
+        seeds: Vec<String>,
+        hedge: Duration,
+        metrics: Arc<Metrics>,
+        max_batch: usize,
+    ) -> Router {
         Router {
             seeds,
             map: RwLock::new(None),
@@ -107,6 +126,7 @@ impl Router {
             refreshed: tokio::sync::Mutex::new(None),
             coalescer: Arc::default(),
             spread: AtomicUsize::new(0),
+            hedge: (!hedge.is_zero()).then(|| HedgeDelay::new(hedge)),
             metrics,
             max_batch,
         }
@@ -265,11 +285,21 @@ impl Router {
             Err(_) => return Err(Error::Consistency(request.consistency)),
         };
         let spread = self.spread.fetch_add(1, Ordering::Relaxed);
+        // Any-replica reads may be hedged on another replica; leader reads may not.
+        let hedge = self
+            .hedge
+            .as_ref()
+            .filter(|_| !linearizable)
+            .map(|delay| Hedge { delay, spread });
         let mut merged: Option<Merged> = None;
+        let batch = Batch {
+            packed: &request.keys,
+            deadline,
+            hedge,
+        };
         self.route(
             map,
-            &request.keys,
-            deadline,
+            batch,
             |map, shard| match (linearizable, shard) {
                 (true, Some(shard)) => map.leader_target(shard),
                 (true, None) => None,
@@ -331,10 +361,14 @@ impl Router {
         split_keys(&request.keys, map.max_batch.min(self.max_batch))?;
         check_name(&request.set)?;
         let mut acknowledged = 0u64;
+        let batch = Batch {
+            packed: &request.keys,
+            deadline,
+            hedge: None,
+        };
         self.route(
             map,
-            &request.keys,
-            deadline,
+            batch,
             |map, shard| shard.and_then(|shard| map.leader_target(shard)),
             |mut client, _, part| {
                 let sub = InsertRequest {
@@ -362,17 +396,16 @@ impl Router {
         Ok(acknowledged)
     }
 
-    /// Routes `keys`: plans them over `map` with `target` (shard → node; for `None`, a node
-    /// that takes every key at once, if any: then no key's shard is computed), sends each node's
-    /// part with `send` (given a client, the node and the part's packed keys), hands each
-    /// answer to `take` with its node and its keys' positions in the request, and retries the
-    /// parts that failed
-    /// retryably (see the [module docs](self)) until `deadline`.
+    /// Routes the batch's keys: plans them over `map` with `target` (shard → node; for `None`,
+    /// a node that takes every key at once, if any: then no key's shard is computed), sends each
+    /// node's part with `send` (given a client, the node and the part's packed keys), hedges a
+    /// part its node leaves unanswered for the hedge delay (any-replica reads only: see the
+    /// [module docs](self)), hands each answer to `take` with its node and its keys' positions
+    /// in the request, and retries the parts that failed retryably until the deadline.
     async fn route<T, S, F>(
         &self,
         mut map: Arc<Map>,
-        packed: &Bytes,
-        deadline: Instant,
+        batch: Batch<'_>,
         target: impl Fn(&Map, Option<u32>) -> Option<NodeId>,
         send: S,
         mut take: impl FnMut(NodeId, &[u32], T) -> Result<()>,
@@ -381,6 +414,11 @@ impl Router {
         S: Fn(LookupClient<Channel>, NodeId, Bytes) -> F,
         F: Future<Output = Result<T, Status>>,
     {
+        let Batch {
+            packed,
+            deadline,
+            hedge,
+        } = batch;
         let started = Instant::now();
         // Whole keys: the callers checked the length.
         let (keys, _) = packed.as_chunks::<KEY_LEN>();
@@ -403,27 +441,57 @@ impl Router {
                     reason: "a shard has no replica with a known address".into(),
                 })?,
             };
-            let calls = plan.parts.into_iter().map(|(node, positions)| {
-                // A part with every key sends the request's own bytes: no copy.
+            // One node's part: its answer (a part with every key sends the request's own
+            // bytes: no copy).
+            let call = |node: NodeId, positions: &[u32]| {
                 let part = if positions.len() == keys.len() {
                     packed.clone()
                 } else {
-                    gather(keys, &positions)
+                    gather(keys, positions)
                 };
                 let call = self
                     .lookup(&map, node)
                     .map(|client| send(client, node, part));
                 async move {
-                    let answer = match call {
+                    match call {
                         Ok(call) => call.await,
                         Err(status) => Err(status),
+                    }
+                }
+            };
+            let calls = plan.parts.into_iter().map(|(node, positions)| {
+                let first = call(node, &positions);
+                let map = &map;
+                let call = &call;
+                async move {
+                    let Some(hedge) = hedge else {
+                        return vec![(node, positions, first.await)];
                     };
-                    (node, positions, answer)
+                    let delay = hedge.delay.delay();
+                    let mut first = std::pin::pin!(timed(hedge.delay, first));
+                    if let Ok(answer) = tokio::time::timeout(delay, &mut first).await {
+                        return vec![(node, positions, answer)];
+                    }
+                    let Some(plan) = Plan::hedge(map, keys, &positions, node, hedge.spread) else {
+                        return vec![(node, positions, first.await)];
+                    };
+                    tracing::debug!(
+                        node,
+                        keys = positions.len(),
+                        ?delay,
+                        "hedging an unanswered any-replica read"
+                    );
+                    self.metrics.hedge();
+                    let second = join_all(plan.parts.into_iter().map(|(other, positions)| {
+                        let answer = timed(hedge.delay, call(other, &positions));
+                        async move { (other, positions, answer.await) }
+                    }));
+                    self.race(node, positions, first, second).await
                 }
             });
             let mut retry: Vec<u32> = Vec::new();
             let mut last: Option<(NodeId, Status)> = None;
-            for (node, positions, answer) in join_all(calls).await {
+            for (node, positions, answer) in join_all(calls).await.into_iter().flatten() {
                 match answer {
                     Ok(answer) => take(node, &positions, answer)?,
                     Err(status) if retryable(&status) => {
@@ -455,6 +523,48 @@ impl Router {
             retry.sort_unstable();
             pending = retry;
         }
+    }
+
+    /// Races a part's first call (to `node`, keys `positions`) against its hedge (the same
+    /// keys over other nodes): the first to answer in full wins and the other is dropped. When
+    /// one fails, the other is awaited; when both fail, the hedge's answers are returned (its
+    /// successful pieces are kept, the rest retried) and the first call's failure is counted.
+    async fn race<T>(
+        &self,
+        node: NodeId,
+        positions: Vec<u32>,
+        first: impl Future<Output = Result<T, Status>>,
+        second: impl Future<Output = Vec<Answer<T>>>,
+    ) -> Vec<Answer<T>> {
+        let mut first = std::pin::pin!(first);
+        let mut second = std::pin::pin!(second);
+        let failed = tokio::select! {
+            answer = &mut first => match answer {
+                Ok(answer) => return vec![(node, positions, Ok(answer))],
+                Err(status) => status,
+            },
+            answers = &mut second => {
+                if answers.iter().all(|(_, _, answer)| answer.is_ok()) {
+                    return answers;
+                }
+                match first.await {
+                    Ok(answer) => {
+                        for (other, _, answer) in &answers {
+                            if let Err(status) = answer {
+                                self.metrics.node_failure(*other, status.code());
+                            }
+                        }
+                        return vec![(node, positions, Ok(answer))];
+                    }
+                    Err(status) => {
+                        self.metrics.node_failure(node, status.code());
+                        return answers;
+                    }
+                }
+            }
+        };
+        self.metrics.node_failure(node, failed.code());
+        second.await
     }
 
     /// Calls `call` on one node after another (rotating, nodes that answered the last refresh
@@ -518,6 +628,43 @@ pub fn validate_check(request: &CheckRequest, max_batch: usize) -> Result<&[Key]
     }
     check_bits(request.sets.len(), keys.len())?;
     Ok(keys)
+}
+
+/// A part's answer from one node: the node, its keys' positions in the request, and what it
+/// said.
+type Answer<T> = (NodeId, Vec<u32>, Result<T, Status>);
+
+/// The keys of a routed call, its deadline, and whether its parts may be hedged.
+#[derive(Clone, Copy, Debug)]
+struct Batch<'a> {
+    /// The request's keys, packed.
+    packed: &'a Bytes,
+    /// When the call gives up.
+    deadline: Instant,
+    /// Any-replica reads only.
+    hedge: Option<Hedge<'a>>,
+}
+
+/// When and how a routed any-replica read is hedged.
+#[derive(Clone, Copy, Debug)]
+struct Hedge<'a> {
+    /// How long a part waits for its node first; learns from every call that answers.
+    delay: &'a HedgeDelay,
+    /// The request's rotation position, which planned the first try.
+    spread: usize,
+}
+
+/// `call`, its duration recorded in `delay` when it answers.
+async fn timed<T>(
+    delay: &HedgeDelay,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let sent = Instant::now();
+    let answer = call.await;
+    if answer.is_ok() {
+        delay.record(sent.elapsed());
+    }
+    answer
 }
 
 /// Sets `deadline` as the request's gRPC timeout, so a node stops working on it when the

@@ -29,6 +29,9 @@ pub struct Config {
     pub max_batch: usize,
     /// When client connections that stall are closed.
     pub connections: leakbloom_net::Timeouts,
+    /// How much longer than the recent p99 of node calls an any-replica check part waits for
+    /// its node before it is also sent to another replica (a hedged read); zero: never hedged.
+    pub hedge: Duration,
 }
 
 /// Why a router could not start.
@@ -104,6 +107,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let router = Arc::new(Router::new(
             self.config.nodes.clone(),
+            self.config.hedge,
             metrics.clone(),
             self.config.max_batch,
         ));
@@ -149,6 +153,7 @@ impl Server {
         tracing::info!(
             listen = %local_addr,
             nodes = ?self.config.nodes,
+            hedge_ms = self.config.hedge.as_millis() as u64,
             metrics_listen = ?metrics_addr,
             "router serving"
         );

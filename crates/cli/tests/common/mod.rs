@@ -1,7 +1,11 @@
-//! Helpers shared by the process tests: free ports, `leakbloom` child processes, and waiting
-//! until a server finds every acknowledged key.
+//! Helpers shared by the process tests: free ports, node command lines, `leakbloom` child
+//! processes, and waiting until a server finds every acknowledged key.
+
+// Each test binary uses only some of the helpers.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +18,69 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_leakbloom");
 /// A free port on 127.0.0.1 for a child to bind later (see [`leakbloom_node::server::free_port`]).
 pub fn free_port() -> u16 {
     leakbloom_node::server::free_port([127, 0, 0, 1].into()).expect("a free port")
+}
+
+/// The command lines of a cluster of `leakbloom node` processes on 127.0.0.1: free client
+/// and peer ports, every node in `--peers`, data directories `node-I` under one directory.
+pub struct Nodes {
+    /// Each node's client address, by index (node id minus one).
+    pub listens: Vec<String>,
+    peer_listens: Vec<String>,
+    peers: String,
+    dir: PathBuf,
+    shards: u32,
+}
+
+impl Nodes {
+    /// `count` nodes with `shards` shards, their data under `dir`.
+    pub fn new(dir: &Path, count: usize, shards: u32) -> Nodes {
+        let peer_listens: Vec<String> = (0..count)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let peers = peer_listens
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| format!("{}={addr}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        Nodes {
+            listens: (0..count)
+                .map(|_| format!("127.0.0.1:{}", free_port()))
+                .collect(),
+            peer_listens,
+            peers,
+            dir: dir.to_path_buf(),
+            shards,
+        }
+    }
+
+    /// Node `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("node-{i}"))
+    }
+
+    /// The arguments of node `i` (id `i + 1`), then `extra`.
+    pub fn args(&self, i: usize, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "node",
+            "--id",
+            &(i + 1).to_string(),
+            "--listen",
+            &self.listens[i],
+            "--peer-listen",
+            &self.peer_listens[i],
+            "--peers",
+            &self.peers,
+            "--data-dir",
+            self.data_dir(i).to_str().unwrap(),
+            "--shards",
+            &self.shards.to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        args
+    }
 }
 
 /// A child process, killed (SIGKILL) on drop; `ready` fires on the first stderr line that
@@ -62,6 +129,14 @@ impl Proc {
 }
 
 impl Proc {
+    /// Freezes the process with SIGSTOP until the returned guard is dropped (SIGCONT): its
+    /// sockets stay open and its connections up, but nothing answers.
+    pub fn freeze(&self) -> Frozen<'_> {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
+        signal(pid, libc::SIGSTOP);
+        Frozen { pid, _proc: self }
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill(mut self) {
         self.child.kill().unwrap();
@@ -74,6 +149,31 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A process frozen by [`Proc::freeze`]; dropping it (also when a test panics) lets the process
+/// run again, so no stopped process is left behind.
+pub struct Frozen<'a> {
+    pid: libc::pid_t,
+    _proc: &'a Proc,
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        signal(self.pid, libc::SIGCONT);
+    }
+}
+
+fn signal(pid: libc::pid_t, signal: libc::c_int) {
+    // SAFETY: kill(2) only sends a signal; `pid` is our own child, not yet reaped (the `Proc`
+    // it belongs to is borrowed).
+    let sent = unsafe { libc::kill(pid, signal) };
+    assert_eq!(
+        sent,
+        0,
+        "kill({pid}, {signal}): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Waits (up to 30 s) until `addr` finds every one of `keys` in `set` with any-replica

@@ -71,7 +71,10 @@ pub use tasks::Health;
 /// A shard snapshot waits until the inserts since the last one are as large as it: a filter
 /// has its full size from creation, and rewriting it every `snapshot_entries` small inserts
 /// wrote more snapshot than log (measured: every ~12 s all 48 replicas of a 3-node dev cluster
-/// wrote 31 MB each at once, stalling heartbeats into leader step-downs).
+/// wrote 31 MB each at once, stalling heartbeats into leader step-downs). And once they are, a
+/// snapshot is due whatever the entry count (the byte budget, at least `snapshot_log_bytes`):
+/// a shard's log stays within its snapshot's size, so a data directory within about twice the
+/// filters (see the raft crate's docs for the bound).
 const SNAPSHOT_LOG_RATIO: f64 = 1.0;
 
 /// How long a shard map waits for a peer's `Status` (its client address) before using the
@@ -136,6 +139,7 @@ impl Node {
             node_config: NodeConfig {
                 snapshot_entries: config.snapshot_entries,
                 snapshot_log_ratio: SNAPSHOT_LOG_RATIO,
+                snapshot_log_bytes: config.snapshot_log_bytes,
                 ..NodeConfig::default()
             },
             transport: peers.clone() as Arc<dyn Transport>,
