@@ -126,7 +126,11 @@ pub enum Error {
     Filter(#[from] leakbloom_filter::Error),
     /// The shard cannot take the request right now: no leader is known, leadership moved while
     /// the request was in flight, or the leader could not be reached. Retryable.
-    #[error("shard {shard} is unavailable ({reason}){}; retry shortly", leader_hint(*.leader))]
+    #[error(
+        "{} is unavailable ({reason}){}; retry shortly",
+        shard_name(*.shard),
+        leader_hint(*.leader)
+    )]
     Unavailable {
         /// The shard.
         shard: ShardId,
@@ -171,6 +175,15 @@ impl Error {
                 reason: format!("node {node}: {other}"),
             },
         }
+    }
+}
+
+/// How messages name a shard; [`ShardId::MAX`] stands for the catalog group.
+pub fn shard_name(shard: ShardId) -> String {
+    if shard == ShardId::MAX {
+        "the catalog".into()
+    } else {
+        format!("shard {shard}")
     }
 }
 

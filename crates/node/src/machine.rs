@@ -245,6 +245,7 @@ pub fn encode_catalog_outcome(outcome: &Result<catalog::Outcome>) -> Vec<u8> {
         }),
         Err(Error::TooManySets { max }) => CatalogOutcome::TooManySets(*max),
         Err(Error::NodeLimitsUnknown { node }) => CatalogOutcome::LimitsUnknown(*node),
+        Err(Error::UnknownNode { node }) => CatalogOutcome::UnknownNode(*node),
         Err(other) => CatalogOutcome::Other(other.to_string()),
     };
     CatalogResult {
@@ -287,6 +288,7 @@ pub fn decode_catalog_outcome(bytes: &[u8]) -> Result<catalog::Outcome> {
         }),
         Some(CatalogOutcome::TooManySets(max)) => Err(Error::TooManySets { max }),
         Some(CatalogOutcome::LimitsUnknown(node)) => Err(Error::NodeLimitsUnknown { node }),
+        Some(CatalogOutcome::UnknownNode(node)) => Err(Error::UnknownNode { node }),
         Some(CatalogOutcome::Other(message)) => Err(Error::Replica {
             shard: u32::MAX,
             reason: format!("catalog: {message}"),
@@ -379,6 +381,38 @@ mod tests {
             },
         ] {
             assert_round_trip(Err(error));
+        }
+    }
+
+    #[test]
+    fn every_catalog_outcome_round_trips() {
+        let spec = SetSpec::new("s", 1000, 1e-3, "sha256").unwrap();
+        let entry = Entry {
+            geometry: spec.partition_geometry(4).unwrap(),
+            spec,
+            generation: 7,
+            active: true,
+        };
+        let outcomes: Vec<Result<catalog::Outcome>> = vec![
+            Ok(catalog::Outcome::Set(entry)),
+            Ok(catalog::Outcome::Dropped(7)),
+            Ok(catalog::Outcome::Done),
+            Err(Error::SetNotFound("s".into())),
+            Err(Error::MemoryLimit {
+                name: "s".into(),
+                node: 2,
+                needed: 10,
+                available: 3,
+                limit: 20,
+            }),
+            Err(Error::TooManySets { max: 3 }),
+            Err(Error::NodeLimitsUnknown { node: 3 }),
+            Err(Error::UnknownNode { node: 99 }),
+        ];
+        for outcome in outcomes {
+            let shown = format!("{outcome:?}");
+            let decoded = decode_catalog_outcome(&encode_catalog_outcome(&outcome));
+            assert_eq!(format!("{decoded:?}"), shown);
         }
     }
 

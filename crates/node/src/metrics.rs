@@ -72,7 +72,8 @@ impl Metrics {
             Opts::new(
                 "leakbloom_replica_unhealthy",
                 "1 for each reason a replica keeps this node NOT_SERVING: stalled (it cannot \
-                 apply for want of filter memory), no_leader (its group has no leader it knows).",
+                 apply for want of filter memory), rebuilding (the catalog's replica is rebuilt from its \
+                 peers), no_leader (its group has no leader it knows).",
             ),
             &["shard", "reason"],
         )
@@ -80,6 +81,7 @@ impl Metrics {
         for problem in node.health() {
             let reason = match problem {
                 Health::Stalled { .. } => "stalled",
+                Health::Rebuilding { .. } => "rebuilding",
                 Health::NoLeader { .. } => "no_leader",
             };
             let group = problem.group();

@@ -61,7 +61,7 @@ async fn watch_health(node: Arc<Node>, reporter: tonic_health::server::HealthRep
                 Health::NoLeader { group } => {
                     now.duration_since(*leaderless.entry(*group).or_insert(now)) >= NO_LEADER_GRACE
                 }
-                Health::Stalled { .. } => true,
+                Health::Stalled { .. } | Health::Rebuilding { .. } => true,
             })
             .map(ToString::to_string)
             .collect();

@@ -134,6 +134,7 @@ impl Node {
     /// The entries a check asks for, validated, and within the limits of a check's answer
     /// ([`leakbloom_client::MAX_CHECK_BITS`]: every set counts when none is named).
     async fn check_entries(&self, sets: &[String], keys: usize) -> Result<Vec<Entry>> {
+        self.catalog_ready()?;
         let entries = if sets.is_empty() {
             self.catalog
                 .state

@@ -30,6 +30,7 @@ impl Node {
     /// The catalog entry of set `name` (only an active one when `active`), looked up again
     /// after a catalog read barrier when this node's copy does not have it (yet).
     pub(super) async fn resolve(&self, name: &str, active: bool) -> Result<Entry> {
+        self.catalog_ready()?;
         let find = || {
             self.catalog
                 .state
@@ -40,6 +41,24 @@ impl Node {
         }
         self.catalog_barrier().await?;
         find().ok_or_else(|| Error::SetNotFound(name.to_string()))
+    }
+
+    /// Whether this node's catalog replica may answer which sets exist: not while it is rebuilt
+    /// from its peers (it holds nothing yet) or stalled. Retryable: another node can answer.
+    pub(super) fn catalog_ready(&self) -> Result<()> {
+        let handle = &self.catalog.handle;
+        let reason = if handle.rejoin_mark().is_some() {
+            "its replica on this node is being rebuilt from its peers".to_string()
+        } else if let Some(reason) = handle.stalled() {
+            format!("its replica on this node is stalled: {reason}")
+        } else {
+            return Ok(());
+        };
+        Err(Error::Unavailable {
+            shard: u32::MAX,
+            leader: None,
+            reason: format!("{reason}; ask another node"),
+        })
     }
 
     /// Creates a set on every shard; idempotent with equal parameters. The catalog admits it
@@ -211,6 +230,7 @@ impl Node {
 
     /// Every set with its statistics, in name order.
     pub async fn list_sets(&self) -> Result<Vec<SetInfo>> {
+        self.catalog_ready()?;
         let entries: Vec<Entry> = self
             .catalog
             .state

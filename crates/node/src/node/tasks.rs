@@ -35,6 +35,12 @@ pub enum Health {
         /// What it lacks.
         reason: String,
     },
+    /// The catalog's replica is being rebuilt from its peers: until it has caught up this node
+    /// cannot say which sets exist.
+    Rebuilding {
+        /// The group (the catalog).
+        group: GroupId,
+    },
     /// A replica knows no leader of its group: a quorum is not reachable from here (or an
     /// election is running; the server counts it only when it lasts).
     NoLeader {
@@ -47,7 +53,9 @@ impl Health {
     /// The group concerned.
     pub fn group(&self) -> GroupId {
         match self {
-            Health::Stalled { group, .. } | Health::NoLeader { group } => *group,
+            Health::Stalled { group, .. }
+            | Health::Rebuilding { group }
+            | Health::NoLeader { group } => *group,
         }
     }
 }
@@ -67,6 +75,9 @@ impl fmt::Display for Health {
             Health::Stalled { group, reason } => {
                 write!(f, "{} is stalled: {reason}", group_name(*group))
             }
+            Health::Rebuilding { group } => {
+                write!(f, "{} is being rebuilt from its peers", group_name(*group))
+            }
             Health::NoLeader { group } => write!(f, "{} has no leader", group_name(*group)),
         }
     }
@@ -80,10 +91,12 @@ impl Node {
                 let stalled = handle
                     .stalled()
                     .map(|reason| Health::Stalled { group, reason });
+                let rebuilding = (group == CATALOG_GROUP && handle.rejoin_mark().is_some())
+                    .then_some(Health::Rebuilding { group });
                 let leaderless = (handle.leadership().leader.is_none()
                     && handle.rejoin_mark().is_none())
                 .then_some(Health::NoLeader { group });
-                stalled.into_iter().chain(leaderless)
+                stalled.into_iter().chain(rebuilding).chain(leaderless)
             })
             .collect()
     }

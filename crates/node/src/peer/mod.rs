@@ -69,7 +69,7 @@ use leakbloom_proto::v1::{ShardCheckRequest, ShardCheckResponse, StatusResponse}
 use leakbloom_raft::{GroupHandle, GroupId, NodeId};
 use tonic::{Code, Status};
 
-use crate::error::{Error, LEADER_METADATA};
+use crate::error::{shard_name, Error, LEADER_METADATA};
 use crate::shard::ShardId;
 
 mod service;
@@ -293,7 +293,7 @@ fn unreachable(shard: ShardId, node: NodeId, address: &str, why: &str) -> Error 
 /// it has another shape.
 fn unavailable_reason(message: &str, shard: ShardId) -> String {
     message
-        .strip_prefix(&format!("shard {shard} is unavailable ("))
+        .strip_prefix(&format!("{} is unavailable (", shard_name(shard)))
         .and_then(|rest| rest.rsplit_once(')'))
         .map_or(message, |(reason, _)| reason)
         .to_string()
