@@ -335,6 +335,20 @@ async fn lookup_health(node: &Node) -> ServingStatus {
     response.status()
 }
 
+/// Waits (up to 5 s: the health is worked out every second) until node `node`'s Lookup health
+/// is `want`.
+async fn health_becomes(node: &Node, want: ServingStatus) {
+    let mut status = ServingStatus::Unknown;
+    for _ in 0..50 {
+        status = lookup_health(node).await;
+        if status == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("node {} stays {status:?}, not {want:?}", node.id());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_without_memory_stalls_reports_not_serving_and_resumes_by_itself() {
     let mut cluster = Cluster::start().await;
@@ -356,15 +370,7 @@ async fn a_replica_without_memory_stalls_reports_not_serving_and_resumes_by_itse
             .any(|problem| problem.to_string().contains("is stalled"))
     })
     .await;
-    let mut status = ServingStatus::Unknown;
-    for _ in 0..50 {
-        status = lookup_health(&node3).await;
-        if status == ServingStatus::NotServing {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, ServingStatus::NotServing);
+    health_becomes(&node3, ServingStatus::NotServing).await;
     // The others go on: inserts commit, and every node answers (node 3 from the others).
     insert(cluster.node(2), "s", 1000..1500).await;
     for id in 1..=3 {
@@ -373,14 +379,7 @@ async fn a_replica_without_memory_stalls_reports_not_serving_and_resumes_by_itse
     // Memory back: it applies again by itself and serves from its own replicas.
     node3.budget().set_limit(u64::MAX);
     eventually("node 3 applies again", || node3.health().is_empty()).await;
-    for _ in 0..50 {
-        status = lookup_health(&node3).await;
-        if status == ServingStatus::Serving {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, ServingStatus::Serving);
+    health_becomes(&node3, ServingStatus::Serving).await;
     all_present(&node3, "s", 0..1500, Consistency::AnyReplica).await;
     cluster.stop().await;
 }
