@@ -558,3 +558,58 @@ async fn metrics_count_requests_keys_raft_and_sets() {
         .starts_with("HTTP/1.1 404 Not Found"));
     node.stop().await;
 }
+
+/// A Check of every set (`sets` empty) with a full batch, with 300 sets: within the documented
+/// limits, so it is answered (before, the reply passed the server's message size and the call
+/// failed OUT_OF_RANGE); and one naming more sets than a check may is refused up front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_batch_against_every_one_of_300_sets_is_answered() {
+    let node = TestNode::start(Config {
+        shards: 4,
+        ..Config::default()
+    })
+    .await;
+    let sets: Vec<String> = (0..300).map(|i| format!("s{i:03}")).collect();
+    for chunk in sets.chunks(10) {
+        let creates = chunk.iter().map(|name| {
+            let node = &node;
+            async move {
+                let mut client = node.client().await;
+                client.create_set(name, 100, 1e-3, "sha256").await.unwrap();
+            }
+        });
+        futures_util::future::join_all(creates).await;
+    }
+    let mut client = node.client().await;
+    let keys = random_keys(11, 65_536);
+    client.insert("s150", &keys[..10]).await.unwrap();
+    let packed: Bytes = keys.concat().into();
+    let answer = client
+        .raw()
+        .check(CheckRequest {
+            sets: Vec::new(),
+            keys: packed.clone(),
+            consistency: 0,
+        })
+        .await
+        .expect("a check within the limits is answered")
+        .into_inner();
+    assert_eq!(answer.results.len(), 300);
+    assert!(answer.results.windows(2).all(|w| w[0].set < w[1].set));
+    for result in &answer.results {
+        assert_eq!(result.present.len(), 65_536 / 8);
+    }
+    let s150 = &answer.results[150];
+    assert_eq!(s150.set, "s150");
+    assert!((0..10).all(|i| s150.present[i / 8] & (1 << (i % 8)) != 0));
+
+    // 1025 sets named: over the limit of sets per check, refused before any is looked up.
+    let named = CheckRequest {
+        sets: (0..1025).map(|i| format!("n{i}")).collect(),
+        keys: packed,
+        consistency: 0,
+    };
+    let refused = client.raw().check(named).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("1025"), "{}", refused.message());
+}

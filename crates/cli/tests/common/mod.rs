@@ -93,8 +93,27 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(args: &[String], marker: &'static str) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
+        let mut command = Command::new(BIN);
+        command.args(args);
+        Proc::spawn(command, marker)
+    }
+
+    /// [`start`](Self::start) with the process's address space capped at `bytes`
+    /// (`ulimit -v`, which sets `RLIMIT_AS`): a machine with that much memory, as far as the
+    /// node can tell.
+    pub fn start_in_address_space(args: &[String], marker: &'static str, bytes: u64) -> Proc {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -v {} && exec \"$0\" \"$@\"", bytes / 1024))
+            .arg(BIN)
+            .args(args);
+        Proc::spawn(command, marker)
+    }
+
+    /// Runs `command` with its log on a pipe; ready once a log line contains `marker`.
+    fn spawn(mut command: Command, marker: &'static str) -> Proc {
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .env("LEAKBLOOM_LOG_FORMAT", "text")
