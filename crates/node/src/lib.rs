@@ -6,15 +6,22 @@
 //! - [`shard`]: key → shard (key bytes 0..8, multiply-shift).
 //! - [`cluster`]: the static layout (nodes, replica placement) and the record of it kept in the
 //!   data directory, which makes a node refuse to start with another shard count.
+//! - [`catalog`]: the cluster catalog, a Raft group of its own on every node: which sets
+//!   exist (parameters, geometry, generation, creating or active), dropped generations not yet
+//!   collected, and each node's limits; one entry creates or drops a set everywhere.
+//! - [`memory`]: a node's filter memory limit (by default half of what the process can get)
+//!   and the [`memory::Budget`] its replicas reserve from.
 //! - [`set`]: set names and parameters ([`set::SetSpec`]) and a set's per-shard
 //!   [`set::Partition`] (one filter).
 //! - [`state`]: one shard's state machine; every change is a `Command` applied
 //!   deterministically, in log order; snapshots of the whole shard.
-//! - [`machine`]: [`state::ShardState`] as a `leakbloom_raft::StateMachine` (commands and
-//!   their outcomes as bytes).
-//! - [`node`]: the operations ([`Node::check`], [`Node::insert`], set management): validate,
-//!   split by shard, commit one command per touched shard through its leader, read from the
-//!   applied state after a ReadIndex barrier (or at once for any-replica reads).
+//! - [`machine`]: [`state::ShardState`] and the catalog as `leakbloom_raft::StateMachine`s
+//!   (commands and their outcomes as bytes; a filter that cannot be allocated stalls the
+//!   replica instead of panicking).
+//! - [`node`]: the operations ([`Node::check`], [`Node::insert`], set management through the
+//!   catalog): validate, split by shard, commit one command per touched shard through its
+//!   leader, read from the applied state after a ReadIndex barrier (or at once for
+//!   any-replica reads); the health summary ([`node::Health`]).
 //! - [`peer`]: the peer gRPC service (Raft messages batched per destination, snapshots in
 //!   chunks, forwarded proposals and checks) and [`peer::Peers`], its client side and the Raft
 //!   transport.
@@ -30,9 +37,11 @@
 //! # Caveats
 //! - Membership is static: nodes and replication are fixed at bootstrap (no adding or removing
 //!   nodes yet).
-//! - A set is created and dropped shard by shard, each shard its own Raft group: a crash
-//!   part-way leaves it on some shards, invisible until the request is retried (see [`node`]).
-//! - The peer port has no authentication; keep it on a private network.
+//! - The peer port has no authentication; keep it on a private network. Commands are checked
+//!   (by the leader against the catalog, by the state machine on their content), but a peer
+//!   can still speak Raft itself.
+//! - Data directories of format 1 (before the catalog) are refused with a message naming the
+//!   way out: create the cluster again.
 
 pub mod catalog;
 pub mod cluster;

@@ -11,7 +11,9 @@
 //!   `read_index` and one [`GroupNode::handle_ready`] that returns an [`Output`] (messages,
 //!   results by proposal id, read states, leadership) instead of doing network I/O; the
 //!   [`StateMachine`] trait; rebuilding a replica that lost its data from its peers
-//!   (the [`node`] docs: rejoin mark, remove and re-add as a learner, promotion).
+//!   (the [`node`] docs: rejoin mark, remove and re-add as a learner, promotion), and
+//!   stalling a replica whose state machine cannot apply an entry for want of a local
+//!   resource ([`ApplyError::Stalled`]; the [`node`] docs, "Stalled replicas").
 //! - [`sim`]: a seeded [`sim::Network`] (delay, loss, duplication, reordering, partitions)
 //!   and [`sim::Cluster`] (crashes, restarts, lost disks, a logical clock);
 //!   `tests/simulation.rs` runs seeds against it and checks the invariants.

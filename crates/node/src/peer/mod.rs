@@ -52,7 +52,7 @@
 //! # Caveats
 //! - No authentication and no TLS: anyone who reaches the peer port can step Raft messages
 //!   into any group. Keep the port on a private network (the cluster's own network policy)
-//!   until mTLS comes (roadmap step 6).
+//!   until the peer port gets mutual TLS.
 //! - raft-rs 0.7 decodes messages with protobuf 2.28, which has RUSTSEC-2024-0437 (stack
 //!   overflow by deep recursion on untrusted input; see `leakbloom_raft`'s docs). Only peers
 //!   may reach this service: never serve it on the client port.
