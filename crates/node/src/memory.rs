@@ -237,13 +237,6 @@ pub struct Reservation {
     bytes: u64,
 }
 
-impl Reservation {
-    /// Bytes held.
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-}
-
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);

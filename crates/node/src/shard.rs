@@ -17,6 +17,12 @@ pub const MAX_SHARDS: u32 = 4096;
 
 pub use leakbloom_filter::shard_of;
 
+/// The shard a Raft group id names in errors and messages: groups outside the shard range (the
+/// catalog's) are [`ShardId::MAX`], never a wrapped-around shard.
+pub fn shard_of_group(group: leakbloom_raft::GroupId) -> ShardId {
+    ShardId::try_from(group).unwrap_or(ShardId::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,6 +53,12 @@ mod tests {
         let shard = shard_of(&key, 16);
         key[8..].fill(0xff);
         assert_eq!(shard_of(&key, 16), shard);
+    }
+
+    #[test]
+    fn groups_outside_the_shard_range_do_not_wrap() {
+        assert_eq!(shard_of_group(15), 15);
+        assert_eq!(shard_of_group(1 << 40), ShardId::MAX);
     }
 
     #[test]

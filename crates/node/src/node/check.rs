@@ -13,7 +13,7 @@ use super::Node;
 use crate::catalog::Entry;
 use crate::error::{Error, Result};
 use crate::set::{self, Partition};
-use crate::shard::{shard_of, ShardId};
+use crate::shard::{shard_of, shard_of_group, ShardId};
 use leakbloom_client::{check_bits, check_set_count, split_keys, whole_keys};
 
 /// How many keys ahead a check prefetches filter blocks: the engine's measured batch distance.
@@ -232,7 +232,7 @@ impl Node {
             .ok()
             .filter(|&shard| self.serving(shard).is_some())
             .ok_or_else(|| Error::Unavailable {
-                shard: ShardId::try_from(request.group).unwrap_or(ShardId::MAX),
+                shard: shard_of_group(request.group),
                 leader: None,
                 reason: format!(
                     "node {} holds no replica of it that answers reads (none, one being \

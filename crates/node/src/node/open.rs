@@ -11,7 +11,7 @@ use leakbloom_raft::{
 };
 
 use crate::error::{Error, Result};
-use crate::shard::ShardId;
+use crate::shard::shard_of_group;
 
 /// Opens the node's log store. A store that lost synced writes ([`leakbloom_raft::Error::DiskLost`])
 /// is moved to `raft.lost` (replacing an older one, kept for inspection) and replaced by an
@@ -79,7 +79,7 @@ impl Opening<'_> {
         voters: &[NodeId],
         machine: M,
     ) -> Result<GroupHandle> {
-        let shard = ShardId::try_from(group).unwrap_or(ShardId::MAX);
+        let shard = shard_of_group(group);
         let lost_if_empty = if self.existed {
             Some("its log is gone though this data directory held it")
         } else if self.held_elsewhere.contains(&group) {

@@ -14,7 +14,7 @@ use super::{leader_seen, Node};
 use crate::catalog::{self, CATALOG_GROUP};
 use crate::error::{Error, Result};
 use crate::machine;
-use crate::shard::{shard_of, ShardId};
+use crate::shard::{shard_of, shard_of_group, ShardId};
 use crate::state::Applied;
 use leakbloom_client::whole_keys;
 
@@ -27,11 +27,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 
 /// Longest retry delay: a few ticks, so a retry never waits long after a leader appears.
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
-
-/// The shard a group id names in errors (the catalog's is none: `u32::MAX`).
-fn shard_of_group(group: GroupId) -> ShardId {
-    ShardId::try_from(group).unwrap_or(ShardId::MAX)
-}
 
 impl Node {
     /// The node that leads `group`, as far as this node knows.

@@ -14,6 +14,8 @@ use leakbloom_raft::{GroupId, NodeId};
 
 use super::Node;
 use crate::catalog::CATALOG_GROUP;
+use crate::error::shard_name;
+use crate::shard::shard_of_group;
 
 /// How often a rebuilt replica asks again to be re-added while no leader took it.
 const REJOIN_RETRY: Duration = Duration::from_millis(500);
@@ -60,13 +62,9 @@ impl Health {
     }
 }
 
-/// A group's name in logs and messages.
+/// A group's name in logs and messages: `shard N`, or `the catalog`.
 pub fn group_name(group: GroupId) -> String {
-    if group == CATALOG_GROUP {
-        "catalog".into()
-    } else {
-        format!("shard {group}")
-    }
+    shard_name(shard_of_group(group))
 }
 
 impl fmt::Display for Health {
@@ -271,7 +269,7 @@ mod tests {
                 group: CATALOG_GROUP
             }
             .to_string(),
-            "catalog has no leader"
+            "the catalog has no leader"
         );
     }
 }

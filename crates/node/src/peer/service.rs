@@ -17,9 +17,9 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{join, shard_of_group, Local, MAX_MESSAGE_BYTES, MAX_SNAPSHOT_BYTES};
+use super::{join, Local, MAX_MESSAGE_BYTES, MAX_SNAPSHOT_BYTES};
 use crate::error::Error;
-use crate::shard::ShardId;
+use crate::shard::{shard_of_group, ShardId};
 
 /// The `leakbloom.v1.Peer` service over the node it runs in (see the
 /// [module docs](super)). Serve it on the peer port only.

@@ -22,11 +22,11 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 use super::{
-    describe, error_from_status, shard_of_group, unreachable, Local, MAX_BATCH_BYTES,
-    MAX_MESSAGE_BYTES, SNAPSHOT_CHUNK_BYTES,
+    describe, error_from_status, unreachable, Local, MAX_BATCH_BYTES, MAX_MESSAGE_BYTES,
+    SNAPSHOT_CHUNK_BYTES,
 };
 use crate::error::Error;
-use crate::shard::ShardId;
+use crate::shard::{shard_of_group, ShardId};
 
 /// Raft messages queued per destination node before new ones are dropped (and the node
 /// reported unreachable): thousands of groups' heartbeats fit, and a dead node cannot make
