@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use bloomfilter::Bloom;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use leakbloom_filter::{Filter, Key};
+use leakbloom_cluster::Key;
+use leakbloom_filter::Filter;
 use rand::{rngs::StdRng, RngCore, SeedableRng};
 
 /// Keys per filter: 4 M at 1e-6 is ~19 MB for leakbloom and ~14 MB for `bloomfilter`, big

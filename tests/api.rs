@@ -150,7 +150,7 @@ async fn inserted_keys_are_always_found_and_bitmaps_follow_the_contract() {
 
     // Empty `sets` means every set, in name order.
     let all = client
-        .check(&[], &in_b[..10], Consistency::AnyReplica)
+        .check(&[], &in_b[..10], Consistency::Any)
         .await
         .unwrap();
     let names: Vec<&str> = all.iter().map(|m| m.set.as_str()).collect();
@@ -515,12 +515,12 @@ async fn metrics_count_requests_keys_raft_and_sets() {
     client.insert("leak-2021", &keys).await.unwrap();
     let sets = ["leak-2021".to_string()];
     client
-        .check(&sets, &keys[..100], Consistency::AnyReplica)
+        .check(&sets, &keys[..100], Consistency::Any)
         .await
         .unwrap();
     let missing = ["missing".to_string()];
     let error = client
-        .check(&missing, &keys[..1], Consistency::AnyReplica)
+        .check(&missing, &keys[..1], Consistency::Any)
         .await
         .unwrap_err();
     assert!(error.to_string().contains("missing"), "{error}");

@@ -8,60 +8,20 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use leakbloom_client::{max_request_bytes, Client, Consistency, DEFAULT_MAX_BATCH};
+use leakbloom_client::{Client, Consistency, DEFAULT_MAX_BATCH};
+use leakbloom_cluster::max_request_bytes;
 use leakbloom_node::Config;
 use leakbloom_proto::v1::lookup_client::LookupClient;
 use leakbloom_proto::v1::{
     CheckRequest, CreateSetRequest, DropSetRequest, GetSetRequest, InsertRequest, ListSetsRequest,
 };
-use leakbloom_tests::{random_keys, scrape, TestNode};
+use leakbloom_tests::{random_keys, router_config, scrape, TestNode, TestRouter};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
 use tonic::Code;
 
-/// A router on a free loopback port in front of `nodes`, stopped on drop.
-struct TestRouter {
-    addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-impl TestRouter {
-    async fn start(config: leakbloom_router::Config) -> TestRouter {
-        let server = leakbloom_router::Server::bind(config)
-            .await
-            .expect("bind 127.0.0.1:0");
-        let addr = server.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(server.run(async {
-            let _ = stopped.await;
-        }));
-        // Ready once it has learned the shard map.
-        let mut client = Client::connect(&addr.to_string()).await.unwrap();
-        let mut tries = 0;
-        while client.list_sets().await.is_err() {
-            tries += 1;
-            assert!(tries < 100, "the router never learned the shard map");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        TestRouter { addr, _stop: stop }
-    }
-}
-
-fn router_config(node: SocketAddr) -> leakbloom_router::Config {
-    leakbloom_router::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        nodes: vec![node.to_string()],
-        metrics_listen: None,
-        timeout: Duration::from_secs(10),
-        max_batch: DEFAULT_MAX_BATCH,
-        connections: leakbloom_net::Timeouts::default(),
-        hedge: leakbloom_router::hedge::DEFAULT_MARGIN,
-    }
-}
-
 /// Longest status message a bad request may get back.
-const SHORT: usize = leakbloom_client::MAX_STATUS_MESSAGE_BYTES;
+const SHORT: usize = leakbloom_cluster::MAX_STATUS_MESSAGE_BYTES;
 
 /// Sends a request that is bad in the way `what` says through `raw` and returns its status.
 type BadCall = fn(
@@ -198,8 +158,8 @@ async fn huge_names_get_a_short_invalid_argument_and_bystanders_never_notice() {
                 i = (i + 7) % keys.len();
                 let (batch, consistency) = match i % 3 {
                     0 => (&keys[i..i + 1], Consistency::Linearizable),
-                    1 => (&keys[i..i + 1], Consistency::AnyReplica),
-                    _ => (&keys[i / 2..i / 2 + 300], Consistency::AnyReplica),
+                    1 => (&keys[i..i + 1], Consistency::Any),
+                    _ => (&keys[i / 2..i / 2 + 300], Consistency::Any),
                 };
                 match client.check(&sets, batch, consistency).await {
                     Ok(found) if found[0].present.iter().all(|&p| p) => {

@@ -1,9 +1,11 @@
 //! Test support: real leakbloom servers on `127.0.0.1:0`, shut down gracefully on drop.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use leakbloom_client::{Client, Key};
-use leakbloom_node::{Config, Server};
+use leakbloom_client::{Client, Key, DEFAULT_MAX_BATCH};
+use leakbloom_node::{Config, Node, Server};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -20,6 +22,8 @@ pub struct TestNode {
     _data: tempfile::TempDir,
     /// Where its peer port listens.
     pub peer: SocketAddr,
+    /// The node itself, for looking inside (its replicas' Raft handles).
+    pub node: Arc<Node>,
 }
 
 impl TestNode {
@@ -39,6 +43,7 @@ impl TestNode {
         let addr = server.local_addr();
         let metrics = server.metrics_addr();
         let peer = server.peer_addr();
+        let node = server.node();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             server
@@ -55,6 +60,7 @@ impl TestNode {
             task: Some(task),
             _data: data,
             peer,
+            node,
         }
     }
 
@@ -104,4 +110,48 @@ pub async fn scrape(addr: SocketAddr, path: &str) -> String {
     let mut reply = String::new();
     stream.read_to_string(&mut reply).await.unwrap();
     reply
+}
+
+/// A router on a free loopback port in front of `nodes`, stopped on drop.
+#[derive(Debug)]
+pub struct TestRouter {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+impl TestRouter {
+    /// Starts a router with `config`; returns once it has learned the shard map.
+    pub async fn start(config: leakbloom_router::Config) -> TestRouter {
+        let server = leakbloom_router::Server::bind(config)
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = server.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        // Ready once it has learned the shard map.
+        let mut client = Client::connect(&addr.to_string()).await.unwrap();
+        let mut tries = 0;
+        while client.list_sets().await.is_err() {
+            tries += 1;
+            assert!(tries < 100, "the router never learned the shard map");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        TestRouter { addr, _stop: stop }
+    }
+}
+
+/// A router's config on a free loopback port in front of the node at `node`.
+pub fn router_config(node: SocketAddr) -> leakbloom_router::Config {
+    leakbloom_router::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        nodes: vec![node.to_string()],
+        metrics_listen: None,
+        timeout: Duration::from_secs(10),
+        max_batch: DEFAULT_MAX_BATCH,
+        connections: leakbloom_net::Timeouts::default(),
+        hedge: leakbloom_client::hedge::DEFAULT_MARGIN,
+    }
 }

@@ -1,14 +1,17 @@
 //! `leakbloom bench e2e`: an end-to-end load generator against a node (or router) on this
-//! machine, through the generated tonic client.
+//! machine, through the generated tonic client, or with `--direct` through the Rust client
+//! routing itself (shard map from the node at `--addr`, each shard's keys straight to a
+//! replica).
 //!
 //! It opens `--conns` separate HTTP/2 connections (TCP_NODELAY, 256 KiB frames, as
 //! `leakbloom_client` connects), keeps `--concurrency` requests in flight spread over them
-//! (one task per in-flight request, task `t` on connection `t % conns`), and sends `Check` or
+//! (one task per in-flight request, task `t` on connection `t % conns`; with `--direct`, each
+//! "connection" is a direct client with a channel per node), and sends `Check` or
 //! `Insert` requests of `--batch` random keys to one set for `--seconds` after a `--warmup`.
 //! It prints exactly one line on stdout:
 //!
 //! ```text
-//! mode=check batch=1024 conns=2 consistency=any keys_per_s=8501373 p50_ms=1.450 p99_ms=8.126 p999_ms=16.056 errors=0
+//! mode=check batch=1024 conns=2 consistency=any route=router keys_per_s=8501373 p50_ms=1.450 p99_ms=8.126 p999_ms=16.056 errors=0
 //! ```
 //!
 //! - `keys_per_s`: keys in successful requests started in the measured window, divided by the
@@ -47,7 +50,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
-use leakbloom_client::Client;
+use leakbloom_client::{Client, Consistency};
 use leakbloom_proto::v1::lookup_client::LookupClient;
 use leakbloom_proto::v1::{CheckRequest, InsertRequest};
 use rand::{rngs::StdRng, RngCore, SeedableRng};
@@ -96,9 +99,14 @@ pub struct E2eBenchArgs {
     /// Requests in flight at once, spread over the connections (at least --conns).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// Read consistency of checks (inserts are always acknowledged once committed).
-    #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
-    pub consistency: ConsistencyArg,
+    /// Read consistency of checks, `linearizable` or `any` (inserts are always acknowledged
+    /// once committed).
+    #[arg(long, default_value = "linearizable")]
+    pub consistency: Consistency,
+    /// Route in the client: learn the shard map from --addr (a node) and send each shard's
+    /// keys straight to a replica, instead of sending every request to --addr.
+    #[arg(long)]
+    pub direct: bool,
     /// Length of the measured window in seconds.
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
@@ -124,31 +132,6 @@ impl Mode {
         match self {
             Mode::Check => "check",
             Mode::Insert => "insert",
-        }
-    }
-}
-
-/// Read consistency of checks.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ConsistencyArg {
-    /// Any replica's applied state (`CONSISTENCY_ANY_REPLICA`).
-    Any,
-    /// Linearizable (`CONSISTENCY_LINEARIZABLE`).
-    Linearizable,
-}
-
-impl ConsistencyArg {
-    fn name(self) -> &'static str {
-        match self {
-            ConsistencyArg::Any => "any",
-            ConsistencyArg::Linearizable => "linearizable",
-        }
-    }
-
-    fn proto(self) -> leakbloom_proto::v1::Consistency {
-        match self {
-            ConsistencyArg::Any => leakbloom_proto::v1::Consistency::AnyReplica,
-            ConsistencyArg::Linearizable => leakbloom_proto::v1::Consistency::Linearizable,
         }
     }
 }
@@ -185,7 +168,7 @@ impl E2eBenchArgs {
             self.warmup
         );
         ensure!(
-            !(self.mode == Mode::Insert && self.consistency == ConsistencyArg::Any),
+            !(self.mode == Mode::Insert && self.consistency == Consistency::Any),
             "--consistency any applies to checks only: inserts are always acknowledged once \
              committed (drop --consistency, or use --mode check)"
         );
@@ -200,13 +183,18 @@ pub async fn run(args: E2eBenchArgs) -> Result<()> {
     let mut connections = Vec::with_capacity(args.conns);
     for _ in 0..args.conns {
         // Requests of --batch keys: the server, not this client, says whether that is too many.
-        let mut client = Client::connect(&addr).await?.with_max_batch(args.batch);
-        connections.push(client.raw().clone());
+        connections.push(match args.direct {
+            true => Conn::Direct(Client::direct(std::slice::from_ref(&addr)).await?),
+            false => {
+                let mut client = Client::connect(&addr).await?.with_max_batch(args.batch);
+                Conn::Raw(client.raw().clone())
+            }
+        });
     }
     let load = Arc::new(Load {
         mode: args.mode,
         set: args.set.clone(),
-        consistency: args.consistency.proto().into(),
+        consistency: args.consistency,
         batch: args.batch,
         buffers: key_buffers(args.batch, args.seed),
         tasks: args.concurrency,
@@ -244,12 +232,13 @@ pub async fn run(args: E2eBenchArgs) -> Result<()> {
         None => "nan".to_string(),
     };
     println!(
-        "mode={} batch={} conns={} consistency={} keys_per_s={keys_per_s:.0} p50_ms={} \
-         p99_ms={} p999_ms={} errors={}",
+        "mode={} batch={} conns={} consistency={} route={} keys_per_s={keys_per_s:.0} \
+         p50_ms={} p99_ms={} p999_ms={} errors={}",
         args.mode.name(),
         args.batch,
         args.conns,
-        args.consistency.name(),
+        args.consistency,
+        if args.direct { "direct" } else { "router" },
         ms(0.5),
         ms(0.99),
         ms(0.999),
@@ -332,26 +321,52 @@ fn key_buffers(batch: usize, seed: u64) -> Vec<Bytes> {
 struct Load {
     mode: Mode,
     set: String,
-    /// `leakbloom.v1.Consistency` as sent.
-    consistency: i32,
+    consistency: Consistency,
     batch: usize,
     buffers: Vec<Bytes>,
     /// Tasks in all: task `t` sends buffers `t`, `t + tasks`, `t + 2 tasks`, ...
     tasks: usize,
 }
 
+/// Where a task sends its requests.
+#[derive(Clone, Debug)]
+enum Conn {
+    /// The generated client on one connection to --addr.
+    Raw(LookupClient<Channel>),
+    /// A client routing itself (`--direct`).
+    Direct(Client),
+}
+
+/// A direct client's error as the status the tally records.
+fn status(error: leakbloom_client::Error) -> Status {
+    match error {
+        leakbloom_client::Error::Status(status) => status,
+        leakbloom_client::Error::Route(error) => Status::from(error),
+        other => Status::internal(other.to_string()),
+    }
+}
+
 impl Load {
     /// Sends one request of `keys` and checks that the reply matches it.
-    async fn send(&self, client: &mut LookupClient<Channel>, keys: Bytes) -> Result<(), Status> {
+    async fn send(&self, conn: &mut Conn, keys: Bytes) -> Result<(), Status> {
         match self.mode {
             Mode::Check => {
-                let request = CheckRequest {
-                    sets: vec![self.set.clone()],
-                    keys,
-                    consistency: self.consistency,
+                let sets = vec![self.set.clone()];
+                let results = match conn {
+                    Conn::Raw(client) => {
+                        let request = CheckRequest {
+                            sets,
+                            keys,
+                            consistency: self.consistency.wire(),
+                        };
+                        client.check(request).await?.into_inner().results
+                    }
+                    Conn::Direct(client) => client
+                        .check_packed(&sets, keys, self.consistency)
+                        .await
+                        .map_err(status)?,
                 };
-                let reply = client.check(request).await?.into_inner();
-                match reply.results.as_slice() {
+                match results.as_slice() {
                     [result] if result.present.len() == self.batch.div_ceil(8) => Ok(()),
                     _ => Err(Status::internal(
                         "client-side check: the Check reply is not one bitmap of --batch bits",
@@ -359,12 +374,20 @@ impl Load {
                 }
             }
             Mode::Insert => {
-                let request = InsertRequest {
-                    set: self.set.clone(),
-                    keys,
+                let acknowledged = match conn {
+                    Conn::Raw(client) => {
+                        let request = InsertRequest {
+                            set: self.set.clone(),
+                            keys,
+                        };
+                        client.insert(request).await?.into_inner().keys
+                    }
+                    Conn::Direct(client) => client
+                        .insert_packed(&self.set, keys)
+                        .await
+                        .map_err(status)?,
                 };
-                let reply = client.insert(request).await?.into_inner();
-                match reply.keys == self.batch as u64 {
+                match acknowledged == self.batch as u64 {
                     true => Ok(()),
                     false => Err(Status::internal(
                         "client-side check: the Insert reply acknowledged another number of keys",
@@ -377,7 +400,7 @@ impl Load {
 
 /// One request before the clock starts: fails the run with a useful message if the set is
 /// missing, the batch too large or the server unwell.
-async fn probe(load: &Load, client: &mut LookupClient<Channel>, args: &E2eBenchArgs) -> Result<()> {
+async fn probe(load: &Load, client: &mut Conn, args: &E2eBenchArgs) -> Result<()> {
     let sent = tokio::time::timeout(PROBE_TIMEOUT, load.send(client, load.buffers[0].clone()));
     let status = match sent.await {
         Ok(Ok(())) => return Ok(()),
@@ -436,12 +459,7 @@ impl Tally {
 }
 
 /// One in-flight request after another on `client` until the window closes.
-async fn drive(
-    load: Arc<Load>,
-    mut client: LookupClient<Channel>,
-    task: usize,
-    window: Window,
-) -> Tally {
+async fn drive(load: Arc<Load>, mut client: Conn, task: usize, window: Window) -> Tally {
     let mut tally = Tally::default();
     let deadline = window.until + STRAGGLER_TIMEOUT;
     let mut next = task;

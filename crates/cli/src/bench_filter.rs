@@ -16,7 +16,8 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use bloomfilter::Bloom;
-use leakbloom_filter::{Filter, Key};
+use leakbloom_cluster::Key;
+use leakbloom_filter::Filter;
 use rand::{rngs::StdRng, RngCore, SeedableRng};
 
 /// Keys per insert and check call: a typical client batch, far above the prefetch distance.

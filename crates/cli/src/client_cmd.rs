@@ -18,6 +18,20 @@ pub struct AddrArgs {
     /// Address of a leakbloom node or router.
     #[arg(long, global = true, env = "LEAKBLOOM_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: String,
+    /// Route in the client: learn the shard map from --addr (a node) and send each shard's
+    /// keys straight to a replica that holds it, without a router's hop.
+    #[arg(long, global = true, env = "LEAKBLOOM_DIRECT")]
+    pub direct: bool,
+}
+
+impl AddrArgs {
+    /// A client for these arguments: through --addr, or routing itself.
+    pub async fn client(&self) -> Result<Client> {
+        Ok(match self.direct {
+            true => Client::direct(std::slice::from_ref(&self.addr)).await?,
+            false => Client::connect(&self.addr).await?,
+        })
+    }
 }
 
 /// How identifiers become keys.
@@ -160,7 +174,7 @@ fn set_line(info: &SetInfo) -> String {
 }
 
 pub async fn sets(args: SetsArgs) -> Result<()> {
-    let mut client = Client::connect(&args.addr.addr).await?;
+    let mut client = args.addr.client().await?;
     match args.command {
         SetsCommand::Create {
             name,
@@ -238,7 +252,7 @@ pub async fn insert(args: InsertArgs) -> Result<()> {
             (args.identifiers.len(), canonical)
         }
     };
-    let mut client = Client::connect(&args.addr.addr).await?;
+    let mut client = args.addr.client().await?;
     let info = client.get_set(&args.set).await?;
     let keys = keys_for(
         &parse_hashing(&info)?,
@@ -263,9 +277,10 @@ pub struct CheckArgs {
     sets: Vec<String>,
     #[command(flatten)]
     ident: IdentArgs,
-    /// Read from any replica's applied state instead of a linearizable read.
-    #[arg(long)]
-    any_replica: bool,
+    /// Read consistency: `linearizable` (reflects every acknowledged insert) or `any` (any
+    /// replica's applied state: fastest, may miss a very recent insert).
+    #[arg(long, default_value = "linearizable")]
+    consistency: Consistency,
     /// Identifiers to check.
     #[arg(required = true)]
     identifiers: Vec<String>,
@@ -274,7 +289,7 @@ pub struct CheckArgs {
 pub async fn check(args: CheckArgs) -> Result<()> {
     let canonical = args.ident.canonicalize(&args.identifiers, "argument")?;
     let pepper = args.ident.pepper()?;
-    let mut client = Client::connect(&args.addr.addr).await?;
+    let mut client = args.addr.client().await?;
     let infos = if args.sets.is_empty() {
         client.list_sets().await?
     } else {
@@ -307,11 +322,7 @@ pub async fn check(args: CheckArgs) -> Result<()> {
             .1
             .push(info.name.clone());
     }
-    let consistency = if args.any_replica {
-        Consistency::AnyReplica
-    } else {
-        Consistency::Linearizable
-    };
+    let consistency = args.consistency;
     let mut found: Vec<Vec<String>> = vec![Vec::new(); canonical.len()];
     for (hashing, sets) in by_hashing.values() {
         let keys = keys_for(hashing, pepper.as_ref(), &canonical)?;

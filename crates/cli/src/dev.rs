@@ -141,7 +141,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         timeout: leakbloom_router::router::DEFAULT_TIMEOUT,
         max_batch: leakbloom_client::DEFAULT_MAX_BATCH,
         connections: leakbloom_net::Timeouts::default(),
-        hedge: leakbloom_router::hedge::DEFAULT_MARGIN,
+        hedge: leakbloom_client::hedge::DEFAULT_MARGIN,
     };
     let (bound, bound_rx) = tokio::sync::oneshot::channel();
     let mut stopped_router = stopped.clone();

@@ -27,7 +27,7 @@ pub struct RouterArgs {
     /// milliseconds more than the recent p99 of node calls is also sent to another replica
     /// holding the same shards (the first answer wins), so a frozen node costs a little
     /// latency instead of the deadline; 0 disables hedging.
-    #[arg(long, env = "LEAKBLOOM_HEDGE_MS", default_value_t = leakbloom_router::hedge::DEFAULT_MARGIN.as_millis() as u64)]
+    #[arg(long, env = "LEAKBLOOM_HEDGE_MS", default_value_t = leakbloom_client::hedge::DEFAULT_MARGIN.as_millis() as u64)]
     pub hedge_ms: u64,
     /// Worker threads: 0 (the default) one per core; 1 a single-threaded runtime (for a router
     /// sharing a small machine; it measured within noise of 2 threads on 2 cores here).

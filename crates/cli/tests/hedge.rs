@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use leakbloom_client::{Client, Key};
-use leakbloom_proto::v1::{CheckRequest, Consistency};
+use leakbloom_cluster::Consistency;
+use leakbloom_proto::v1::CheckRequest;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -147,7 +148,7 @@ async fn check(client: &mut Client, keys: &[Key], inserted: &HashSet<Key>) -> Re
     let mut request = tonic::Request::new(CheckRequest {
         sets: vec!["leak".into()],
         keys: Bytes::from(keys.concat()),
-        consistency: Consistency::AnyReplica as i32,
+        consistency: Consistency::ANY,
     });
     request.set_timeout(DEADLINE);
     // The router enforces the deadline; this only keeps a broken router from hanging the test.

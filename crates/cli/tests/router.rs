@@ -65,7 +65,7 @@ fn clients_of_the_router_see_no_error_while_any_one_node_is_killed() {
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
         assert!(status.message().contains("multiple of 32"), "{status:?}");
         let missing = client
-            .check(&["nope".to_string()], &[[1u8; 32]], Consistency::AnyReplica)
+            .check(&["nope".to_string()], &[[1u8; 32]], Consistency::Any)
             .await
             .unwrap_err();
         assert!(missing.to_string().contains("does not exist"), "{missing}");
@@ -80,7 +80,7 @@ fn clients_of_the_router_see_no_error_while_any_one_node_is_killed() {
             let sets = sets.clone();
             async move {
                 let found = client
-                    .check(&sets, &[*key], Consistency::AnyReplica)
+                    .check(&sets, &[*key], Consistency::Any)
                     .await
                     .unwrap();
                 found[0].present[0]
@@ -119,7 +119,7 @@ fn clients_of_the_router_see_no_error_while_any_one_node_is_killed() {
                 };
                 for (keys, consistency) in [
                     (&batch, Consistency::Linearizable),
-                    (&earlier, Consistency::AnyReplica),
+                    (&earlier, Consistency::Any),
                 ] {
                     match client.check(&sets, keys, consistency).await {
                         Ok(found) if found[0].present.iter().all(|&p| p) => {

@@ -1,9 +1,8 @@
-//! Rust client for leakbloom's `leakbloom.v1.Lookup` API.
+//! Rust client for leakbloom's `leakbloom.v1.Lookup` API, through a router or routing itself.
 //!
-//! [`Client`] wraps the generated tonic client: it packs keys into batches no larger than the
-//! server's limit, splits larger inputs into several requests, and unpacks the reply bitmaps
-//! into one `Vec<bool>` per set. Keys are 32-byte hashes ([`Key`]); turn identifiers into keys
-//! with the `leakbloom-ident` crate first.
+//! [`Client`] packs keys into batches no larger than the cluster's limit, splits larger inputs
+//! into several requests, and unpacks the reply bitmaps into one `Vec<bool>` per set. Keys are
+//! 32-byte hashes ([`Key`]); turn identifiers into keys with the `leakbloom-ident` crate first.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), leakbloom_client::Error> {
@@ -16,232 +15,58 @@
 //! # Ok(()) }
 //! ```
 //!
-//! # Request rules
-//! The rules every node and router apply to a request, with the messages that say how to fix
-//! it, live here so that both say the same: key batches ([`split_keys`], [`BatchError`]), set
-//! names ([`check_set_name`]), the size of a check ([`check_set_count`], [`check_bits`]), the
-//! message sizes they imply ([`max_request_bytes`], [`MAX_REPLY_BYTES`]), and how errors quote
-//! a client's strings and how long a status message may be ([`quote`], [`bound_message`]).
+//! # Through a router, or direct
+//! [`Client::connect`] sends every call to one address: a router, or any node (nodes route
+//! too, with one more hop inside). [`Client::direct`] routes itself, as Redis Cluster and TiKV
+//! clients do: it learns the shard map from the nodes given (and refreshes it every second and
+//! on failures), sends each shard's keys straight to a replica that holds it (the leader for
+//! inserts and linearizable checks), and retries and merges with the router's own code
+//! ([`routing`], over `leakbloom-cluster`'s plan, merge and retry policy). Use the router for
+//! clients in any language, one address to configure, and firewalls that expose one port;
+//! use direct from Rust services that want the hop's latency and CPU back.
+//!
+//! # Layout
+//! - `routing.rs`: [`Routing`], the shard map kept fresh, channels per node, the routed call
+//!   (plan, send, hedge, merge, retry) and calls any node serves; `routed.rs`: the routed
+//!   check and insert.
+//! - `coalesce.rs`: small check parts bound for one node share calls; `hedge.rs`: how long an
+//!   any-replica part waits before it is hedged.
+//! - `status.rs`: what a failed call's status means for retrying; `channel.rs`: how every
+//!   connection is configured.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use leakbloom_cluster::{Bitmap, MAX_CHECK_BITS};
 use leakbloom_proto::v1::lookup_client::LookupClient;
 use leakbloom_proto::v1::{
     CheckRequest, CreateSetRequest, DropSetRequest, GetSetRequest, InsertRequest, ListSetsRequest,
+    SetResult,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+pub mod channel;
+pub mod coalesce;
+pub mod hedge;
+mod routed;
+pub mod routing;
+pub mod status;
+
+pub use leakbloom_cluster::{Consistency, Key, DEFAULT_MAX_BATCH, KEY_LEN};
 pub use leakbloom_proto::v1::SetInfo;
+pub use routed::Check;
+pub use routing::{RouteError, Routing};
 
-/// Length of a key in bytes.
-pub const KEY_LEN: usize = 32;
+use crate::coalesce::Coalescer;
+use crate::routing::Unobserved;
 
-/// A key: SHA-256 or HMAC-SHA256 of an identifier's canonical form.
-pub type Key = [u8; KEY_LEN];
-
-/// Metadata key of an `UNAVAILABLE` status that names the node id leading the shard, when
-/// the node that answered knows it. Nodes set it; routers and clients may follow it.
-pub const LEADER_METADATA: &str = "leakbloom-leader";
-
-/// Keys per request unless told otherwise: the server's default limit.
-pub const DEFAULT_MAX_BATCH: usize = 65_536;
-
-/// How long to wait for a TCP connection before giving up.
+/// How long to wait for the first TCP connection before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// HTTP/2 frame size: 256 KiB frames carry big batches in far fewer syscalls than 16 KiB ones.
-const HTTP2_MAX_FRAME_SIZE: u32 = 256 << 10;
-
-/// Why packed key bytes are not a valid batch: the rules every node and router apply to the
-/// `keys` field of a `Check` or an `Insert`, with messages that say how to fix the request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BatchError {
-    /// No keys.
-    #[error("keys is empty: send 1 to {max} keys of {KEY_LEN} bytes each, concatenated")]
-    Empty {
-        /// The batch limit.
-        max: usize,
-    },
-    /// The packed key bytes are not a whole number of keys.
-    #[error(
-        "keys is {len} bytes, not a multiple of {KEY_LEN}: send whole {KEY_LEN}-byte keys \
-         (SHA-256 or HMAC-SHA256 outputs), concatenated"
-    )]
-    KeyLength {
-        /// Length of the `keys` field in bytes.
-        len: usize,
-    },
-    /// More keys than the server accepts in one request.
-    #[error("batch of {keys} keys is over the limit of {max} keys per request: split it")]
-    TooLarge {
-        /// Keys in the request.
-        keys: usize,
-        /// The batch limit (the nodes' `max_batch`).
-        max: usize,
-    },
-    /// A check naming more sets than one request may.
-    #[error(
-        "a check naming {sets} sets is over the limit of {MAX_CHECK_SETS} sets per request: \
-         name fewer sets (or none, to check every set)"
-    )]
-    TooManySets {
-        /// Sets the check names.
-        sets: usize,
-    },
-    /// A check whose answer would be too large: more set-key pairs than [`MAX_CHECK_BITS`].
-    #[error(
-        "a check of {sets} sets x {keys} keys is over the limit of {MAX_CHECK_BITS} set-key \
-         pairs: split the keys or name fewer sets"
-    )]
-    TooManyBits {
-        /// Sets checked.
-        sets: usize,
-        /// Keys checked.
-        keys: usize,
-    },
-}
-
-/// Views packed key bytes as whole keys.
-pub fn whole_keys(packed: &[u8]) -> Result<&[Key], BatchError> {
-    match packed.as_chunks::<KEY_LEN>() {
-        (keys, []) => Ok(keys),
-        _ => Err(BatchError::KeyLength { len: packed.len() }),
-    }
-}
-
-/// Views packed key bytes as keys after checking the batch limits: 1 to `max` whole keys.
-pub fn split_keys(packed: &[u8], max: usize) -> Result<&[Key], BatchError> {
-    match whole_keys(packed)? {
-        [] => Err(BatchError::Empty { max }),
-        keys if keys.len() > max => Err(BatchError::TooLarge {
-            keys: keys.len(),
-            max,
-        }),
-        keys => Ok(keys),
-    }
-}
-
-/// Most sets one check may name: with a full default batch (65 536 keys) that is
-/// [`MAX_CHECK_BITS`], and it is the nodes' default `max_sets`.
-pub const MAX_CHECK_SETS: usize = 1024;
-
-/// Most set-key pairs (sets x keys) one check may ask about: 8 MiB of reply bitmaps, e.g.
-/// 1024 sets x 65 536 keys. It bounds the reply as `max_batch` bounds the request.
-pub const MAX_CHECK_BITS: u64 = 1 << 26;
-
-/// Checks that a check names at most [`MAX_CHECK_SETS`] sets.
-pub fn check_set_count(sets: usize) -> Result<(), BatchError> {
-    if sets > MAX_CHECK_SETS {
-        return Err(BatchError::TooManySets { sets });
-    }
-    Ok(())
-}
-
-/// Checks that a check of `sets` sets x `keys` keys is within [`MAX_CHECK_BITS`].
-pub fn check_bits(sets: usize, keys: usize) -> Result<(), BatchError> {
-    if (sets as u64).saturating_mul(keys as u64) > MAX_CHECK_BITS {
-        return Err(BatchError::TooManyBits { sets, keys });
-    }
-    Ok(())
-}
-
-/// Longest set name. Names appear in metrics, logs and URLs; 64 characters is plenty for
-/// `facebook-2021`-style names.
-pub const MAX_SET_NAME_LEN: usize = 64;
-
-/// Why a set name is refused. Set names are 1-64 characters of `[a-z0-9._-]`, the rule every
-/// node and router applies before using one.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NameError {
-    /// The name is empty.
-    #[error("it is empty")]
-    Empty,
-    /// The name is longer than [`MAX_SET_NAME_LEN`].
-    #[error("it is {len} bytes long, the limit is {MAX_SET_NAME_LEN}")]
-    TooLong {
-        /// Its length in bytes.
-        len: usize,
-    },
-    /// The name has a character outside `[a-z0-9._-]`.
-    #[error("{0:?} is not allowed; use 1-{MAX_SET_NAME_LEN} characters of [a-z0-9._-]")]
-    Character(char),
-}
-
-/// Checks a set name: 1-64 characters of `[a-z0-9._-]`. The length is checked first, so a
-/// name of any size costs no more than 64 characters' work.
-pub fn check_set_name(name: &str) -> Result<(), NameError> {
-    if name.is_empty() {
-        return Err(NameError::Empty);
-    }
-    if name.len() > MAX_SET_NAME_LEN {
-        return Err(NameError::TooLong { len: name.len() });
-    }
-    match name
-        .chars()
-        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '-'))
-    {
-        Some(c) => Err(NameError::Character(c)),
-        None => Ok(()),
-    }
-}
-
-/// Most characters of a client's string that an error message quotes: a whole set name or
-/// pepper id, and no more, so that no request can make a message long.
-pub const MAX_QUOTED_CHARS: usize = 64;
-
-/// A client-supplied string (a set name, a `hashing` field) as an error message quotes it:
-/// escaped and quoted like `{:?}`, and past [`MAX_QUOTED_CHARS`] characters cut, with `…` and
-/// its whole length after the quotes: `"aaaa…" (60000 bytes)`.
-pub fn quote(text: &str) -> String {
-    match text.char_indices().nth(MAX_QUOTED_CHARS) {
-        None => format!("{text:?}"),
-        Some((end, _)) => format!("{:?}… ({} bytes)", &text[..end], text.len()),
-    }
-}
-
-/// Longest gRPC status message a node or router sends. It travels in the `grpc-message`
-/// header, percent-encoded (at most 3 KiB), far below the 16 KiB header list an HTTP/2 peer
-/// accepts by default: a longer one makes the receiver reset the whole connection, failing
-/// every other call on it.
-pub const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
-
-/// `message` cut to at most [`MAX_STATUS_MESSAGE_BYTES`] bytes on a character boundary,
-/// ending in `…` when cut: what every status a node or router makes carries.
-pub fn bound_message(mut message: String) -> String {
-    if message.len() <= MAX_STATUS_MESSAGE_BYTES {
-        return message;
-    }
-    let mut end = MAX_STATUS_MESSAGE_BYTES - '…'.len_utf8();
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    message.truncate(end);
-    message.push('…');
-    message
-}
-
-/// Bytes a set name adds to a message beyond its characters, at most: its field's tag and
-/// length and, in a reply, the enclosing `SetResult`'s and the bitmap's tags and lengths.
-const SET_FIELD_BYTES: usize = 16;
-
-/// Bytes of a message beyond its keys, bitmaps and set names (tags, lengths, consistency),
-/// with room to spare.
-const MESSAGE_SLACK: usize = 1 << 10;
-
-/// Largest `Check` or `Insert` request within the limits: `max_batch` keys and
-/// [`MAX_CHECK_SETS`] set names. What a server must decode and a client may encode (2.1 MiB
-/// at the default `max_batch`); anything larger is refused before it is read.
-pub const fn max_request_bytes(max_batch: usize) -> usize {
-    max_batch * KEY_LEN + MAX_CHECK_SETS * (MAX_SET_NAME_LEN + SET_FIELD_BYTES) + MESSAGE_SLACK
-}
-
-/// Largest `Check` reply within the limits: [`MAX_CHECK_BITS`] of bitmaps (each rounded up to
-/// whole bytes) for [`MAX_CHECK_SETS`] sets, 8.1 MiB. What a server may encode and a client
-/// must decode; it also holds `ListSets` of thousands of sets.
-pub const MAX_REPLY_BYTES: usize = (MAX_CHECK_BITS / 8) as usize
-    + MAX_CHECK_SETS * (MAX_SET_NAME_LEN + SET_FIELD_BYTES + 1)
-    + MESSAGE_SLACK;
+/// Deadline of a direct client's call: long enough to ride out a leader election (1-2 s) and
+/// a node's own proposal retries (up to 5 s), as the router's default.
+pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors from the client.
 #[derive(Debug, thiserror::Error)]
@@ -265,28 +90,12 @@ pub enum Error {
     /// The server answered with an error status.
     #[error("{}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
+    /// A direct call failed: no shard map, retries ran out, or a node's error.
+    #[error(transparent)]
+    Route(#[from] RouteError),
     /// The server's reply does not match the request.
     #[error("malformed reply from server: {0}")]
     Reply(String),
-}
-
-/// Read consistency of a check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Consistency {
-    /// Reflects every insert acknowledged before the check started.
-    #[default]
-    Linearizable,
-    /// Any replica's applied state: fastest, may miss a very recent insert.
-    AnyReplica,
-}
-
-impl From<Consistency> for leakbloom_proto::v1::Consistency {
-    fn from(consistency: Consistency) -> Self {
-        match consistency {
-            Consistency::Linearizable => leakbloom_proto::v1::Consistency::Linearizable,
-            Consistency::AnyReplica => leakbloom_proto::v1::Consistency::AnyReplica,
-        }
-    }
 }
 
 /// One set's answer for every key of a check, in key order.
@@ -298,29 +107,41 @@ pub struct Membership {
     pub present: Vec<bool>,
 }
 
-/// A connection to a leakbloom node or router.
+/// A direct client's routing state, shared by its clones; the background refresh stops when
+/// the last clone is dropped.
+#[derive(Debug)]
+struct Direct {
+    routing: Arc<Routing>,
+    coalescer: Arc<Coalescer>,
+    refresh: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Direct {
+    fn drop(&mut self) {
+        self.refresh.abort();
+    }
+}
+
+/// A connection to a leakbloom cluster: through one address (a router or a node), or direct
+/// to the nodes.
 #[derive(Debug, Clone)]
 pub struct Client {
+    /// The address connected to (in direct mode, the first node given).
     inner: LookupClient<Channel>,
+    /// Set in direct mode.
+    direct: Option<Arc<Direct>>,
     max_batch: usize,
 }
 
 impl Client {
-    /// Connects to `addr` (`host:port`, or a `http://` URL).
+    /// Connects to `addr` (`host:port`, or a `http://` URL): a router, or any node.
     pub async fn connect(addr: &str) -> Result<Client, Error> {
-        let url = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let endpoint = Endpoint::from_shared(url).map_err(|source| Error::Address {
+        let endpoint = channel::endpoint(addr).map_err(|source| Error::Address {
             addr: addr.to_string(),
             source,
         })?;
         let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .max_frame_size(HTTP2_MAX_FRAME_SIZE)
             .connect()
             .await
             .map_err(|source| Error::Connect {
@@ -329,9 +150,36 @@ impl Client {
             })?;
         Ok(Client {
             inner: LookupClient::new(channel),
+            direct: None,
             max_batch: DEFAULT_MAX_BATCH,
         }
         .with_max_batch(DEFAULT_MAX_BATCH))
+    }
+
+    /// A client that routes itself: learns the shard map from `nodes` (client addresses of
+    /// any nodes of the cluster; it finds the others) and sends each shard's keys straight to
+    /// a replica. Fails when no node answers.
+    pub async fn direct(nodes: &[String]) -> Result<Client, Error> {
+        let first = nodes.first().ok_or_else(|| {
+            Error::Route(RouteError::NoMap {
+                reason: "no node address given".into(),
+            })
+        })?;
+        let mut client = Client::connect(first).await?;
+        let routing = Arc::new(Routing::new(
+            nodes.to_vec(),
+            Duration::ZERO,
+            usize::MAX,
+            Arc::new(Unobserved),
+        ));
+        let map = routing.refresh(Instant::now()).await?;
+        let refresh = tokio::spawn(routing.clone().run_refresh(|| ()));
+        client.direct = Some(Arc::new(Direct {
+            routing,
+            coalescer: Arc::default(),
+            refresh,
+        }));
+        Ok(client.with_max_batch(map.max_batch.min(DEFAULT_MAX_BATCH)))
     }
 
     /// Sends at most `max_batch` keys per request (match the server's `max_batch`).
@@ -339,12 +187,18 @@ impl Client {
         self.max_batch = max_batch.max(1);
         self.inner = self
             .inner
-            .max_encoding_message_size(max_request_bytes(self.max_batch))
-            .max_decoding_message_size(MAX_REPLY_BYTES);
+            .max_encoding_message_size(leakbloom_cluster::max_request_bytes(self.max_batch))
+            .max_decoding_message_size(leakbloom_cluster::MAX_REPLY_BYTES);
         self
     }
 
-    /// The generated tonic client, for calls this wrapper does not cover.
+    /// Whether this client routes itself.
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// The generated tonic client to the address connected to (in direct mode, the first node
+    /// given), for calls this wrapper does not cover.
     pub fn raw(&mut self) -> &mut LookupClient<Channel> {
         &mut self.inner
     }
@@ -364,6 +218,14 @@ impl Client {
             fpr,
             hashing: hashing.to_string(),
         };
+        if let Some(direct) = &self.direct {
+            let deadline = Instant::now() + DIRECT_TIMEOUT;
+            let call = |mut node: LookupClient<Channel>| {
+                let request = request.clone();
+                async move { node.create_set(request).await }
+            };
+            return Ok(direct.routing.any_node(deadline, call).await?);
+        }
         Ok(self.inner.create_set(request).await?.into_inner())
     }
 
@@ -372,12 +234,28 @@ impl Client {
         let request = DropSetRequest {
             name: name.to_string(),
         };
+        if let Some(direct) = &self.direct {
+            let deadline = Instant::now() + DIRECT_TIMEOUT;
+            let call = |mut node: LookupClient<Channel>| {
+                let request = request.clone();
+                async move { node.drop_set(request).await }
+            };
+            direct.routing.any_node(deadline, call).await?;
+            return Ok(());
+        }
         self.inner.drop_set(request).await?;
         Ok(())
     }
 
     /// Every set, in name order.
     pub async fn list_sets(&mut self) -> Result<Vec<SetInfo>, Error> {
+        if let Some(direct) = &self.direct {
+            let deadline = Instant::now() + DIRECT_TIMEOUT;
+            let call = |mut node: LookupClient<Channel>| async move {
+                node.list_sets(ListSetsRequest {}).await
+            };
+            return Ok(direct.routing.any_node(deadline, call).await?.sets);
+        }
         Ok(self
             .inner
             .list_sets(ListSetsRequest {})
@@ -391,6 +269,14 @@ impl Client {
         let request = GetSetRequest {
             name: name.to_string(),
         };
+        if let Some(direct) = &self.direct {
+            let deadline = Instant::now() + DIRECT_TIMEOUT;
+            let call = |mut node: LookupClient<Channel>| {
+                let request = request.clone();
+                async move { node.get_set(request).await }
+            };
+            return Ok(direct.routing.any_node(deadline, call).await?);
+        }
         Ok(self.inner.get_set(request).await?.into_inner())
     }
 
@@ -399,13 +285,47 @@ impl Client {
     pub async fn insert(&mut self, set: &str, keys: &[Key]) -> Result<u64, Error> {
         let mut acknowledged = 0;
         for batch in keys.chunks(self.max_batch) {
-            let request = InsertRequest {
-                set: set.to_string(),
-                keys: Bytes::from(batch.concat()),
-            };
-            acknowledged += self.inner.insert(request).await?.into_inner().keys;
+            acknowledged += self.insert_packed(set, Bytes::from(batch.concat())).await?;
         }
         Ok(acknowledged)
+    }
+
+    /// Inserts one batch of packed keys (at most `max_batch`) into a set.
+    pub async fn insert_packed(&mut self, set: &str, keys: Bytes) -> Result<u64, Error> {
+        if let Some(direct) = &self.direct {
+            let deadline = Instant::now() + DIRECT_TIMEOUT;
+            return Ok(direct.routing.insert(set, &keys, deadline).await?);
+        }
+        let request = InsertRequest {
+            set: set.to_string(),
+            keys,
+        };
+        Ok(self.inner.insert(request).await?.into_inner().keys)
+    }
+
+    /// Checks one batch of packed keys (at most `max_batch`) against `sets` (every set when
+    /// empty): one bitmap per set, as the wire carries it.
+    pub async fn check_packed(
+        &mut self,
+        sets: &[String],
+        keys: Bytes,
+        consistency: Consistency,
+    ) -> Result<Vec<SetResult>, Error> {
+        if let Some(direct) = &self.direct {
+            let check = Check {
+                sets,
+                packed: &keys,
+                consistency,
+                deadline: Instant::now() + DIRECT_TIMEOUT,
+            };
+            return Ok(direct.routing.check(&direct.coalescer, check).await?);
+        }
+        let request = CheckRequest {
+            sets: sets.to_vec(),
+            keys,
+            consistency: consistency.wire(),
+        };
+        Ok(self.inner.check(request).await?.into_inner().results)
     }
 
     /// Which of `sets` (every set when empty) may contain each key.
@@ -420,12 +340,8 @@ impl Client {
         let per_request = (MAX_CHECK_BITS / sets.len().max(1) as u64) as usize;
         let per_request = self.max_batch.min(per_request).max(1);
         for (n, batch) in keys.chunks(per_request).enumerate() {
-            let request = CheckRequest {
-                sets: sets.to_vec(),
-                keys: Bytes::from(batch.concat()),
-                consistency: leakbloom_proto::v1::Consistency::from(consistency).into(),
-            };
-            let results = self.inner.check(request).await?.into_inner().results;
+            let packed = Bytes::from(batch.concat());
+            let results = self.check_packed(sets, packed, consistency).await?;
             if n == 0 {
                 merged = results
                     .iter()
@@ -444,15 +360,15 @@ impl Client {
                 )));
             }
             for (membership, result) in merged.iter_mut().zip(&results) {
-                if membership.set != result.set || result.present.len() != batch.len().div_ceil(8) {
+                let bits = Bitmap::from_bytes(&result.present, batch.len())
+                    .filter(|_| membership.set == result.set);
+                let Some(bits) = bits else {
                     return Err(Error::Reply(format!(
                         "unexpected result for set {:?} in batch {n}",
                         result.set
                     )));
-                }
-                membership
-                    .present
-                    .extend((0..batch.len()).map(|i| result.present[i / 8] & (1 << (i % 8)) != 0));
+                };
+                membership.present.extend(bits.to_bools());
             }
         }
         Ok(merged)
@@ -464,98 +380,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batch_limits_are_checked() {
-        assert_eq!(split_keys(&[], 4), Err(BatchError::Empty { max: 4 }));
-        assert_eq!(
-            split_keys(&[0; 33], 4),
-            Err(BatchError::KeyLength { len: 33 })
-        );
-        assert_eq!(
-            split_keys(&[0; 5 * KEY_LEN], 4),
-            Err(BatchError::TooLarge { keys: 5, max: 4 })
-        );
-        assert_eq!(split_keys(&[0; 2 * KEY_LEN], 4).unwrap().len(), 2);
-        assert_eq!(whole_keys(&[]).unwrap().len(), 0);
-    }
-
-    #[test]
-    fn checks_are_limited_in_sets_and_set_key_pairs() {
-        check_set_count(MAX_CHECK_SETS).unwrap();
-        assert_eq!(
-            check_set_count(MAX_CHECK_SETS + 1),
-            Err(BatchError::TooManySets { sets: 1025 })
-        );
-        check_bits(1024, 65_536).unwrap();
-        check_bits(1, 1 << 26).unwrap();
-        check_bits(usize::MAX, 0).unwrap();
-        let error = check_bits(1025, 65_536).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "a check of 1025 sets x 65536 keys is over the limit of 67108864 set-key pairs: \
-             split the keys or name fewer sets"
-        );
-        assert!(check_bits(usize::MAX, usize::MAX).is_err());
-    }
-
-    #[test]
-    fn set_names_follow_the_rule() {
-        for ok in ["facebook-2021", "a", "x.y_z-0", &"a".repeat(64)] {
-            check_set_name(ok).unwrap();
-        }
-        assert_eq!(check_set_name(""), Err(NameError::Empty));
-        assert_eq!(
-            check_set_name(&"a".repeat(65)),
-            Err(NameError::TooLong { len: 65 })
-        );
-        assert_eq!(check_set_name("a b"), Err(NameError::Character(' ')));
-        assert_eq!(check_set_name("Facebook"), Err(NameError::Character('F')));
-        assert_eq!(check_set_name("é"), Err(NameError::Character('é')));
-        // Too long is said before any character is looked at.
-        assert_eq!(
-            check_set_name(&"É".repeat(60_000)),
-            Err(NameError::TooLong { len: 120_000 })
-        );
-    }
-
-    #[test]
-    fn quotes_are_short_whatever_the_input() {
-        assert_eq!(quote("facebook-2021"), r#""facebook-2021""#);
-        assert_eq!(quote("a\"b\n"), r#""a\"b\n""#);
-        let whole = "x".repeat(MAX_QUOTED_CHARS);
-        assert_eq!(quote(&whole), format!("{whole:?}"));
-        let long = "y".repeat(60_000);
-        assert_eq!(
-            quote(&long),
-            format!("\"{}\"… (60000 bytes)", "y".repeat(MAX_QUOTED_CHARS))
-        );
-        // Cut on a character boundary: 64 two-byte characters.
-        let wide = "é".repeat(1000);
-        assert_eq!(
-            quote(&wide),
-            format!("\"{}\"… (2000 bytes)", "é".repeat(MAX_QUOTED_CHARS))
-        );
-    }
-
-    #[test]
-    fn status_messages_are_bounded_on_a_character_boundary() {
-        assert_eq!(bound_message("short".into()), "short");
-        let exact = "x".repeat(MAX_STATUS_MESSAGE_BYTES);
-        assert_eq!(bound_message(exact.clone()), exact);
-        let long = bound_message("x".repeat(100_000));
-        assert_eq!(long.len(), MAX_STATUS_MESSAGE_BYTES);
-        assert!(long.ends_with("x…"), "{long}");
-        // Three-byte characters never split: the cut backs up to a boundary.
-        for shift in 0..3 {
-            let text = format!("{}{}", "a".repeat(shift), "€".repeat(1000));
-            let cut = bound_message(text);
-            assert!(cut.len() <= MAX_STATUS_MESSAGE_BYTES, "{}", cut.len());
-            assert!(cut.len() > MAX_STATUS_MESSAGE_BYTES - 6, "{}", cut.len());
-            assert!(cut.ends_with("€…"), "{cut}");
-        }
-    }
-
-    #[test]
     fn message_limits_hold_the_largest_valid_request_and_reply() {
+        use leakbloom_cluster::{
+            check_bits, max_request_bytes, MAX_CHECK_SETS, MAX_REPLY_BYTES, MAX_SET_NAME_LEN,
+        };
         use leakbloom_proto::v1::{CheckRequest, CheckResponse, SetResult};
         use prost::Message as _;
         let name = "n".repeat(MAX_SET_NAME_LEN);

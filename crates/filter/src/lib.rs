@@ -11,7 +11,8 @@
 //! The engine is synchronous and owns no clock, thread or socket; the node wraps it.
 //!
 //! ```
-//! use leakbloom_filter::{Filter, Key};
+//! use leakbloom_cluster::Key;
+//! use leakbloom_filter::Filter;
 //!
 //! let filter = Filter::with_capacity(1_000_000, 1e-6)?;
 //! let keys: Vec<Key> = (0..1000u32).map(|i| [(i % 251) as u8; 32]).collect();
@@ -36,7 +37,7 @@
 //!            used)
 //! ```
 //!
-//! * Bytes 0..8 choose the shard ([`shard_of`], used by nodes and routers) and are ignored
+//! * Bytes 0..8 choose the shard (`leakbloom_cluster::shard_of`, used by nodes, routers and clients) and are ignored
 //!   by the filter, so shard and bits are independent.
 //! * The block is the multiply-shift `(u64::from_be_bytes(key[8..16]) × blocks) >> 64`. It is
 //!   monotonic in the key: a contiguous range of key prefixes is a contiguous range of blocks,
@@ -104,6 +105,10 @@
 //! * [`Filter::encode`] is consistent even during inserts; [`Filter::encode_into`] (streaming)
 //!   needs a quiescent filter and reports [`Error::ChangedDuringEncode`] otherwise.
 
+// The engine's input: a key, 32 uniformly distributed bytes (see above for which bytes do
+// what), as the cluster core defines it.
+use leakbloom_cluster::Key;
+
 mod codec;
 mod error;
 mod filter;
@@ -119,18 +124,3 @@ pub use geometry::{
     model_fpr, Geometry, BLOCK_BITS, BLOCK_BYTES, MAX_FILTER_BYTES, MAX_HASHES, MIN_FPR,
     POSITION_BITS,
 };
-
-/// Length of a key in bytes: a SHA-256 / HMAC-SHA256 output.
-pub const KEY_LEN: usize = 32;
-
-/// A key: 32 uniformly distributed bytes (see the crate docs for which bytes do what).
-pub type Key = [u8; KEY_LEN];
-
-/// The shard that owns `key` in a key space split into `shards` shards: multiply-shift of key
-/// bytes 0..8 (`(prefix * shards) >> 64`), so shards are contiguous, ordered ranges of key
-/// prefixes, and the filter's bits (bytes 8..32) are independent of the shard. Nodes and
-/// routers must agree on it: it is part of the cluster's format.
-pub fn shard_of(key: &Key, shards: u32) -> u32 {
-    let prefix = u64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
-    ((u128::from(prefix) * u128::from(shards)) >> 64) as u32
-}

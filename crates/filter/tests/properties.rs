@@ -4,7 +4,8 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use leakbloom_filter::{Error, Filter, Geometry, Key, CHECK_PREFETCH_DISTANCE};
+use leakbloom_cluster::Key;
+use leakbloom_filter::{Error, Filter, Geometry, CHECK_PREFETCH_DISTANCE};
 
 /// SplitMix64: fast in debug builds, deterministic, and uniform enough to stand in for hashes.
 struct Keys(u64);

@@ -8,9 +8,9 @@ use sha2::{Digest, Sha256};
 
 use crate::{canonicalize, Error, Kind};
 
-/// A key: the 32 bytes the cluster stores and checks. Nothing else about an identifier leaves
-/// the client.
-pub type Key = [u8; 32];
+// A key: the 32 bytes the cluster stores and checks. Nothing else about an identifier leaves
+// the client.
+use leakbloom_cluster::Key;
 
 /// Minimum pepper length in bytes: 128 bits, so the pepper cannot be guessed.
 pub const MIN_PEPPER_LEN: usize = 16;

@@ -10,7 +10,7 @@
 //! - `canonical.rs`: [`Kind`] and [`canonicalize`]; the email and other rules.
 //! - `phone.rs`: the phone rule, which parses with the `phonenumber` crate and follows
 //!   libphonenumber where that crate differs (its module docs list how).
-//! - `hashing.rs`: [`Key`], [`sha256_key`], [`hmac_key`], [`key`], a set's [`Hashing`] field and
+//! - `hashing.rs`: [`sha256_key`], [`hmac_key`], [`key`], a set's [`Hashing`] field and
 //!   the [`Pepper`].
 //! - `error.rs`: the one [`Error`] type.
 //!
@@ -102,6 +102,4 @@ mod phone;
 
 pub use canonical::{canonicalize, Kind};
 pub use error::Error;
-pub use hashing::{
-    hmac_key, key, sha256_key, Hashing, Key, Pepper, MAX_PEPPER_ID_LEN, MIN_PEPPER_LEN,
-};
+pub use hashing::{hmac_key, key, sha256_key, Hashing, Pepper, MAX_PEPPER_ID_LEN, MIN_PEPPER_LEN};

@@ -81,6 +81,14 @@ impl Layout {
         self.shards
     }
 
+    /// The placement epoch of this layout, which every shard map carries: the nodes and each
+    /// shard's replicas are fixed when the cluster is created, so the one placement there is
+    /// has epoch 1. A placement change (a node joining or leaving) must raise it, so clients
+    /// can tell a newer map from an older one.
+    pub fn epoch(&self) -> u64 {
+        1
+    }
+
     /// Replicas per shard.
     pub fn replication(&self) -> u32 {
         self.replication

@@ -12,9 +12,9 @@ use tonic::{Code, Status};
 use crate::config::ConfigError;
 use crate::shard::ShardId;
 
-use leakbloom_client::{bound_message, quote};
+use leakbloom_cluster::{bound_message, quote, UnknownConsistency};
 
-pub use leakbloom_client::{BatchError, LEADER_METADATA, MAX_STATUS_MESSAGE_BYTES};
+pub use leakbloom_cluster::{BatchError, LEADER_METADATA, MAX_STATUS_MESSAGE_BYTES};
 
 /// Everything a node operation can fail with. Messages say what was wrong and how to fix it;
 /// none of them ever contains a key, and names are quoted shortened.
@@ -43,10 +43,8 @@ pub enum Error {
     #[error("set {} is named more than once in the request: name each set once", quote(.0))]
     DuplicateSet(String),
     /// An unknown `Consistency` value.
-    #[error(
-        "unknown consistency value {0}: use CONSISTENCY_LINEARIZABLE or CONSISTENCY_ANY_REPLICA"
-    )]
-    Consistency(i32),
+    #[error(transparent)]
+    Consistency(#[from] UnknownConsistency),
     /// The set does not exist.
     #[error("set {} does not exist: create it first, or list sets with ListSets", quote(.0))]
     SetNotFound(String),

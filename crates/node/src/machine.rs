@@ -301,7 +301,7 @@ pub fn decode_catalog_outcome(bytes: &[u8]) -> Result<catalog::Outcome> {
 mod tests {
     use super::*;
     use crate::set::SetSpec;
-    use leakbloom_filter::KEY_LEN;
+    use leakbloom_cluster::KEY_LEN;
     use leakbloom_proto::v1::{command, CreateSetCommand, InsertCommand};
     use tonic::Status;
 

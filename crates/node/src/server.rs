@@ -364,10 +364,10 @@ impl Server {
         // Requests as large as the batch limit needs, replies as large as a check may be: a
         // larger request is refused before it is read.
         let lookup = LookupServer::new(LookupService::new(self.node.clone(), metrics))
-            .max_decoding_message_size(leakbloom_client::max_request_bytes(
+            .max_decoding_message_size(leakbloom_cluster::max_request_bytes(
                 self.node.config().max_batch,
             ))
-            .max_encoding_message_size(leakbloom_client::MAX_REPLY_BYTES);
+            .max_encoding_message_size(leakbloom_cluster::MAX_REPLY_BYTES);
 
         // The server as a whole ("") is SERVING while the process runs (liveness); the Lookup
         // service only while the node's replicas can serve (readiness).

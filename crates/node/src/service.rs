@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use leakbloom_cluster::Consistency;
 use leakbloom_proto::v1::cluster_server::Cluster;
 use leakbloom_proto::v1::lookup_server::Lookup;
 use leakbloom_proto::v1::{
@@ -14,6 +15,7 @@ use leakbloom_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::node::Node;
 
@@ -44,13 +46,16 @@ impl Lookup for LookupService {
     ) -> Result<Response<CheckResponse>, Status> {
         let start = Instant::now();
         let request = request.into_inner();
-        let checked = self
-            .node
-            .check(&request.sets, &request.keys, request.consistency)
-            .await
-            .map_err(Status::from);
+        let checked = match Consistency::try_from(request.consistency) {
+            Ok(consistency) => self
+                .node
+                .check(&request.sets, &request.keys, consistency)
+                .await
+                .map_err(Status::from),
+            Err(unknown) => Err(Status::from(Error::from(unknown))),
+        };
         if checked.is_ok() {
-            let keys = request.keys.len() / leakbloom_filter::KEY_LEN;
+            let keys = request.keys.len() / leakbloom_cluster::KEY_LEN;
             self.metrics.requests.keys_checked(keys as u64);
         }
         let results = self.count("Check", start, checked)?;

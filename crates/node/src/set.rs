@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use leakbloom_client::{check_set_name, quote};
+use leakbloom_cluster::{check_set_name, quote};
 use leakbloom_filter::{Filter, Geometry};
 use leakbloom_ident::Hashing;
 use leakbloom_proto::v1::CreateSetCommand;
@@ -10,7 +10,7 @@ use leakbloom_proto::v1::CreateSetCommand;
 use crate::error::{Error, Result};
 use crate::memory::Reservation;
 
-pub use leakbloom_client::MAX_SET_NAME_LEN;
+pub use leakbloom_cluster::MAX_SET_NAME_LEN;
 
 /// Hashing scheme of a set created without one.
 pub const DEFAULT_HASHING: &str = "sha256";

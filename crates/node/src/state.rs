@@ -59,7 +59,7 @@ use crate::error::{Error, Result};
 use crate::memory::Budget;
 use crate::set::{Partition, SetSpec};
 use crate::shard::{shard_of, ShardId};
-use leakbloom_client::whole_keys;
+use leakbloom_cluster::whole_keys;
 
 /// First bytes of every shard snapshot, so a wrong blob is named as such.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LBSHARD\0";
@@ -617,7 +617,7 @@ impl<'a> Cursor<'a> {
 mod tests {
     use super::*;
     use crate::error::BatchError;
-    use leakbloom_filter::KEY_LEN;
+    use leakbloom_cluster::KEY_LEN;
     use leakbloom_proto::v1::{CreateSetCommand, DropSetCommand, InsertCommand};
 
     /// Shards of the tests' cluster; the keys of [`keys`] belong to shard 3 of them.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{all_present, create, create_request, eventually, insert, key, Cluster, SHARDS};
 use futures_util::future::join_all;
+use leakbloom_cluster::Consistency;
 use leakbloom_node::catalog::{Outcome, CATALOG_GROUP};
 use leakbloom_node::machine::decode_catalog_outcome;
 use leakbloom_node::set::SetSpec;
@@ -17,8 +18,8 @@ use leakbloom_node::{Error, Node};
 use leakbloom_proto::v1::catalog_command::Kind;
 use leakbloom_proto::v1::peer_client::PeerClient;
 use leakbloom_proto::v1::{
-    command, CatalogCommand, Command, Consistency, CreateSetCommand, DropSetCommand, InsertCommand,
-    NodeLimits, ProposeRequest, RejoinRequest,
+    command, CatalogCommand, Command, CreateSetCommand, DropSetCommand, InsertCommand, NodeLimits,
+    ProposeRequest, RejoinRequest,
 };
 use leakbloom_raft::{GroupId, NodeId};
 use prost::Message as _;
@@ -279,7 +280,11 @@ async fn a_drop_cut_short_leaves_the_set_gone_everywhere_and_its_partitions_coll
         .await;
         assert!(node.list_sets().await.unwrap().is_empty());
         let check = node
-            .check(&["s".into()], &common::packed(0..10), 0)
+            .check(
+                &["s".into()],
+                &common::packed(0..10),
+                Consistency::Linearizable,
+            )
             .await
             .unwrap_err();
         assert_eq!(status(check), Code::NotFound);
@@ -297,7 +302,11 @@ async fn a_drop_cut_short_leaves_the_set_gone_everywhere_and_its_partitions_coll
     create(cluster.node(3), &create_request("s", 10_000)).await;
     let results = cluster
         .node(2)
-        .check(&["s".into()], &common::packed(0..500), 0)
+        .check(
+            &["s".into()],
+            &common::packed(0..500),
+            Consistency::Linearizable,
+        )
         .await
         .unwrap();
     let present = results[0]
@@ -380,6 +389,6 @@ async fn a_replica_without_memory_stalls_reports_not_serving_and_resumes_by_itse
     node3.budget().set_limit(u64::MAX);
     eventually("node 3 applies again", || node3.health().is_empty()).await;
     health_becomes(&node3, ServingStatus::Serving).await;
-    all_present(&node3, "s", 0..1500, Consistency::AnyReplica).await;
+    all_present(&node3, "s", 0..1500, Consistency::Any).await;
     cluster.stop().await;
 }

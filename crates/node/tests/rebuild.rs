@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{all_present, create, create_request, eventually, Cluster, SHARDS};
+use leakbloom_cluster::Consistency;
 use leakbloom_node::Node;
-use leakbloom_proto::v1::Consistency;
 use leakbloom_raft::NodeId;
 
 const SET: &str = "leaked";
@@ -84,7 +84,7 @@ async fn rebuild_after(cluster: &mut Cluster, id: NodeId, acked: &mut u64, damag
     })
     .await;
     replicas_identical(cluster).await;
-    all_present(&rebuilt, SET, 0..*acked, Consistency::AnyReplica).await;
+    all_present(&rebuilt, SET, 0..*acked, Consistency::Any).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,7 +46,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use leakbloom_filter::KEY_LEN;
+use leakbloom_cluster::KEY_LEN;
 use leakbloom_node::machine::{decode_outcome, Machine};
 use leakbloom_node::memory::Budget;
 use leakbloom_node::set::SetSpec;

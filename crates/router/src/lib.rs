@@ -20,12 +20,14 @@
 //! with every other client's calls. Connections that never complete the HTTP/2 handshake or
 //! go idle are closed (`leakbloom_net`).
 //!
+//! The routing itself is the same code a direct client runs: the shard map, the plan of a batch
+//! and the merge of its answers, the retry policy (crate `leakbloom-cluster`), and carrying them
+//! out over gRPC with coalescing of small checks and hedged any-replica reads
+//! (`leakbloom_client::routing`). The router adds validation, deadlines from `grpc-timeout`,
+//! metrics and the server.
+//!
 //! # Layout
-//! - [`map`]: the merged shard map and the plan of a batch over it (pure).
-//! - [`router`]: [`Router`]: refreshing the map, channels, routing, merging, retries.
-//! - [`coalesce`]: concurrent small checks for one node share one node call.
-//! - [`hedge`]: how long an any-replica check part waits for a node before it is hedged on
-//!   another replica (the recent p99 of node calls plus a margin).
+//! - [`router`]: [`Router`]: validation, then routing through `leakbloom_client::Routing`.
 //! - [`service`]: the `Lookup` service over a [`Router`]; [`server`]: binding and serving with
 //!   health, reflection and metrics ([`metrics`]).
 //! - [`error`]: the [`Error`] enum and the single conversion into `tonic::Status`.
@@ -34,10 +36,7 @@
 //! - Only checks are coalesced: every small insert is its own node call.
 //! - Set management calls (`CreateSet`, `DropSet`, `ListSets`, `GetSet`) go whole to one node.
 
-pub mod coalesce;
 pub mod error;
-pub mod hedge;
-pub mod map;
 pub mod metrics;
 pub mod router;
 pub mod server;

@@ -17,7 +17,8 @@ use leakbloom_metrics::{code_label, register, Requests};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::net::TcpListener;
 
-use crate::map::NodeId;
+use leakbloom_client::routing::Observer;
+use leakbloom_cluster::NodeId;
 
 /// The router's counters.
 #[derive(Debug)]
@@ -91,36 +92,39 @@ impl Metrics {
         }
     }
 
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        leakbloom_metrics::encode([&self.registry])
+    }
+}
+
+/// What routing reports, counted.
+impl Observer for Metrics {
     /// Counts a failed call to `node`.
-    pub fn node_failure(&self, node: NodeId, code: tonic::Code) {
+    fn node_failure(&self, node: NodeId, code: tonic::Code) {
         self.node_failures
             .with_label_values(&[&node.to_string(), code_label(code)])
             .inc();
     }
 
     /// Counts a retry round.
-    pub fn retry(&self) {
+    fn retry(&self) {
         self.retries.inc();
     }
 
     /// Counts a hedged part.
-    pub fn hedge(&self) {
+    fn hedge(&self) {
         self.hedges.inc();
     }
 
     /// Counts a shard map refresh.
-    pub fn refresh(&self) {
+    fn refresh(&self) {
         self.refreshes.inc();
     }
 
     /// Sets the number of nodes that answered the last refresh.
-    pub fn nodes_up(&self, nodes: usize) {
+    fn nodes_up(&self, nodes: usize) {
         self.nodes_up.set(i64::try_from(nodes).unwrap_or(i64::MAX));
-    }
-
-    /// The text exposition.
-    pub fn render(&self) -> String {
-        leakbloom_metrics::encode([&self.registry])
     }
 }
 

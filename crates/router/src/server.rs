@@ -10,8 +10,9 @@ use leakbloom_proto::v1::lookup_server::LookupServer;
 use tokio::net::TcpListener;
 
 use crate::metrics::{self, Metrics};
-use crate::router::{Router, HTTP2_MAX_FRAME_SIZE};
+use crate::router::Router;
 use crate::service::RouterService;
+use leakbloom_client::channel::HTTP2_MAX_FRAME_SIZE;
 
 /// How a router runs.
 #[derive(Clone, Debug)]
@@ -147,8 +148,8 @@ impl Server {
             .expect("leakbloom's descriptors are valid");
         // A request larger than the batch limit needs is refused before it is read.
         let lookup = LookupServer::new(RouterService::new(router, metrics, self.config.timeout))
-            .max_decoding_message_size(leakbloom_client::max_request_bytes(self.config.max_batch))
-            .max_encoding_message_size(leakbloom_client::MAX_REPLY_BYTES);
+            .max_decoding_message_size(leakbloom_cluster::max_request_bytes(self.config.max_batch))
+            .max_encoding_message_size(leakbloom_cluster::MAX_REPLY_BYTES);
 
         tracing::info!(
             listen = %local_addr,

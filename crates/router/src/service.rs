@@ -77,7 +77,7 @@ impl Lookup for RouterService {
     ) -> Result<Response<CheckResponse>, Status> {
         let deadline = deadline(&request, self.timeout);
         let request = request.into_inner();
-        let keys = (request.keys.len() / leakbloom_filter::KEY_LEN) as u64;
+        let keys = (request.keys.len() / leakbloom_cluster::KEY_LEN) as u64;
         let answer = self
             .serve("Check", self.router.check(request, deadline))
             .await?;

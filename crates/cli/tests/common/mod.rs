@@ -202,7 +202,7 @@ pub async fn wait_until_all_found(addr: &str, what: &str, set: &str, keys: &[Key
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let found = client
-            .check(&[set.to_string()], keys, Consistency::AnyReplica)
+            .check(&[set.to_string()], keys, Consistency::Any)
             .await
             .unwrap();
         let missing = found[0].present.iter().filter(|&&p| !p).count();

@@ -2,7 +2,8 @@
 //! single-key answers agree, the count of set bits is exact, and encoding round-trips.
 #![no_main]
 
-use leakbloom_filter::{Filter, Geometry, Key, KEY_LEN};
+use leakbloom_cluster::{Key, KEY_LEN};
+use leakbloom_filter::{Filter, Geometry};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,16 +5,19 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::try_join_all;
-use leakbloom_filter::{Filter, KEY_LEN};
-use leakbloom_proto::v1::{Consistency, SetResult, ShardCheckRequest, ShardCheckResponse};
+use leakbloom_cluster::plan::{by_shard, gather};
+use leakbloom_cluster::{
+    check_bits, check_set_count, split_keys, whole_keys, Bitmap, Consistency, Key,
+};
+use leakbloom_filter::Filter;
+use leakbloom_proto::v1::{SetResult, ShardCheckRequest, ShardCheckResponse};
 use leakbloom_raft::GroupId;
 
 use super::Node;
 use crate::catalog::Entry;
 use crate::error::{Error, Result};
 use crate::set::{self, Partition};
-use crate::shard::{shard_of, shard_of_group, ShardId};
-use leakbloom_client::{check_bits, check_set_count, split_keys, whole_keys};
+use crate::shard::{shard_of_group, ShardId};
 
 /// How many keys ahead a check prefetches filter blocks: the engine's measured batch distance.
 const PREFETCH_DISTANCE: usize = leakbloom_filter::CHECK_PREFETCH_DISTANCE;
@@ -24,57 +27,41 @@ type Partitions = Vec<Option<Arc<Partition>>>;
 
 impl Node {
     /// Splits packed key bytes into keys after checking the batch limits.
-    pub(super) fn keys<'a>(&self, keys: &'a [u8]) -> Result<&'a [[u8; KEY_LEN]]> {
+    pub(super) fn keys<'a>(&self, keys: &'a [u8]) -> Result<&'a [Key]> {
         Ok(split_keys(keys, self.config.max_batch)?)
     }
 
-    /// Which of `sets` (every set when empty) may contain each key: one bitmap per set.
-    /// Anything but `CONSISTENCY_ANY_REPLICA` (the unspecified 0 included) is linearizable.
+    /// Which of `sets` (every set when empty) may contain each key: one bitmap per set. A
+    /// linearizable check first takes a read barrier on every touched shard served here.
     pub async fn check(
         &self,
         sets: &[String],
         keys: &[u8],
-        consistency: i32,
+        consistency: Consistency,
     ) -> Result<Vec<SetResult>> {
         let keys = self.keys(keys)?;
-        let linearizable = match Consistency::try_from(consistency) {
-            Ok(Consistency::AnyReplica) => false,
-            Ok(_) => true,
-            Err(_) => return Err(Error::Consistency(consistency)),
-        };
         let shards = self.config.shards;
-        let shard_ids: Vec<ShardId> = keys.iter().map(|key| shard_of(key, shards)).collect();
-        let mut touched = vec![false; shards as usize];
-        for &shard in &shard_ids {
-            touched[shard as usize] = true;
-        }
-        let touched: Vec<ShardId> = (0..shards).filter(|&s| touched[s as usize]).collect();
-        if linearizable {
+        let split = by_shard(keys, shards);
+        let touched: Vec<ShardId> = split.iter().map(|(shard, _)| *shard).collect();
+        if consistency == Consistency::Linearizable {
             self.read_barrier(touched.iter().copied()).await?;
         }
         let (entries, partitions) = self.check_partitions(sets, keys.len(), &touched).await?;
-        let mut bitmaps: Vec<Vec<u8>> = partitions
+        let mut bitmaps: Vec<Bitmap> = partitions
             .iter()
-            .map(|partitions| check_bitmap(partitions, keys, &shard_ids))
+            .map(|partitions| check_bitmap(partitions, keys, shards))
             .collect();
         // Shards without a local replica that answers reads: ask a replica node, then
         // scatter its bits back.
-        let remote: Vec<ShardId> = touched
+        let remote = split
             .into_iter()
-            .filter(|&shard| self.serving(shard).is_none())
-            .collect();
-        let answers = try_join_all(remote.iter().map(|&shard| {
-            let positions: Vec<usize> =
-                (0..keys.len()).filter(|&i| shard_ids[i] == shard).collect();
-            let mut packed = Vec::with_capacity(positions.len() * KEY_LEN);
-            for &i in &positions {
-                packed.extend_from_slice(&keys[i]);
-            }
+            .filter(|(shard, _)| self.serving(*shard).is_none());
+        let answers = try_join_all(remote.map(|(shard, positions)| {
             let request = ShardCheckRequest {
                 group: GroupId::from(shard),
                 sets: entries.iter().map(|e| e.spec.name.clone()).collect(),
-                keys: packed.into(),
-                consistency,
+                keys: gather(keys, &positions).into(),
+                consistency: consistency.wire(),
                 generations: entries.iter().map(|e| e.generation).collect(),
             };
             async move {
@@ -85,14 +72,7 @@ impl Node {
         .await?;
         for (positions, answer) in answers {
             for (bitmap, present) in bitmaps.iter_mut().zip(&answer.present) {
-                for (j, &i) in positions.iter().enumerate() {
-                    if present
-                        .get(j / 8)
-                        .is_some_and(|byte| byte & (1 << (j % 8)) != 0)
-                    {
-                        bitmap[i / 8] |= 1 << (i % 8);
-                    }
-                }
+                bitmap.scatter(present, &positions);
             }
         }
         Ok(entries
@@ -100,7 +80,7 @@ impl Node {
             .zip(bitmaps)
             .map(|(entry, present)| SetResult {
                 set: entry.spec.name,
-                present: present.into(),
+                present: present.into_bytes().into(),
             })
             .collect())
     }
@@ -132,7 +112,7 @@ impl Node {
     }
 
     /// The entries a check asks for, validated, and within the limits of a check's answer
-    /// ([`leakbloom_client::MAX_CHECK_BITS`]: every set counts when none is named).
+    /// ([`leakbloom_cluster::MAX_CHECK_BITS`]: every set counts when none is named).
     async fn check_entries(&self, sets: &[String], keys: usize) -> Result<Vec<Entry>> {
         self.catalog_ready()?;
         let entries = if sets.is_empty() {
@@ -250,11 +230,7 @@ impl Node {
                 request.generations.len()
             )));
         }
-        let linearizable = !matches!(
-            Consistency::try_from(request.consistency),
-            Ok(Consistency::AnyReplica)
-        );
-        if linearizable {
+        if Consistency::try_from(request.consistency)? == Consistency::Linearizable {
             self.read_barrier(std::iter::once(shard)).await?;
         }
         let present = request
@@ -267,13 +243,13 @@ impl Node {
                     .partition(name)
                     .filter(|p| p.generation == generation)
                     .ok_or_else(|| Error::SetNotFound(name.clone()))?;
-                let mut bitmap = vec![0u8; keys.len().div_ceil(8)];
+                let mut bitmap = Bitmap::new(keys.len());
                 for (i, key) in keys.iter().enumerate() {
                     if partition.filter.contains(key) {
-                        bitmap[i / 8] |= 1 << (i % 8);
+                        bitmap.set(i);
                     }
                 }
-                Ok(Bytes::from(bitmap))
+                Ok(Bytes::from(bitmap.into_bytes()))
             })
             .collect::<Result<_>>()?;
         Ok(ShardCheckResponse { present })
@@ -284,17 +260,13 @@ impl Node {
 /// elsewhere, whose bits stay 0): bit i of the result is set when key i may be present.
 /// Prefetches the block of key `i + PREFETCH_DISTANCE` while checking key `i`, so cache misses
 /// overlap across shards' filters.
-fn check_bitmap(
-    partitions: &[Option<Arc<Partition>>],
-    keys: &[[u8; KEY_LEN]],
-    shard_ids: &[ShardId],
-) -> Vec<u8> {
+fn check_bitmap(partitions: &[Option<Arc<Partition>>], keys: &[Key], shards: u32) -> Bitmap {
     let filter = |i: usize| -> Option<&Filter> {
-        partitions[shard_ids[i] as usize]
+        partitions[leakbloom_cluster::shard_of(&keys[i], shards) as usize]
             .as_ref()
             .map(|p| &p.filter)
     };
-    let mut bitmap = vec![0u8; keys.len().div_ceil(8)];
+    let mut bitmap = Bitmap::new(keys.len());
     for (i, key) in keys.iter().enumerate().take(PREFETCH_DISTANCE) {
         if let Some(filter) = filter(i) {
             filter.prefetch(key);
@@ -307,7 +279,7 @@ fn check_bitmap(
             }
         }
         if filter(i).is_some_and(|filter| filter.contains(key)) {
-            bitmap[i / 8] |= 1 << (i % 8);
+            bitmap.set(i);
         }
     }
     bitmap

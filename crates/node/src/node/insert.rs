@@ -1,11 +1,11 @@
 //! Inserts: a batch of keys into one set, split by shard, committed on every touched shard.
 
+use leakbloom_cluster::plan::{by_shard, gather};
 use leakbloom_proto::v1::{command, Command, InsertCommand};
 
 use super::Node;
 use crate::error::Result;
 use crate::set;
-use crate::shard::{shard_of, ShardId};
 
 impl Node {
     /// Adds keys to a set. Returns the number of keys once every touched shard has committed
@@ -14,24 +14,18 @@ impl Node {
         set::validate_name(set)?;
         let parsed = self.keys(&keys)?;
         let entry = self.resolve(set, true).await?;
-        let mut per_shard: Vec<Vec<u8>> = vec![Vec::new(); self.config.shards as usize];
-        for key in parsed {
-            per_shard[shard_of(key, self.config.shards) as usize].extend_from_slice(key);
-        }
-        let commands = per_shard
+        let commands = by_shard(parsed, self.config.shards)
             .into_iter()
-            .enumerate()
-            .filter(|(_, keys)| !keys.is_empty())
-            .map(|(shard, keys)| {
+            .map(|(shard, positions)| {
                 let command = Command {
                     id: 0,
                     kind: Some(command::Kind::Insert(InsertCommand {
                         set: set.to_string(),
-                        keys: keys.into(),
+                        keys: gather(parsed, &positions).into(),
                         generation: entry.generation,
                     })),
                 };
-                (shard as ShardId, command)
+                (shard, command)
             })
             .collect();
         self.propose_all(commands).await?;

@@ -341,6 +341,7 @@ impl Node {
             .collect();
         ShardMap {
             node: self.id(),
+            epoch: self.layout.epoch(),
             shards: self.config.shards,
             replication: self.layout.replication(),
             max_batch: self.config.max_batch as u64,

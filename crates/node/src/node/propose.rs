@@ -16,17 +16,11 @@ use crate::error::{Error, Result};
 use crate::machine;
 use crate::shard::{shard_of, shard_of_group, ShardId};
 use crate::state::Applied;
-use leakbloom_client::whole_keys;
+use leakbloom_cluster::{whole_keys, RetryPolicy};
 
 /// How long a proposal keeps retrying retryable failures: longer than an election (1-2 s with
 /// default ticks), so a write survives one leader change.
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// First retry delay; doubled up to [`MAX_BACKOFF`]. A new leader usually answers in a tick.
-const FIRST_BACKOFF: Duration = Duration::from_millis(10);
-
-/// Longest retry delay: a few ticks, so a retry never waits long after a leader appears.
-const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
 impl Node {
     /// The node that leads `group`, as far as this node knows.
@@ -42,8 +36,8 @@ impl Node {
     /// [`PROPOSE_TIMEOUT`].
     async fn propose_bytes(&self, group: GroupId, command: Bytes) -> Result<Bytes> {
         let shard = shard_of_group(group);
-        let deadline = Instant::now() + PROPOSE_TIMEOUT;
-        let mut backoff = FIRST_BACKOFF;
+        let started = Instant::now();
+        let mut retry = RetryPolicy::default().start(started, started + PROPOSE_TIMEOUT);
         loop {
             let attempt = match self.group_leader(group) {
                 Some(leader) if leader == self.id() => {
@@ -61,13 +55,13 @@ impl Node {
                     reason: "no leader elected yet".into(),
                 }),
             };
-            match attempt {
-                Err(Error::Unavailable { leader, .. }) if Instant::now() + backoff < deadline => {
-                    self.learn_leader(group, leader);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                other => return other,
+            let Err(Error::Unavailable { leader, .. }) = attempt else {
+                return attempt;
+            };
+            self.learn_leader(group, leader);
+            match retry.pause(Instant::now()) {
+                Some(pause) => tokio::time::sleep(pause).await,
+                None => return attempt,
             }
         }
     }

@@ -83,14 +83,14 @@ pub use transport::Peers;
 /// framing at most doubles it) or one larger message alone, whose entries are at most one
 /// client batch; a forwarded `ProposeBatch` is one client batch split by shard (a command and
 /// set name per shard); a shard `Check` is at most one client batch and its reply at most
-/// [`leakbloom_client::MAX_REPLY_BYTES`]; snapshot chunks are [`SNAPSHOT_CHUNK_BYTES`]. A
-/// client batch is at most [`leakbloom_client::max_request_bytes`] of the largest allowed
+/// [`leakbloom_cluster::MAX_REPLY_BYTES`]; snapshot chunks are [`SNAPSHOT_CHUNK_BYTES`]. A
+/// client batch is at most [`leakbloom_cluster::max_request_bytes`] of the largest allowed
 /// `max_batch` ([`crate::config::MAX_MAX_BATCH`], 32 MiB of keys).
 pub const MAX_MESSAGE_BYTES: usize = {
-    let batch = leakbloom_client::max_request_bytes(crate::config::MAX_MAX_BATCH)
-        + crate::shard::MAX_SHARDS as usize * (leakbloom_client::MAX_SET_NAME_LEN + 32);
+    let batch = leakbloom_cluster::max_request_bytes(crate::config::MAX_MAX_BATCH)
+        + crate::shard::MAX_SHARDS as usize * (leakbloom_cluster::MAX_SET_NAME_LEN + 32);
     let raft = 2 * MAX_BATCH_BYTES;
-    let reply = leakbloom_client::MAX_REPLY_BYTES;
+    let reply = leakbloom_cluster::MAX_REPLY_BYTES;
     let largest = if batch > raft { batch } else { raft };
     if largest > reply {
         largest

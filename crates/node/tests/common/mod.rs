@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use leakbloom_cluster::Consistency;
 use leakbloom_node::{Config, Node, Server};
-use leakbloom_proto::v1::{Consistency, CreateSetRequest};
+use leakbloom_proto::v1::CreateSetRequest;
 use leakbloom_raft::NodeId;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -194,7 +195,7 @@ pub async fn all_present(
 ) {
     let keys = packed(range.clone());
     let results = node
-        .check(&[set.to_string()], &keys, consistency.into())
+        .check(&[set.to_string()], &keys, consistency)
         .await
         .expect("check");
     let bitmap = &results[0].present;

@@ -8,7 +8,7 @@
 //! router adds no delay; a busy one sends fewer, larger calls.
 //!
 //! A node that stops answering holds its [`IN_FLIGHT`] calls until their deadline, and parts
-//! queue behind them; the router's hedging ([`crate::router`]) sends such a part to another
+//! queue behind them; hedging in [`crate::routing`] sends such a part to another
 //! replica after the hedge delay, through that node's queue, and drops the waiting one. A part
 //! whose caller is gone (hedged elsewhere, or the client gave up) is left out of the next call.
 
@@ -17,14 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use leakbloom_filter::KEY_LEN;
+use leakbloom_cluster::{Bitmap, Consistency, NodeId, KEY_LEN};
 use leakbloom_proto::v1::lookup_client::LookupClient;
 use leakbloom_proto::v1::{CheckRequest, CheckResponse, SetResult};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
-
-use crate::map::NodeId;
 
 /// Parts of at most this many keys are coalesced; larger ones are batches already.
 pub const SMALL_PART_KEYS: usize = 16;
@@ -40,7 +38,7 @@ pub const MAX_KEYS: usize = 4096;
 struct Kind {
     node: NodeId,
     sets: Vec<String>,
-    consistency: i32,
+    consistency: Consistency,
 }
 
 /// One waiting part.
@@ -72,7 +70,7 @@ impl Coalescer {
         client: LookupClient<Channel>,
         node: NodeId,
         sets: &[String],
-        consistency: i32,
+        consistency: Consistency,
         keys: Bytes,
         deadline: Instant,
     ) -> Result<CheckResponse, Status> {
@@ -139,7 +137,7 @@ impl Coalescer {
             let mut request = Request::new(CheckRequest {
                 sets: kind.sets.clone(),
                 keys: packed.freeze(),
-                consistency: kind.consistency,
+                consistency: kind.consistency.wire(),
             });
             request.set_timeout(deadline.saturating_duration_since(Instant::now()));
             let answer = client.check(request).await.map(|a| a.into_inner());
@@ -170,7 +168,9 @@ fn answer_each(batch: Vec<Waiting>, answer: Result<CheckResponse, Status>) {
                     .iter()
                     .map(|result| SetResult {
                         set: result.set.clone(),
-                        present: bits(&result.present, offset, keys),
+                        present: Bitmap::slice(&result.present, offset, keys)
+                            .into_bytes()
+                            .into(),
                     })
                     .collect(),
             }),
@@ -181,34 +181,9 @@ fn answer_each(batch: Vec<Waiting>, answer: Result<CheckResponse, Status>) {
     }
 }
 
-/// Bits `from..from + len` of `bitmap` (LSB first), as a bitmap of their own. Bits beyond a
-/// short bitmap read as 0 (the caller checks the lengths of what it gets).
-fn bits(bitmap: &[u8], from: usize, len: usize) -> Bytes {
-    let mut out = vec![0u8; len.div_ceil(8)];
-    for j in 0..len {
-        let i = from + j;
-        if bitmap
-            .get(i / 8)
-            .is_some_and(|byte| byte & (1 << (i % 8)) != 0)
-        {
-            out[j / 8] |= 1 << (j % 8);
-        }
-    }
-    out.into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bits_are_cut_at_any_offset() {
-        let bitmap = [0b1010_1100u8, 0b0000_0001];
-        assert_eq!(&bits(&bitmap, 0, 3)[..], &[0b100]);
-        assert_eq!(&bits(&bitmap, 2, 3)[..], &[0b011]);
-        assert_eq!(&bits(&bitmap, 7, 2)[..], &[0b11]);
-        assert_eq!(&bits(&bitmap, 8, 9)[..], &[0b1, 0]);
-    }
 
     #[test]
     fn each_part_gets_its_own_answer() {

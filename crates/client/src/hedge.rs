@@ -1,5 +1,5 @@
 //! The hedge delay: how long an any-replica check part waits for its node before it is also
-//! sent to another replica (see "Hedged reads" in [`crate::router`]).
+//! sent to another replica (see "Hedged reads" in [`crate::routing`]).
 //!
 //! The delay is the p99 of the router's recent healthy node calls for any-replica checks plus a
 //! fixed margin (`--hedge-ms`, [`DEFAULT_MARGIN`]), because no one constant fits every batch.
