@@ -14,9 +14,11 @@
 //!   (the [`node`] docs: rejoin mark, remove and re-add as a learner, promotion), and
 //!   stalling a replica whose state machine cannot apply an entry for want of a local
 //!   resource ([`ApplyError::Stalled`]; the [`node`] docs, "Stalled replicas").
-//! - [`sim`]: a seeded [`sim::Network`] (delay, loss, duplication, reordering, partitions)
-//!   and [`sim::Cluster`] (crashes, restarts, lost disks, a logical clock);
-//!   `tests/simulation.rs` runs seeds against it and checks the invariants.
+//! - `sim`, only with the cargo feature `sim` (off by default, so it is no part of the
+//!   production API; this crate's tests turn it on through a dev-dependency on itself): a
+//!   seeded `sim::Network` (delay, loss, duplication, reordering, partitions) and
+//!   `sim::Cluster` (crashes, restarts, lost disks, a logical clock); `tests/simulation.rs`
+//!   here and in `crates/node` run seeds against it and check the invariants.
 //! - [`driver`]: the async shell: [`Driver::spawn`] runs a [`GroupNode`] in its own loop
 //!   and returns a cloneable [`GroupHandle`] (`step`, `propose`, `read_index`, `rejoin`,
 //!   leadership); the caller supplies a [`Transport`].
@@ -115,6 +117,7 @@ pub mod driver;
 mod error;
 pub mod log;
 pub mod node;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod storage;
 
