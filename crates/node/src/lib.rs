@@ -27,8 +27,8 @@
 //!   transport.
 //! - [`service`]: the `Lookup` gRPC service over a [`Node`]; [`server`]: both tonic servers
 //!   (client port with health and reflection, peer port; on `leakbloom_net` connections, which
-//!   close when they stall; messages sized from the batch limit), the metrics endpoint, and
-//!   the new-data-directory question to the peers (bootstrap or rebuild).
+//!   close when they stall; messages sized from the batch limit) and the metrics endpoint;
+//!   `discovery`: the new-data-directory question to the peers (bootstrap or rebuild).
 //! - [`metrics`]: Prometheus counters of the client API and gauges read from the replicas and
 //!   sets at each scrape, on `GET /metrics`.
 //! - [`error`]: the [`Error`] enum and the single conversion into `tonic::Status`.
@@ -46,6 +46,7 @@
 pub mod catalog;
 pub mod cluster;
 pub mod config;
+mod discovery;
 pub mod error;
 pub mod node;
 pub mod server;

@@ -9,18 +9,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
 use leakbloom_proto::v1::cluster_server::ClusterServer;
 use leakbloom_proto::v1::lookup_server::LookupServer;
-use leakbloom_proto::v1::status_response::State;
-use leakbloom_proto::v1::StatusResponse;
-use leakbloom_raft::{GroupId, NodeId};
+use leakbloom_raft::GroupId;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::catalog::CATALOG_GROUP;
 use crate::config::Config;
+use crate::discovery::discover;
 use crate::error::Error;
 use crate::metrics::{self, Metrics};
 use crate::node::{Health, Node};
@@ -78,105 +75,6 @@ async fn watch_health(node: Arc<Node>, reporter: tonic_health::server::HealthRep
             was = Some(problems);
         }
         tokio::time::sleep(HEALTH_EVERY).await;
-    }
-}
-
-/// How often a node with a new data directory asks its peers whether the cluster is new.
-const DISCOVER_POLL: Duration = Duration::from_millis(200);
-
-/// How often it says that it is still waiting for them.
-const DISCOVER_LOG: Duration = Duration::from_secs(5);
-
-/// For a node whose data directory is new: the hosted groups (shards, and the catalog) whose
-/// data the cluster already holds, so that their replicas must be rebuilt from the peers (a wiped disk) instead of
-/// bootstrapped (a new cluster). Asks the peers' `Status` until every hosted shard is decided:
-/// held when one of its other replicas has committed anything, new when a majority of its
-/// replicas, this one included, are new or hold nothing committed. Waits as long as a shard is
-/// undecided, saying so every few seconds: with a majority of its replicas silent, a new shard
-/// cannot be told from one whose data this node lost, and bootstrapping the latter could elect
-/// a leader without acknowledged writes. Nodes of a new cluster therefore start together (a
-/// StatefulSet with `podManagementPolicy: Parallel`, or `leakbloom dev`); one that starts
-/// after the others committed is rebuilt from them, which is slower but as good.
-async fn discover(config: &Config, peers: &Peers) -> Vec<GroupId> {
-    let Ok(layout) = config.layout() else {
-        // Node::open reports the configuration error.
-        return Vec::new();
-    };
-    // Every hosted shard's group and its replicas, and the catalog's (on every node).
-    let hosted: Vec<(GroupId, Vec<NodeId>)> = (0..config.shards)
-        .map(|shard| (GroupId::from(shard), layout.replicas(shard)))
-        .chain([(CATALOG_GROUP, layout.nodes().to_vec())])
-        .filter(|(_, replicas)| replicas.contains(&config.id))
-        .collect();
-    if layout.replication() < 2 {
-        return Vec::new();
-    }
-    let others: Vec<NodeId> = config
-        .members()
-        .into_keys()
-        .filter(|&id| id != config.id)
-        .collect();
-    let mut said = Instant::now();
-    loop {
-        let answers: BTreeMap<NodeId, StatusResponse> = join_all(
-            others
-                .iter()
-                .map(|&id| async move { peers.status(id).await.ok().map(|status| (id, status)) }),
-        )
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
-        let mut held = Vec::new();
-        let mut undecided = Vec::new();
-        for (group, replicas) in &hosted {
-            let group = *group;
-            let answered = replicas.iter().filter_map(|id| answers.get(id));
-            let mut new = 1;
-            let mut committed = false;
-            for status in answered {
-                let commit = status.committed.get(&group).copied().unwrap_or(0);
-                match status.state() {
-                    State::Serving if commit > 0 => committed = true,
-                    State::Serving | State::New => new += 1,
-                    _ => {}
-                }
-            }
-            if committed {
-                held.push(group);
-            } else if new < replicas.len() / 2 + 1 {
-                undecided.push(group);
-            }
-        }
-        if undecided.is_empty() {
-            if held.is_empty() {
-                tracing::info!(node = config.id, "new cluster: bootstrapping");
-            } else {
-                tracing::info!(
-                    node = config.id,
-                    groups = ?held,
-                    "new data directory, but the peers hold these groups' data: rebuilding \
-                     their replicas from the peers"
-                );
-            }
-            return held;
-        }
-        if said.elapsed() >= DISCOVER_LOG {
-            said = Instant::now();
-            let silent: Vec<NodeId> = others
-                .iter()
-                .copied()
-                .filter(|id| !answers.contains_key(id))
-                .collect();
-            tracing::warn!(
-                node = config.id,
-                groups = ?undecided,
-                silent = ?silent,
-                "new data directory: waiting for a majority of these groups' replicas to say \
-                 whether they are new (bootstrap) or hold data (rebuild from them)"
-            );
-        }
-        tokio::time::sleep(DISCOVER_POLL).await;
     }
 }
 

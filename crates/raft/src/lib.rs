@@ -1,22 +1,29 @@
 //! leakbloom's layer over [raft-rs](https://docs.rs/raft/0.7) (tikv's Raft, `protobuf-codec`):
 //! durable log storage for many Raft groups, a synchronous group node that applies committed
-//! entries to an opaque [`StateMachine`], and a deterministic in-process cluster for tests.
-//! It knows nothing of filters, shards or gRPC: commands are bytes.
+//! entries to an opaque [`StateMachine`], an async driver that runs it, and (behind the `sim`
+//! feature) a deterministic in-process cluster for tests. It knows nothing of filters, shards
+//! or gRPC: commands are bytes.
 //!
 //! # Layout
 //! - [`storage`]: [`Store`], one [raft-engine](https://docs.rs/raft-engine/0.4.2) instance per
 //!   node holding every group's entries, hard state, conf state and snapshot metadata, plus
-//!   checksummed snapshot files; [`GroupStorage`], one group's [`raft::Storage`].
+//!   checksummed snapshot files; [`GroupStorage`], one group's [`raft::Storage`]. One file per
+//!   concern: the store and its write path, a group's storage, the rejoin mark, snapshot
+//!   files, the sync marker, the recovery checks, the block cache guard.
 //! - [`node`]: [`GroupNode`], a [`raft::RawNode`] with `tick`, `step`, `propose`,
 //!   `read_index` and one [`GroupNode::handle_ready`] that returns an [`Output`] (messages,
 //!   results by proposal id, read states, leadership) instead of doing network I/O; the
 //!   [`StateMachine`] trait; rebuilding a replica that lost its data from its peers
 //!   (the [`node`] docs: rejoin mark, remove and re-add as a learner, promotion), and
 //!   stalling a replica whose state machine cannot apply an entry for want of a local
-//!   resource ([`ApplyError::Stalled`]; the [`node`] docs, "Stalled replicas").
-//! - [`sim`]: a seeded [`sim::Network`] (delay, loss, duplication, reordering, partitions)
-//!   and [`sim::Cluster`] (crashes, restarts, lost disks, a logical clock);
-//!   `tests/simulation.rs` runs seeds against it and checks the invariants.
+//!   resource ([`ApplyError::Stalled`]; the [`node`] docs, "Stalled replicas"); a leader
+//!   adding back missing members, promoting caught-up learners and handing leadership back to
+//!   the group's preferred replica (the first of its members; [`node::LEADER_TRANSFER_TICKS`]).
+//! - `sim`, only with the cargo feature `sim` (off by default, so it is no part of the
+//!   production API; this crate's tests turn it on through a dev-dependency on itself): a
+//!   seeded `sim::Network` (delay, loss, duplication, reordering, partitions) and
+//!   `sim::Cluster` (crashes, restarts, lost disks, a logical clock); `tests/simulation.rs`
+//!   here and in `crates/node` run seeds against it and check the invariants.
 //! - [`driver`]: the async shell: [`Driver::spawn`] runs a [`GroupNode`] in its own loop
 //!   and returns a cloneable [`GroupHandle`] (`step`, `propose`, `read_index`, `rejoin`,
 //!   leadership); the caller supplies a [`Transport`].
@@ -42,7 +49,7 @@
 //! is left, sends messages through the [`Transport`] and answers callers through oneshots.
 //! The blocking, synced writes of [`GroupNode::handle_ready`] thus run on that thread, never on
 //! the caller's runtime (which may be of either flavour); the cost is a thread per replica and
-//! one fsync per group per Ready.
+//! at least one fsync per group per Ready.
 //!
 //! # Fsync discipline
 //! Every write goes through one store-wide path: one raft-engine batch, written with
@@ -81,8 +88,9 @@
 //! # Caveats
 //! - raft-engine's recovery truncates a damaged newest log file, which would silently drop
 //!   synced records if the damage is not at the tail; a sync marker beside the log detects
-//!   it and [`Store::open`] returns [`Error::DiskLost`]: the replica must be rebuilt from its
-//!   peers (see [`storage`]).
+//!   it and [`Store::open`] returns [`Error::DiskLost`] (as [`Store::group`] does for a group
+//!   whose records do not add up): the replicas must be rebuilt from their peers (see
+//!   [`storage`]).
 //! - raft-engine panics when `fdatasync` fails (after a failed fsync the page cache cannot be
 //!   trusted): the process must crash and recover from disk, which is the right reaction.
 //! - raft-engine 0.4.2 can race `fetch_entries_to` with purging (tikv/raft-engine#370): the
@@ -98,14 +106,18 @@
 //!   the peer port that feeds [`GroupNode::step`]; never expose it to clients.
 //! - The transport must call [`GroupNode::report_snapshot`] for every snapshot message it
 //!   carries (delivered or not): until then raft-rs sends that follower nothing else.
-//! - One synced write per Ready per group (two when the light ready advances the commit
-//!   index): a node hosting many groups should batch them into one write (future work).
+//! - At least one synced write per Ready per group (more when the light ready advances the
+//!   commit index, a membership change applies, or a snapshot is received or taken): a node
+//!   hosting many groups should batch them into one write (future work).
 //! - Committed entries are applied before the Ready's hard state is persisted (raft-rs's
 //!   order). That is safe because the state machine is rebuilt from the snapshot and the log on
 //!   restart; a state machine that persists its own applied index must not get ahead of the
 //!   persisted commit index (see raft-rs's docs on `Ready`).
-//! - Snapshots are whole in memory and in one file (fine for tests; filters will need them
-//!   streamed in chunks).
+//! - A snapshot is whole in memory ([`StateMachine::snapshot`] returns one buffer) and in one
+//!   file, and is taken on the replica's own thread: the replica applies nothing while its
+//!   state machine serializes and the file is synced. raft-rs hands it to the transport as one
+//!   message; streaming it in chunks is the transport's job (the node's peer transport sends
+//!   1 MiB chunks).
 //! - raft-rs draws election timeouts from the thread's random source; only the simulation
 //!   pins them ([`NodeConfig::max_election_ticks`]) to stay reproducible.
 //! - The simulation crashes nodes between steps, never inside
@@ -115,6 +127,7 @@ pub mod driver;
 mod error;
 pub mod log;
 pub mod node;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod storage;
 
