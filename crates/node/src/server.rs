@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use leakbloom_net::server::{Port, Settings};
+use leakbloom_proto::internal::v1::status_response::State;
+use leakbloom_proto::internal::v1::StatusResponse;
 use leakbloom_proto::v1::cluster_server::ClusterServer;
 use leakbloom_proto::v1::lookup_server::LookupServer;
-use leakbloom_proto::v1::status_response::State;
-use leakbloom_proto::v1::StatusResponse;
 use leakbloom_raft::{GroupId, NodeId};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -376,7 +376,7 @@ impl Server {
         let health_task = tokio::spawn(watch_health(self.node.clone(), health_reporter));
         // Only public services, and reflection of those only.
         let port = port
-            .reflection(leakbloom_proto::FILE_DESCRIPTOR_SET)
+            .reflection(leakbloom_proto::PUBLIC_DESCRIPTOR_SET)
             .add_service(lookup)
             .add_service(ClusterServer::new(ClusterService::new(self.node.clone())));
 

@@ -146,7 +146,7 @@ impl Server {
             .max_encoding_message_size(leakbloom_client::MAX_REPLY_BYTES);
         // Only Lookup of the public services, and reflection of those only.
         let port = port
-            .reflection(leakbloom_proto::FILE_DESCRIPTOR_SET)
+            .reflection(leakbloom_proto::PUBLIC_DESCRIPTOR_SET)
             .add_service(lookup);
 
         tracing::info!(

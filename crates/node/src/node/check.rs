@@ -6,8 +6,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 use leakbloom_filter::{Filter, KEY_LEN};
-use leakbloom_proto::v1::{Consistency, SetResult, ShardCheckRequest, ShardCheckResponse};
-use leakbloom_raft::GroupId;
+use leakbloom_proto::internal::v1::{ShardCheckRequest, ShardCheckResponse};
+use leakbloom_proto::v1::{Consistency, SetResult};
 
 use super::Node;
 use crate::catalog::Entry;
@@ -71,7 +71,7 @@ impl Node {
                 packed.extend_from_slice(&keys[i]);
             }
             let request = ShardCheckRequest {
-                group: GroupId::from(shard),
+                shard: u64::from(shard),
                 sets: entries.iter().map(|e| e.spec.name.clone()).collect(),
                 keys: packed.into(),
                 consistency,
@@ -228,11 +228,11 @@ impl Node {
         &self,
         request: ShardCheckRequest,
     ) -> Result<ShardCheckResponse> {
-        let shard = ShardId::try_from(request.group)
+        let shard = ShardId::try_from(request.shard)
             .ok()
             .filter(|&shard| self.serving(shard).is_some())
             .ok_or_else(|| Error::Unavailable {
-                shard: shard_of_group(request.group),
+                shard: shard_of_group(request.shard),
                 leader: None,
                 reason: format!(
                     "node {} holds no replica of it that answers reads (none, one being \
