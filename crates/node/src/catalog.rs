@@ -33,8 +33,8 @@ use std::collections::BTreeMap;
 use std::sync::RwLock;
 
 use leakbloom_filter::Geometry;
-use leakbloom_proto::v1::catalog_command::Kind;
-use leakbloom_proto::v1::{
+use leakbloom_proto::internal::v1::catalog_command::Kind;
+use leakbloom_proto::internal::v1::{
     CatalogCommand, CatalogSet, CatalogSnapshot, CreateSetCommand, NodeLimits, SetGeneration,
 };
 use leakbloom_raft::{GroupId, NodeId};

@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use leakbloom_proto::v1::status_response::State;
-use leakbloom_proto::v1::StatusResponse;
+use leakbloom_proto::internal::v1::status_response::State;
+use leakbloom_proto::internal::v1::StatusResponse;
 use leakbloom_raft::{GroupId, NodeId};
 
 use crate::catalog::CATALOG_GROUP;

@@ -5,9 +5,10 @@
 //! through it while checks on other threads read the same filters.
 //!
 //! # Entries and results
-//! An entry is a protobuf `leakbloom.v1.Command`; its result is a `leakbloom.v1.CommandResult`
-//! ([`encode_outcome`]), which the proposer turns back into the [`Applied`] or the [`Error`] that
-//! [`ShardState::apply_at`] returned ([`decode_outcome`]), whether the command was applied on
+//! An entry is a protobuf `leakbloom.internal.v1.Command`; its result is a
+//! `leakbloom.internal.v1.CommandResult` ([`encode_outcome`]), which the proposer turns back
+//! into the [`Applied`] or the [`Error`] that [`ShardState::apply_at`] returned
+//! ([`decode_outcome`]), whether the command was applied on
 //! this node or on the leader it was forwarded to. Rejections (a set that exists with other
 //! parameters, an unknown set, torn keys, invalid parameters) are deterministic, so they are
 //! ordinary results (`Ok` bytes): every replica computes the same one.
@@ -24,9 +25,9 @@
 
 use std::sync::Arc;
 
-use leakbloom_proto::v1::catalog_result::{self, Outcome as CatalogOutcome};
-use leakbloom_proto::v1::command_result::{self, Outcome};
-use leakbloom_proto::v1::{CatalogCommand, CatalogResult, Command, CommandResult};
+use leakbloom_proto::internal::v1::catalog_result::{self, Outcome as CatalogOutcome};
+use leakbloom_proto::internal::v1::command_result::{self, Outcome};
+use leakbloom_proto::internal::v1::{CatalogCommand, CatalogResult, Command, CommandResult};
 use leakbloom_raft::{ApplyError, StateMachine};
 use prost::Message as _;
 
@@ -302,7 +303,7 @@ mod tests {
     use super::*;
     use crate::set::SetSpec;
     use leakbloom_cluster::KEY_LEN;
-    use leakbloom_proto::v1::{command, CreateSetCommand, InsertCommand};
+    use leakbloom_proto::internal::v1::{command, CreateSetCommand, InsertCommand};
     use tonic::Status;
 
     /// A create command for set `name`, valid or not.

@@ -1,6 +1,7 @@
-//! Serving a node over gRPC on two real TCP sockets: the client address (`listen`: the Lookup
-//! service plus `grpc.health.v1` and server reflection v1 and v1alpha for grpcurl 1.8) and the
-//! peer address (`peer_listen`: the [`crate::peer`] service, for other nodes only); and, when
+//! Serving a node over gRPC on two real TCP sockets, each a [`leakbloom_net::server::Port`]: the
+//! client address (`listen`: the public services `Lookup` and `Cluster`, plus `grpc.health.v1`
+//! and server reflection v1 and v1alpha, for grpcurl 1.8, of those only) and the peer address
+//! (`peer_listen`: only the internal [`crate::peer`] service, for other nodes); and, when
 //! configured, Prometheus metrics over HTTP on `metrics_listen` ([`crate::metrics`]).
 
 use std::collections::BTreeMap;
@@ -9,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use leakbloom_net::server::{Port, Settings};
 use leakbloom_proto::v1::cluster_server::ClusterServer;
 use leakbloom_proto::v1::lookup_server::LookupServer;
 use leakbloom_raft::GroupId;
@@ -23,10 +25,6 @@ use crate::metrics::{self, Metrics};
 use crate::node::{Health, Node};
 use crate::peer::{Local, PeerService, Peers, Slot};
 use crate::service::{ClusterService, LookupService};
-
-/// HTTP/2 frame size on the server: 256 KiB instead of 16 KiB. h2 writes every frame with its
-/// own syscall, so large check batches were measured 1.7x faster with it.
-pub const HTTP2_MAX_FRAME_SIZE: u32 = 256 << 10;
 
 /// How often the node looks for sets over their capacity (to warn in the log).
 const CAPACITY_WATCH: Duration = Duration::from_secs(30);
@@ -127,15 +125,14 @@ impl PeerServing {
         timeouts: leakbloom_net::Timeouts,
     ) -> PeerServing {
         let (stop, mut stopped) = watch::channel(false);
-        let incoming = leakbloom_net::Incoming::new(listener, timeouts);
-        let task = tokio::spawn(
-            tonic::transport::Server::builder()
-                .max_frame_size(Some(HTTP2_MAX_FRAME_SIZE))
-                .add_service(PeerService::server(local))
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stopped.wait_for(|&stop| stop).await;
-                }),
-        );
+        let port = Port::new(Settings {
+            connections: timeouts,
+            ..Settings::default()
+        })
+        .add_service(PeerService::server(local));
+        let task = tokio::spawn(port.run(listener, async move {
+            let _ = stopped.wait_for(|&stop| stop).await;
+        }));
         PeerServing { stop, task }
     }
 
@@ -269,20 +266,17 @@ impl Server {
 
         // The server as a whole ("") is SERVING while the process runs (liveness); the Lookup
         // service only while the node's replicas can serve (readiness).
-        let (health_reporter, health) = tonic_health::server::health_reporter();
+        let (port, health_reporter) = Port::new(Settings {
+            connections: self.node.config().connection_timeouts(),
+            ..Settings::default()
+        })
+        .health();
         let health_task = tokio::spawn(watch_health(self.node.clone(), health_reporter));
-
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(leakbloom_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        let reflection_v1 = reflection()
-            .build_v1()
-            .expect("leakbloom's descriptors are valid");
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .expect("leakbloom's descriptors are valid");
+        // Only public services, and reflection of those only.
+        let port = port
+            .reflection(leakbloom_proto::PUBLIC_DESCRIPTOR_SET)
+            .add_service(lookup)
+            .add_service(ClusterServer::new(ClusterService::new(self.node.clone())));
 
         tracing::info!(
             node = self.node.id(),
@@ -292,19 +286,9 @@ impl Server {
             shards = self.node.config().shards,
             "node serving"
         );
-        // TCP_NODELAY, and connections that stall are closed (see leakbloom_net).
-        let incoming =
-            leakbloom_net::Incoming::new(self.listener, self.node.config().connection_timeouts());
         // Clients stop first; the peer service serves on until their in-flight requests (which
         // need other nodes' votes and acknowledgements) have finished.
-        let client = tonic::transport::Server::builder()
-            .max_frame_size(Some(HTTP2_MAX_FRAME_SIZE))
-            .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(lookup)
-            .add_service(ClusterServer::new(ClusterService::new(self.node.clone())))
-            .serve_with_incoming_shutdown(incoming, shutdown);
+        let client = port.run(self.listener, shutdown);
         // Replicas rebuilt from peers (a lost disk) ask their leaders to re-add them.
         let rebuild = tokio::spawn(self.node.clone().rebuild());
         let capacity = tokio::spawn(self.node.clone().watch_capacity(CAPACITY_WATCH));

@@ -5,7 +5,7 @@ use std::fmt;
 use leakbloom_cluster::{check_set_name, quote};
 use leakbloom_filter::{Filter, Geometry};
 use leakbloom_ident::Hashing;
-use leakbloom_proto::v1::CreateSetCommand;
+use leakbloom_proto::internal::v1::CreateSetCommand;
 
 use crate::error::{Error, Result};
 use crate::memory::Reservation;

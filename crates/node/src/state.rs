@@ -52,7 +52,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use leakbloom_filter::Filter;
-use leakbloom_proto::v1::{command, Command, CreateSetCommand};
+use leakbloom_proto::internal::v1::{command, Command, CreateSetCommand};
 use prost::Message as _;
 
 use crate::error::{Error, Result};
@@ -618,7 +618,7 @@ mod tests {
     use super::*;
     use crate::error::BatchError;
     use leakbloom_cluster::KEY_LEN;
-    use leakbloom_proto::v1::{CreateSetCommand, DropSetCommand, InsertCommand};
+    use leakbloom_proto::internal::v1::{CreateSetCommand, DropSetCommand, InsertCommand};
 
     /// Shards of the tests' cluster; the keys of [`keys`] belong to shard 3 of them.
     const SHARDS: u32 = 16;

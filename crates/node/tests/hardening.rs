@@ -15,9 +15,9 @@ use leakbloom_node::machine::decode_catalog_outcome;
 use leakbloom_node::set::SetSpec;
 use leakbloom_node::shard::shard_of;
 use leakbloom_node::{Error, Node};
-use leakbloom_proto::v1::catalog_command::Kind;
-use leakbloom_proto::v1::peer_client::PeerClient;
-use leakbloom_proto::v1::{
+use leakbloom_proto::internal::v1::catalog_command::Kind;
+use leakbloom_proto::internal::v1::peer_client::PeerClient;
+use leakbloom_proto::internal::v1::{
     command, CatalogCommand, Command, CreateSetCommand, DropSetCommand, InsertCommand, NodeLimits,
     ProposeRequest, RejoinRequest,
 };

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use leakbloom_node::peer::{Local, PeerService, Peers, MAX_MESSAGE_BYTES};
 use leakbloom_node::Error;
-use leakbloom_proto::v1::peer_client::PeerClient;
-use leakbloom_proto::v1::peer_server::{Peer, PeerServer};
-use leakbloom_proto::v1::status_response::State;
-use leakbloom_proto::v1::{
+use leakbloom_proto::internal::v1::peer_client::PeerClient;
+use leakbloom_proto::internal::v1::peer_server::{Peer, PeerServer};
+use leakbloom_proto::internal::v1::status_response::State;
+use leakbloom_proto::internal::v1::{
     ProposeBatchRequest, ProposeBatchResponse, ProposeRequest, ProposeResponse, RaftAck, RaftBatch,
     RaftMessage, RejoinRequest, RejoinResponse, ShardCheckRequest, ShardCheckResponse, SnapshotAck,
     SnapshotChunk, StatusRequest, StatusResponse,
@@ -492,7 +492,7 @@ async fn commits_over_grpc_and_answers_with_leader_hints() {
     // Checks reach the node asked, and its errors come back typed.
     let request = ShardCheckRequest {
         generations: Vec::new(),
-        group: GROUP,
+        shard: GROUP,
         sets: vec!["a".into(), "b".into()],
         keys: Bytes::from(vec![0; 64]),
         consistency: 0,

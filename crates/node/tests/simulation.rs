@@ -52,7 +52,7 @@ use leakbloom_node::memory::Budget;
 use leakbloom_node::set::SetSpec;
 use leakbloom_node::state::{Applied, ShardState};
 use leakbloom_node::Result;
-use leakbloom_proto::v1::{command, Command, CreateSetCommand, InsertCommand};
+use leakbloom_proto::internal::v1::{command, Command, CreateSetCommand, InsertCommand};
 use leakbloom_raft::sim::{Cluster, ClusterConfig, FaultCounts};
 use leakbloom_raft::{NodeId, StateMachine as _};
 use prost::Message as _;

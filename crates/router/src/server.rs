@@ -1,18 +1,19 @@
 //! Serving a router: `leakbloom.v1.Lookup` with `grpc.health.v1` and server reflection (v1 and
-//! v1alpha, for grpcurl 1.8) on the client address, and optionally Prometheus metrics.
+//! v1alpha, for grpcurl 1.8) of those only, on the client address (a
+//! [`leakbloom_net::server::Port`]), and optionally Prometheus metrics.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use leakbloom_net::server::{Port, Settings};
 use leakbloom_proto::v1::lookup_server::LookupServer;
 use tokio::net::TcpListener;
 
 use crate::metrics::{self, Metrics};
 use crate::router::Router;
 use crate::service::RouterService;
-use leakbloom_client::channel::HTTP2_MAX_FRAME_SIZE;
 
 /// How a router runs.
 #[derive(Clone, Debug)]
@@ -118,7 +119,11 @@ impl Server {
             .metrics_listener
             .map(|listener| tokio::spawn(metrics::serve(listener, metrics.clone())));
 
-        let (health_reporter, health) = tonic_health::server::health_reporter();
+        let (port, health_reporter) = Port::new(Settings {
+            connections: self.config.connections,
+            ..Settings::default()
+        })
+        .health();
         // The server as a whole ("") is SERVING while the process runs (liveness); the Lookup
         // service only once the shard map is known (readiness).
         health_reporter
@@ -135,21 +140,14 @@ impl Server {
         };
         let refresh = tokio::spawn(router.clone().run_refresh(ready));
 
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(leakbloom_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        let reflection_v1 = reflection()
-            .build_v1()
-            .expect("leakbloom's descriptors are valid");
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .expect("leakbloom's descriptors are valid");
         // A request larger than the batch limit needs is refused before it is read.
         let lookup = LookupServer::new(RouterService::new(router, metrics, self.config.timeout))
             .max_decoding_message_size(leakbloom_cluster::max_request_bytes(self.config.max_batch))
             .max_encoding_message_size(leakbloom_cluster::MAX_REPLY_BYTES);
+        // Only Lookup of the public services, and reflection of those only.
+        let port = port
+            .reflection(leakbloom_proto::PUBLIC_DESCRIPTOR_SET)
+            .add_service(lookup);
 
         tracing::info!(
             listen = %local_addr,
@@ -158,16 +156,7 @@ impl Server {
             metrics_listen = ?metrics_addr,
             "router serving"
         );
-        // TCP_NODELAY, and connections that stall are closed (see leakbloom_net).
-        let incoming = leakbloom_net::Incoming::new(self.listener, self.config.connections);
-        let served = tonic::transport::Server::builder()
-            .max_frame_size(Some(HTTP2_MAX_FRAME_SIZE))
-            .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(lookup)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+        let served = port.run(self.listener, shutdown).await;
         refresh.abort();
         if let Some(task) = metrics_task {
             task.abort();

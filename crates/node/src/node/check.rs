@@ -10,8 +10,8 @@ use leakbloom_cluster::{
     check_bits, check_set_count, split_keys, whole_keys, Bitmap, Consistency, Key,
 };
 use leakbloom_filter::Filter;
-use leakbloom_proto::v1::{SetResult, ShardCheckRequest, ShardCheckResponse};
-use leakbloom_raft::GroupId;
+use leakbloom_proto::internal::v1::{ShardCheckRequest, ShardCheckResponse};
+use leakbloom_proto::v1::SetResult;
 
 use super::Node;
 use crate::catalog::Entry;
@@ -58,7 +58,7 @@ impl Node {
             .filter(|(shard, _)| self.serving(*shard).is_none());
         let answers = try_join_all(remote.map(|(shard, positions)| {
             let request = ShardCheckRequest {
-                group: GroupId::from(shard),
+                shard: u64::from(shard),
                 sets: entries.iter().map(|e| e.spec.name.clone()).collect(),
                 keys: gather(keys, &positions).into(),
                 consistency: consistency.wire(),
@@ -208,11 +208,11 @@ impl Node {
         &self,
         request: ShardCheckRequest,
     ) -> Result<ShardCheckResponse> {
-        let shard = ShardId::try_from(request.group)
+        let shard = ShardId::try_from(request.shard)
             .ok()
             .filter(|&shard| self.serving(shard).is_some())
             .ok_or_else(|| Error::Unavailable {
-                shard: shard_of_group(request.group),
+                shard: shard_of_group(request.shard),
                 leader: None,
                 reason: format!(
                     "node {} holds no replica of it that answers reads (none, one being \

@@ -1,7 +1,7 @@
 //! Inserts: a batch of keys into one set, split by shard, committed on every touched shard.
 
 use leakbloom_cluster::plan::{by_shard, gather};
-use leakbloom_proto::v1::{command, Command, InsertCommand};
+use leakbloom_proto::internal::v1::{command, Command, InsertCommand};
 
 use super::Node;
 use crate::error::Result;

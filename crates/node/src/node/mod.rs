@@ -41,10 +41,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use leakbloom_proto::v1::{
-    status_response, NodeAddress, ShardCheckRequest, ShardCheckResponse, ShardMap, ShardReplicas,
-    StatusResponse,
+use leakbloom_proto::internal::v1::{
+    status_response, ShardCheckRequest, ShardCheckResponse, StatusResponse,
 };
+use leakbloom_proto::v1::{NodeAddress, ShardMap, ShardReplicas};
 use leakbloom_raft::{GroupHandle, GroupId, NodeConfig, NodeId, Transport};
 use raft::StateRole;
 

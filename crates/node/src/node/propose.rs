@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::try_join_all;
-use leakbloom_proto::v1::{command, CatalogCommand, Command};
+use leakbloom_proto::internal::v1::{command, CatalogCommand, Command};
 use leakbloom_raft::{GroupId, NodeId};
 use prost::Message as _;
 

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::{join_all, try_join_all};
-use leakbloom_proto::v1::catalog_command::Kind;
-use leakbloom_proto::v1::{
-    command, CatalogCommand, Command, CreateSetRequest, DropSetCommand, SetGeneration, SetInfo,
+use leakbloom_proto::internal::v1::catalog_command::Kind;
+use leakbloom_proto::internal::v1::{
+    command, CatalogCommand, Command, DropSetCommand, SetGeneration,
 };
+use leakbloom_proto::v1::{CreateSetRequest, SetInfo};
 use raft::StateRole;
 
 use super::{Node, PROPOSE_TIMEOUT};

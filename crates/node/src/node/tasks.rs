@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use leakbloom_proto::v1::catalog_command::Kind;
-use leakbloom_proto::v1::{CatalogCommand, NodeLimits, SetInfo};
+use leakbloom_proto::internal::v1::catalog_command::Kind;
+use leakbloom_proto::internal::v1::{CatalogCommand, NodeLimits};
+use leakbloom_proto::v1::SetInfo;
 use leakbloom_raft::{GroupId, NodeId};
 
 use super::Node;

@@ -1,5 +1,5 @@
 //! The peer service and transport: everything nodes say to each other, over the
-//! `leakbloom.v1.Peer` gRPC service (`proto/leakbloom/v1/peer.proto`) on the peer port.
+//! `leakbloom.internal.v1.Peer` gRPC service (`proto/leakbloom/internal/v1/peer.proto`) on the peer port.
 //!
 //! # Layout
 //! - [`Local`]: what the peer side needs of the node it runs in: its id, its replica of a
@@ -64,8 +64,8 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use leakbloom_proto::v1::status_response::State;
-use leakbloom_proto::v1::{ShardCheckRequest, ShardCheckResponse, StatusResponse};
+use leakbloom_proto::internal::v1::status_response::State;
+use leakbloom_proto::internal::v1::{ShardCheckRequest, ShardCheckResponse, StatusResponse};
 use leakbloom_raft::{GroupHandle, GroupId, NodeId};
 use tonic::{Code, Status};
 
@@ -196,7 +196,7 @@ impl Local for Slot {
     async fn check_shard(&self, request: ShardCheckRequest) -> Result<ShardCheckResponse, Error> {
         match self.node.get() {
             Some(node) => node.check_shard(request).await,
-            None => Err(self.starting(request.group)),
+            None => Err(self.starting(request.shard)),
         }
     }
 

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use leakbloom_proto::v1::peer_server::{Peer, PeerServer};
-use leakbloom_proto::v1::{
+use leakbloom_proto::internal::v1::peer_server::{Peer, PeerServer};
+use leakbloom_proto::internal::v1::{
     propose_outcome, ProposeBatchRequest, ProposeBatchResponse, ProposeOutcome, ProposeRequest,
     ProposeResponse, RaftAck, RaftBatch, RaftMessage, RejoinRequest, RejoinResponse,
     ShardCheckRequest, ShardCheckResponse, SnapshotAck, SnapshotChunk, StatusRequest,
@@ -21,7 +21,7 @@ use super::{join, Local, MAX_MESSAGE_BYTES, MAX_SNAPSHOT_BYTES};
 use crate::error::Error;
 use crate::shard::{shard_of_group, ShardId};
 
-/// The `leakbloom.v1.Peer` service over the node it runs in (see the
+/// The `leakbloom.internal.v1.Peer` service over the node it runs in (see the
 /// [module docs](super)). Serve it on the peer port only.
 #[derive(Clone)]
 pub struct PeerService {

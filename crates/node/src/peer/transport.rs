@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use leakbloom_proto::v1::peer_client::PeerClient;
-use leakbloom_proto::v1::{
+use leakbloom_proto::internal::v1::peer_client::PeerClient;
+use leakbloom_proto::internal::v1::{
     propose_outcome, ProposeBatchRequest, ProposeRequest, RaftBatch, RaftMessage, RejoinRequest,
     ShardCheckRequest, ShardCheckResponse, SnapshotChunk, StatusRequest, StatusResponse,
     Unavailable,
@@ -271,14 +271,14 @@ impl Peers {
             .collect())
     }
 
-    /// Checks keys of one shard (`request.group`) against node `node`'s replica of it. Errors
+    /// Checks keys of one shard (`request.shard`) against node `node`'s replica of it. Errors
     /// as in the [module docs](super).
     pub async fn check(
         &self,
         node: NodeId,
         request: ShardCheckRequest,
     ) -> Result<ShardCheckResponse, Error> {
-        let shard = shard_of_group(request.group);
+        let shard = shard_of_group(request.shard);
         // Kept to recognise a NOT_FOUND set in the answer; set names are not secret.
         let sets = request.sets.clone();
         self.call(node, shard, &sets, |mut client| async move {
