@@ -12,6 +12,8 @@
 //! - [`Incoming`]: the accept stream over a bound `TcpListener`.
 //! - [`Conn`]: one accepted connection: the TCP stream, the bytes of preface seen so far, when
 //!   a byte last arrived, and one timer.
+//! - [`free_port`] (module `port`): a port for a server whose peers must know its address
+//!   before it binds.
 //!
 //! # Why
 //! Neither tonic nor hyper closes a server connection that says nothing: a client that
@@ -49,6 +51,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
+
+mod port;
+pub use port::free_port;
 
 /// Length of the HTTP/2 client connection preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`), the
 /// first bytes every gRPC client sends.
