@@ -14,6 +14,7 @@ use leakbloom_proto::v1::lookup_client::LookupClient;
 use leakbloom_proto::v1::{
     CheckRequest, CreateSetRequest, DropSetRequest, GetSetRequest, InsertRequest, ListSetsRequest,
 };
+use leakbloom_testkit::{eventually, within};
 use leakbloom_tests::{random_keys, scrape, TestNode};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -38,12 +39,11 @@ impl TestRouter {
         }));
         // Ready once it has learned the shard map.
         let mut client = Client::connect(&addr.to_string()).await.unwrap();
-        let mut tries = 0;
-        while client.list_sets().await.is_err() {
-            tries += 1;
-            assert!(tries < 100, "the router never learned the shard map");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = "the router learned the shard map (it lists the sets)";
+        eventually(what, Duration::from_secs(10), async || {
+            client.list_sets().await
+        })
+        .await;
         TestRouter { addr, _stop: stop }
     }
 }
@@ -211,9 +211,12 @@ async fn huge_names_get_a_short_invalid_argument_and_bystanders_never_notice() {
             }
         }));
     }
-    while passed.load(Ordering::Relaxed) < 200 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        "bystanders passed 200 checks",
+        Duration::from_secs(60),
+        async || passed.load(Ordering::Relaxed) >= 200,
+    )
+    .await;
 
     let through_router = send_bad_calls(router.addr, 10).await;
     let at_node = send_bad_calls(node.addr, 2).await;
@@ -380,9 +383,12 @@ async fn closed_after(addr: SocketAddr, hello: &[u8]) -> Duration {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(30), closed)
-        .await
-        .unwrap_or_else(|_| panic!("{addr} never closed the connection"))
+    within(
+        format!("{addr} to close the connection"),
+        Duration::from_secs(30),
+        closed,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

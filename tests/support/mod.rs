@@ -26,7 +26,7 @@ impl TestNode {
     /// Starts a node with `config` (its `listen` and `peer_listen`, and `metrics_listen` when
     /// set, are replaced by `127.0.0.1:0`, its `data_dir` by a fresh temporary directory).
     pub async fn start(config: Config) -> TestNode {
-        let data = tempfile::tempdir().expect("temporary directory");
+        let data = leakbloom_testkit::scratch_on_disk();
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let config = Config {
             listen: any,
