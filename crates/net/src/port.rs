@@ -13,9 +13,10 @@ const SPAN: u32 = 22_000;
 const SPREAD: u32 = 20_000;
 
 /// A free TCP port on `ip`, for a server whose peers must know its address before it binds.
-/// Probed below the kernel's ephemeral range (see [`SPAN`]); successive calls in one process
-/// try successive ports from a start that depends on the process id, so they never return a
-/// port twice while it is still free.
+/// Probed in 10 000..32 000, below the kernel's ephemeral range, so that no concurrent bind of
+/// port 0 can take it before the server binds it; successive calls in one process try
+/// successive ports from a start that depends on the process id, so they never return a port
+/// twice while it is still free.
 pub fn free_port(ip: std::net::IpAddr) -> std::io::Result<u16> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);

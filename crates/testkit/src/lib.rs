@@ -2,7 +2,7 @@
 //! `harness`): one home for what every test binary used to copy.
 //!
 //! # Layout
-//! - [`scratch`]: scratch directories, on tmpfs where a test checks logic rather than the disk.
+//! - [`scratch`](mod@scratch): scratch directories, on tmpfs where a test checks logic rather than the disk.
 //! - [`wait`]: [`eventually`] (poll a condition until it holds or a deadline passes) and
 //!   [`within`] (a future's deadline), and their forms for plain threads in
 //!   [`wait::blocking`].
