@@ -205,6 +205,12 @@ impl Cluster {
     }
 }
 
+/// Proposes command `id` through `handle` and waits (up to [`PATIENCE`]) for its result.
+async fn propose(handle: &GroupHandle, id: u64) -> leakbloom_raft::Result<Vec<u8>> {
+    let proposal = handle.propose(Register::command(id, b"p"));
+    within(format_args!("proposal {id}'s result"), PATIENCE, proposal).await
+}
+
 /// The checksum the register returns after applying `ids` in order.
 fn checksums(ids: &[u64]) -> BTreeMap<u64, Vec<u8>> {
     let mut register = Register::default();
@@ -217,12 +223,7 @@ fn checksums(ids: &[u64]) -> BTreeMap<u64, Vec<u8>> {
 async fn elects_commits_and_redirects_followers() {
     let (cluster, _) = Cluster::start_all();
     let leader = cluster.leader().await;
-    let result = within(
-        "a commit",
-        PATIENCE,
-        leader.propose(Register::command(1, b"p")),
-    )
-    .await;
+    let result = propose(&leader, 1).await;
     assert_eq!(result.unwrap(), checksums(&[1])[&1]);
     let register = cluster.converged(leader.applied()).await;
     assert_eq!(register.ids, vec![1]);
@@ -285,13 +286,7 @@ async fn reads_share_rounds_and_see_acknowledged_writes() {
         .find(|h| h.id() != leader.id())
         .unwrap();
     for id in 1..=5u64 {
-        within(
-            "a write",
-            PATIENCE,
-            leader.propose(Register::command(id, b"p")),
-        )
-        .await
-        .unwrap();
+        propose(&leader, id).await.unwrap();
         // Read on the follower right after the acknowledgement: it must see the write.
         let index = within("a read", PATIENCE, follower.read_index())
             .await
@@ -306,13 +301,7 @@ async fn reads_share_rounds_and_see_acknowledged_writes() {
     // Starve the follower of log entries: a write commits on the other two, and a read on the
     // follower completes its round but must wait until the follower applied the write.
     cluster.net.stall.lock().unwrap().insert(follower.id());
-    within(
-        "a write",
-        PATIENCE,
-        leader.propose(Register::command(6, b"p")),
-    )
-    .await
-    .unwrap();
+    propose(&leader, 6).await.unwrap();
     let read = tokio::spawn({
         let follower = follower.clone();
         async move { follower.read_index().await }
@@ -333,13 +322,7 @@ async fn reads_share_rounds_and_see_acknowledged_writes() {
 
     // A replica that cannot catch up fails the read retryably rather than hang.
     cluster.net.stall.lock().unwrap().insert(follower.id());
-    within(
-        "a write",
-        PATIENCE,
-        leader.propose(Register::command(7, b"p")),
-    )
-    .await
-    .unwrap();
+    propose(&leader, 7).await.unwrap();
     let error = within("a read timeout", PATIENCE, follower.read_index())
         .await
         .unwrap_err();
@@ -418,23 +401,11 @@ async fn read_without_a_leader_times_out_retryably() {
 async fn leadership_loss_fails_pending_and_failover_keeps_committing() {
     let (mut cluster, _) = Cluster::start_all();
     let old = cluster.leader().await;
-    within(
-        "a commit",
-        PATIENCE,
-        old.propose(Register::command(1, b"p")),
-    )
-    .await
-    .unwrap();
+    propose(&old, 1).await.unwrap();
 
     // Cut the leader off: its proposal cannot commit, and check_quorum makes it step down.
     cluster.net.cut.lock().unwrap().insert(old.id());
-    let error = within(
-        "a failed proposal",
-        PATIENCE,
-        old.propose(Register::command(2, b"p")),
-    )
-    .await
-    .unwrap_err();
+    let error = propose(&old, 2).await.unwrap_err();
     assert!(error.is_retryable(), "{error}");
     let new = cluster.leader().await;
     assert_ne!(new.id(), old.id());
@@ -447,13 +418,7 @@ async fn leadership_loss_fails_pending_and_failover_keeps_committing() {
     let next = cluster.leader().await;
     assert_ne!(next.id(), killed);
     for id in 3..=60u64 {
-        within(
-            "a commit after failover",
-            PATIENCE,
-            next.propose(Register::command(id, b"p")),
-        )
-        .await
-        .unwrap();
+        propose(&next, id).await.unwrap();
     }
     let register = cluster.converged(next.applied()).await;
     assert!(register.ids.contains(&1) && register.ids.contains(&60));
