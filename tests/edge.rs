@@ -15,6 +15,7 @@ use leakbloom_proto::v1::lookup_client::LookupClient;
 use leakbloom_proto::v1::{
     CheckRequest, CreateSetRequest, DropSetRequest, GetSetRequest, InsertRequest, ListSetsRequest,
 };
+use leakbloom_testkit::{eventually, within};
 use leakbloom_tests::{random_keys, router_config, scrape, TestNode, TestRouter};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -171,9 +172,12 @@ async fn huge_names_get_a_short_invalid_argument_and_bystanders_never_notice() {
             }
         }));
     }
-    while passed.load(Ordering::Relaxed) < 200 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        "bystanders passed 200 checks",
+        Duration::from_secs(60),
+        async || passed.load(Ordering::Relaxed) >= 200,
+    )
+    .await;
 
     let through_router = send_bad_calls(router.addr, 10).await;
     let at_node = send_bad_calls(node.addr, 2).await;
@@ -340,9 +344,12 @@ async fn closed_after(addr: SocketAddr, hello: &[u8]) -> Duration {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(30), closed)
-        .await
-        .unwrap_or_else(|_| panic!("{addr} never closed the connection"))
+    within(
+        format!("{addr} to close the connection"),
+        Duration::from_secs(30),
+        closed,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,7 +30,7 @@ impl TestNode {
     /// Starts a node with `config` (its `listen` and `peer_listen`, and `metrics_listen` when
     /// set, are replaced by `127.0.0.1:0`, its `data_dir` by a fresh temporary directory).
     pub async fn start(config: Config) -> TestNode {
-        let data = tempfile::tempdir().expect("temporary directory");
+        let data = leakbloom_testkit::scratch_on_disk();
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let config = Config {
             listen: any,
@@ -133,12 +133,11 @@ impl TestRouter {
         }));
         // Ready once it has learned the shard map.
         let mut client = Client::connect(&addr.to_string()).await.unwrap();
-        let mut tries = 0;
-        while client.list_sets().await.is_err() {
-            tries += 1;
-            assert!(tries < 100, "the router never learned the shard map");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = "the router learned the shard map (it lists the sets)";
+        leakbloom_testkit::eventually(what, Duration::from_secs(10), async || {
+            client.list_sets().await
+        })
+        .await;
         TestRouter { addr, _stop: stop }
     }
 }

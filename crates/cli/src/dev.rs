@@ -68,7 +68,7 @@ fn nth(base: SocketAddr, i: u16, peer: bool) -> Result<SocketAddr> {
         if !peer {
             return Ok(base);
         }
-        let port = leakbloom_node::server::free_port(base.ip())
+        let port = leakbloom_net::free_port(base.ip())
             .with_context(|| format!("cannot find a free port on {}", base.ip()))?;
         return Ok(SocketAddr::new(base.ip(), port));
     }

@@ -1,15 +1,11 @@
 //! `leakbloom bench e2e` as a user runs it: a real node process on 127.0.0.1:0, a set made
 //! with `leakbloom sets create`, one-second runs in insert and check mode.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_leakbloom");
-/// Precedes the client address in the node's "node serving" log line.
-const MARKER: &str = " listen=";
+use leakbloom_testkit::scratch_on_disk;
+
+use common::{run, start_one_node, stdout_of};
 
 /// The fields of the result line, in order.
 const FIELDS: [&str; 9] = [
@@ -23,72 +19,6 @@ const FIELDS: [&str; 9] = [
     "p999_ms",
     "errors",
 ];
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("LEAKBLOOM_ADDR")
-        .output()
-        .expect("run leakbloom")
-}
-
-/// A node process on 127.0.0.1:0, killed on drop.
-struct Node {
-    child: Child,
-    addr: String,
-}
-
-impl Node {
-    /// Starts a one-node `leakbloom node` with its data in `data` and reads the client address
-    /// it bound from its ` listen=` log line (` peer_listen=` is the peer port).
-    fn start(data: &Path) -> Node {
-        let mut child = Command::new(BIN)
-            .args([
-                "node",
-                "--listen",
-                "127.0.0.1:0",
-                "--peer-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--shards", "4"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("LEAKBLOOM_LOG_FORMAT", "text")
-            .env("NO_COLOR", "1")
-            .spawn()
-            .expect("spawn leakbloom node");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            // Keep reading after the address so the node never blocks on a full pipe.
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(at) = line.find(MARKER) {
-                    let addr: String = line[at + MARKER.len()..]
-                        .chars()
-                        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                        .collect();
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
-                    }
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the node did not report its address in time");
-        Node { child, addr }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Runs `bench e2e` for one second without warm-up; returns its one stdout line as
 /// (field, value) pairs after checking the fields and their order.
@@ -106,14 +36,7 @@ fn bench(addr: &str, extra: &[&str]) -> Vec<(String, String)> {
         "0",
     ];
     args.extend(extra);
-    let output = run(&args);
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout: {stdout}\nstderr: {stderr}",
-        output.status
-    );
+    let stdout = stdout_of(&args);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "exactly one line on stdout: {stdout}");
     let fields: Vec<(String, String)> = lines[0]
@@ -134,9 +57,9 @@ fn value<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
 
 #[test]
 fn bench_e2e_loads_a_node_and_refuses_what_it_must() {
-    let data = tempfile::tempdir().unwrap();
-    let node = Node::start(data.path());
-    let addr = node.addr.as_str();
+    let data = scratch_on_disk();
+    let (_node, addr) = start_one_node(data.path());
+    let addr = addr.as_str();
     let created = run(&[
         "sets",
         "create",

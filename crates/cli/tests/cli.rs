@@ -1,30 +1,11 @@
 //! The `leakbloom` binary as a user runs it: real processes, real sockets, stdout and exit codes.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_leakbloom");
+use leakbloom_testkit::process::Stream;
+use leakbloom_testkit::{scratch_on_disk, Proc};
 
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("LEAKBLOOM_ADDR")
-        .output()
-        .expect("run leakbloom")
-}
-
-fn stdout(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
+use common::{address_after, leakbloom, run, start_one_node, stdout_of};
 
 fn vectors() -> serde_json::Value {
     let path = concat!(
@@ -34,67 +15,11 @@ fn vectors() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// A child process killed on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `leakbloom ARGS` and waits for a line on `stream` (stdout or stderr) containing
-/// `marker`; returns the child and the address following `marker`.
-fn start(args: &[&str], from_stderr: bool, marker: &str) -> (Running, String) {
-    // The stream not read goes nowhere: a full pipe would block the child.
-    let (out, err) = if from_stderr {
-        (Stdio::null(), Stdio::piped())
-    } else {
-        (Stdio::piped(), Stdio::null())
-    };
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdout(out)
-        .stderr(err)
-        .env("LEAKBLOOM_LOG_FORMAT", "text")
-        .env("NO_COLOR", "1")
-        .spawn()
-        .expect("spawn leakbloom");
-    let stream: Box<dyn std::io::Read + Send> = if from_stderr {
-        Box::new(child.stderr.take().unwrap())
-    } else {
-        Box::new(child.stdout.take().unwrap())
-    };
-    let (tx, rx) = mpsc::channel();
-    let marker = marker.to_string();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if !sent {
-                if let Some(at) = line.find(&marker) {
-                    let rest = &line[at + marker.len()..];
-                    let addr: String = rest
-                        .chars()
-                        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                        .collect();
-                    let _ = tx.send(addr);
-                    sent = true;
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("server did not report its address in time");
-    (Running(child), addr)
-}
-
 #[test]
 fn hash_matches_the_published_vectors() {
     let vectors = vectors();
     let pepper_text = vectors["pepper"]["utf8"].as_str().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch_on_disk();
     let pepper_file = dir.path().join("pepper");
     std::fs::write(&pepper_file, format!("{pepper_text}\n")).unwrap();
     let mut checked = 0;
@@ -108,10 +33,10 @@ fn hash_matches_the_published_vectors() {
         let mut plain = args.clone();
         plain.push(input);
         let expected = format!("{canonical}\t{}\n", case["sha256"].as_str().unwrap());
-        assert_eq!(stdout(&run(&plain)), expected, "{case}");
+        assert_eq!(stdout_of(&plain), expected, "{case}");
         args.extend(["--pepper-file", pepper_file.to_str().unwrap(), input]);
         let expected = format!("{canonical}\t{}\n", case["hmac_sha256"].as_str().unwrap());
-        assert_eq!(stdout(&run(&args)), expected, "{case}");
+        assert_eq!(stdout_of(&args), expected, "{case}");
         checked += 1;
     }
     assert!(checked >= 5);
@@ -144,25 +69,11 @@ fn invalid_identifiers_are_named_by_position_and_fail() {
 
 #[test]
 fn node_serves_sets_insert_and_check() {
-    let data = tempfile::tempdir().unwrap();
-    let (_node, addr) = start(
-        &[
-            "node",
-            "--listen",
-            "127.0.0.1:0",
-            "--peer-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--shards",
-            "4",
-        ],
-        true,
-        " listen=",
-    );
+    let data = scratch_on_disk();
+    let (_node, addr) = start_one_node(data.path());
     let addr = addr.as_str();
 
-    let created = stdout(&run(&[
+    let created = stdout_of(&[
         "sets",
         "create",
         "leak",
@@ -172,12 +83,12 @@ fn node_serves_sets_insert_and_check() {
         "1e-4",
         "--addr",
         addr,
-    ]));
+    ]);
     assert!(
         created.starts_with("leak\tcapacity=10000 fpr=1e-4 hashing=sha256"),
         "{created}"
     );
-    let inserted = stdout(&run(&[
+    let inserted = stdout_of(&[
         "insert",
         "--addr",
         addr,
@@ -187,13 +98,13 @@ fn node_serves_sets_insert_and_check() {
         "email",
         "Alice@Example.com",
         " bob@example.org ",
-    ]));
+    ]);
     assert_eq!(inserted, "inserted 2 of 2 identifiers into leak\n");
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch_on_disk();
     let file = dir.path().join("phones.txt");
     std::fs::write(&file, "+44 20 7946 0000\n\n020 7946 0001\n").unwrap();
-    let inserted = stdout(&run(&[
+    let inserted = stdout_of(&[
         "insert",
         "--addr",
         addr,
@@ -205,7 +116,7 @@ fn node_serves_sets_insert_and_check() {
         "GB",
         "--file",
         file.to_str().unwrap(),
-    ]));
+    ]);
     assert_eq!(inserted, "inserted 2 of 2 identifiers into leak\n");
 
     let bad = dir.path().join("bad.txt");
@@ -224,7 +135,7 @@ fn node_serves_sets_insert_and_check() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("line 2"));
 
-    let checked = stdout(&run(&[
+    let checked = stdout_of(&[
         "check",
         "--addr",
         addr,
@@ -232,9 +143,9 @@ fn node_serves_sets_insert_and_check() {
         "email",
         "alice@example.com",
         "carol@example.net",
-    ]));
+    ]);
     assert_eq!(checked, "alice@example.com\tleak\ncarol@example.net\t-\n");
-    let checked = stdout(&run(&[
+    let checked = stdout_of(&[
         "check",
         "--addr",
         addr,
@@ -245,43 +156,42 @@ fn node_serves_sets_insert_and_check() {
         "--region",
         "GB",
         "02079460001",
-    ]));
+    ]);
     assert_eq!(checked, "02079460001\tleak\n");
 
-    let listed = stdout(&run(&["sets", "list", "--addr", addr]));
+    let listed = stdout_of(&["sets", "list", "--addr", addr]);
     assert!(listed.starts_with("leak\t"), "{listed}");
     assert!(listed.contains("estimated_keys=4 "), "{listed}");
     let output = run(&["sets", "get", "nope", "--addr", addr]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("does not exist"));
     assert_eq!(
-        stdout(&run(&["sets", "drop", "leak", "--addr", addr])),
+        stdout_of(&["sets", "drop", "leak", "--addr", addr]),
         "dropped leak\n"
     );
 }
 
 #[test]
 fn dev_serves_a_demo_set() {
-    let data = tempfile::tempdir().unwrap();
-    let (_dev, addr) = start(
-        &[
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--node-listen",
-            "127.0.0.1:0",
-            "--peer-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--demo-identifiers",
-            "2000",
-        ],
-        false,
-        "router on ",
-    );
+    let data = scratch_on_disk();
+    // `dev` says where its router serves on stdout.
+    let dev = leakbloom(&[
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--node-listen",
+        "127.0.0.1:0",
+        "--peer-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--demo-identifiers",
+        "2000",
+    ]);
+    let dev = Proc::spawn("leakbloom dev", dev, Stream::Stdout);
+    let addr = address_after(&dev.wait_for_line("router on "), "router on ");
     let addr = addr.as_str();
-    let checked = stdout(&run(&[
+    let checked = stdout_of(&[
         "check",
         "--addr",
         addr,
@@ -289,7 +199,7 @@ fn dev_serves_a_demo_set() {
         "email",
         "demo-user-42@example.com",
         "someone@example.com",
-    ]));
+    ]);
     assert_eq!(
         checked,
         "demo-user-42@example.com\tdemo\nsomeone@example.com\t-\n"
@@ -298,9 +208,7 @@ fn dev_serves_a_demo_set() {
 
 #[test]
 fn bench_filter_prints_one_line_per_engine() {
-    let out = stdout(&run(&[
-        "bench", "filter", "--keys", "20000", "--fpr", "1e-3",
-    ]));
+    let out = stdout_of(&["bench", "filter", "--keys", "20000", "--fpr", "1e-3"]);
     let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("engine=")).collect();
     assert_eq!(lines.len(), 2, "{out}");
     for (line, engine) in lines.iter().zip(["leakbloom", "bloomfilter"]) {

@@ -5,48 +5,19 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use leakbloom_client::{Client, Key};
+use leakbloom_testkit::scratch_on_disk;
+use leakbloom_testkit::wait::blocking::eventually;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use common::{free_port, wait_until_all_found, Proc, BIN};
-const NODES: u64 = 3;
-const SHARDS: &str = "4";
+use common::{run, start, wait_until_all_found, Nodes, NODE_SERVING};
 
-/// One node's fixed command line.
-struct Spec {
-    id: u64,
-    listen: String,
-    peers: String,
-    peer_listen: String,
-    data_dir: std::path::PathBuf,
-}
-
-impl Spec {
-    fn args(&self, shards: &str) -> Vec<String> {
-        [
-            "node",
-            "--id",
-            &self.id.to_string(),
-            "--listen",
-            &self.listen,
-            "--peer-listen",
-            &self.peer_listen,
-            "--peers",
-            &self.peers,
-            "--data-dir",
-            self.data_dir.to_str().unwrap(),
-            "--shards",
-            shards,
-        ]
-        .map(String::from)
-        .to_vec()
-    }
-}
+const NODES: usize = 3;
+const SHARDS: u32 = 4;
 
 fn keys(rng: &mut StdRng, n: usize) -> Vec<Key> {
     (0..n).map(|_| rng.gen()).collect()
@@ -54,32 +25,13 @@ fn keys(rng: &mut StdRng, n: usize) -> Vec<Key> {
 
 #[test]
 fn acknowledged_inserts_survive_a_killed_leader() {
-    let dir = tempfile::tempdir().unwrap();
-    let peer_ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
-    let peers = (1..=NODES)
-        .map(|id| format!("{id}=127.0.0.1:{}", peer_ports[id as usize - 1]))
-        .collect::<Vec<_>>()
-        .join(",");
-    let specs: Vec<Spec> = (1..=NODES)
-        .map(|id| Spec {
-            id,
-            listen: format!("127.0.0.1:{}", free_port()),
-            peer_listen: format!("127.0.0.1:{}", peer_ports[id as usize - 1]),
-            peers: peers.clone(),
-            data_dir: dir.path().join(format!("node-{id}")),
-        })
-        .collect();
-    let mut procs: Vec<Option<Proc>> = specs
-        .iter()
-        .map(|spec| Some(Proc::start(&spec.args(SHARDS), "node serving")))
-        .collect();
-    for proc in procs.iter().flatten() {
-        proc.wait_ready();
-    }
+    let dir = scratch_on_disk();
+    let nodes = Nodes::new(dir.path(), NODES, SHARDS);
+    let mut procs: Vec<_> = nodes.start_all().into_iter().map(Some).collect();
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let mut client = Client::connect(&specs[1].listen).await.unwrap();
+        let mut client = Client::connect(&nodes.listens[1]).await.unwrap();
         client
             .create_set("leak", 1_000_000, 1e-6, "sha256")
             .await
@@ -97,12 +49,12 @@ fn acknowledged_inserts_survive_a_killed_leader() {
             .filter_map(|l| l.rsplit_once("term=")?.1.trim().parse::<u64>().ok())
             .max()
     };
-    let killed = (0..specs.len())
+    let killed = (0..NODES)
         .filter_map(|i| Some((term_led(&procs[i].as_ref().unwrap().log())?, i)))
         .max()
         .map(|(_, i)| i)
         .expect("some node logged leading shard 0");
-    let survivor = &specs[(killed + 1) % specs.len()];
+    let survivor = (killed + 1) % NODES;
 
     // Stream inserts through a surviving node; remember what was acknowledged.
     let acknowledged: Arc<Mutex<Vec<Key>>> = Arc::default();
@@ -110,7 +62,7 @@ fn acknowledged_inserts_survive_a_killed_leader() {
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (acknowledged, failures, stop) = (acknowledged.clone(), failures.clone(), stop.clone());
-        let addr = survivor.listen.clone();
+        let addr = nodes.listens[survivor].clone();
         runtime.spawn(async move {
             let mut client = Client::connect(&addr).await.unwrap();
             let mut rng = StdRng::seed_from_u64(7);
@@ -128,23 +80,19 @@ fn acknowledged_inserts_survive_a_killed_leader() {
     };
     let acked = || acknowledged.lock().unwrap().len();
     let wait_for_more = |than: usize| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while acked() <= than + 5_000 {
-            assert!(
-                Instant::now() < deadline,
-                "inserts stalled at {} keys",
-                acked()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("over {} keys are acknowledged", than + 5_000);
+        eventually(what, Duration::from_secs(30), || match acked() {
+            n if n > than + 5_000 => Ok(()),
+            n => Err(format!("inserts stalled at {n} keys")),
+        })
     };
     wait_for_more(0);
     procs[killed].take().unwrap().kill();
     let at_kill = acked();
     // The two survivors elect a new leader and keep acknowledging.
     wait_for_more(at_kill);
-    procs[killed] = Some(Proc::start(&specs[killed].args(SHARDS), "node serving"));
-    procs[killed].as_ref().unwrap().wait_ready();
+    let restarted = procs[killed].insert(start(&nodes.args(killed, &[])));
+    restarted.wait_for_line(NODE_SERVING);
     let at_restart = acked();
     wait_for_more(at_restart);
     stop.store(true, Ordering::Relaxed);
@@ -155,9 +103,9 @@ fn acknowledged_inserts_survive_a_killed_leader() {
     // Every replica, checked alone from its applied state, has every acknowledged key once it
     // has caught up (the restarted one recovers from its disk and its peers).
     runtime.block_on(async {
-        for spec in &specs {
-            let what = format!("node {}", spec.id);
-            wait_until_all_found(&spec.listen, &what, "leak", &acknowledged).await;
+        for (i, listen) in nodes.listens.iter().enumerate() {
+            let what = format!("node {}", i + 1);
+            wait_until_all_found(listen, &what, "leak", &acknowledged).await;
         }
     });
     let failures = failures.lock().unwrap().clone();
@@ -171,7 +119,8 @@ fn acknowledged_inserts_survive_a_killed_leader() {
 
     // A node restarted with another shard count refuses to start, saying why.
     procs[2].take().unwrap().kill();
-    let output = Command::new(BIN).args(specs[2].args("8")).output().unwrap();
+    let args = nodes.args_with_shards(2, 8);
+    let output = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

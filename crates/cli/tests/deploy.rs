@@ -29,21 +29,24 @@
 //! Nothing else changes. The names and ports above are read from the manifests, not assumed:
 //! a change there either still runs here or fails an assertion saying what disagrees.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use leakbloom_node::Config;
+use leakbloom_testkit::process::Stream;
+use leakbloom_testkit::{eventually, scratch_on_disk, Proc};
 use serde_yaml::Value;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-const BIN: &str = env!("CARGO_BIN_EXE_leakbloom");
 const BASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/base");
 const DOCKERFILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/Dockerfile");
 
@@ -266,7 +269,7 @@ fn command_line(container: &Value, env: &[(String, String)]) -> Vec<String> {
         "deploy/Dockerfile does not install {}",
         command[0]
     );
-    let mut line = vec![BIN.to_string()];
+    let mut line = vec![common::BIN.to_string()];
     for arg in strings(container, "args") {
         let mut expanded = arg.clone();
         for (name, value) in env {
@@ -545,24 +548,22 @@ impl Nodes {
     /// Starts every node pod and waits until each reports SERVING, as the readiness probe
     /// would see it.
     fn start_all(&self, dir: &Path, runtime: &tokio::runtime::Runtime) -> Vec<Pod> {
-        let mut pods: Vec<Pod> = (0..self.replicas)
+        let pods: Vec<Pod> = (0..self.replicas)
             .map(|i| self.start(i, &dir.join(self.pod_name(i))))
             .collect();
-        for pod in &mut pods {
+        for pod in &pods {
             runtime.block_on(pod.wait_serving(&self.health_service));
         }
         pods
     }
 }
 
-/// A pod's process. Its stderr lines (the logs) are collected; SIGKILLed on drop if still
-/// running.
+/// A pod's process (its stderr lines, the logs, kept; SIGKILLed on drop if still running)
+/// and where it serves.
 struct Pod {
-    name: String,
-    child: Child,
+    proc: Proc,
     addr: SocketAddr,
     metrics: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Pod {
@@ -575,97 +576,54 @@ impl Pod {
         env: &[(String, String)],
     ) -> Pod {
         eprintln!("{name}: {env:?} {}", line.join(" "));
-        let mut child = Command::new(&line[0])
+        let mut command = Command::new(&line[0]);
+        command
             .args(&line[1..])
             .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn leakbloom");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
+            .envs(env.iter().map(|(k, v)| (k, v)));
         Pod {
-            name,
-            child,
+            proc: Proc::spawn(name, command, Stream::Stderr),
             addr,
             metrics,
-            log,
         }
     }
 
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+    fn name(&self) -> &str {
+        self.proc.name()
     }
 
     /// Waits until grpc.health.v1 says SERVING for `service` ("" is the server as a whole).
-    async fn wait_serving(&mut self, service: &str) {
-        let deadline = Instant::now() + SERVING_WITHIN;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("{} exited ({status}):\n{}", self.name, self.log());
+    async fn wait_serving(&self, service: &str) {
+        let what = format!("{} reports SERVING", self.name());
+        eventually(what, SERVING_WITHIN, async || {
+            if let Some(status) = self.proc.exited() {
+                panic!("{} exited ({status}):\n{}", self.name(), self.proc.log());
             }
-            if health(self.addr, service).await == Some(ServingStatus::Serving) {
-                return;
+            match health(self.addr, service).await {
+                Some(ServingStatus::Serving) => Ok(()),
+                status => Err(format!("{status:?}; its log:\n{}", self.proc.log())),
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} is not SERVING after {SERVING_WITHIN:?}:\n{}",
-                self.name,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await;
     }
 
     /// What Kubernetes does to a deleted pod: SIGTERM, then the grace period. Asserts a clean
     /// exit within it, and that every log line was JSON (`--log-format json`).
-    fn terminate(mut self, grace: Duration) {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success(), "kill -TERM {pid}");
-        let deadline = Instant::now() + grace;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} still runs {grace:?} after SIGTERM:\n{}",
-                self.name,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        // The log thread ends at EOF; give it a moment to take the last lines.
-        std::thread::sleep(Duration::from_millis(100));
-        let log = self.log();
+    fn terminate(self, grace: Duration) {
+        let name = self.name().to_string();
+        let (status, lines) = self.proc.terminate(grace);
+        let log = lines.join("\n");
         assert!(
             status.success(),
-            "{} exited {status} after SIGTERM:\n{log}",
-            self.name
+            "{name} exited {status} after SIGTERM:\n{log}"
         );
-        let lines = self.log.lock().unwrap().clone();
-        assert!(!lines.is_empty(), "{} logged nothing", self.name);
+        assert!(!lines.is_empty(), "{name} logged nothing");
         for line in &lines {
             let entry: serde_json::Value = serde_json::from_str(line)
-                .unwrap_or_else(|_| panic!("{}: a log line that is not JSON: {line}", self.name));
+                .unwrap_or_else(|_| panic!("{name}: a log line that is not JSON: {line}"));
             assert!(entry.is_object(), "{line}");
         }
-        assert!(log.contains("shutting down"), "{}:\n{log}", self.name);
-    }
-}
-
-impl Drop for Pod {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        assert!(log.contains("shutting down"), "{name}:\n{log}");
     }
 }
 
@@ -706,23 +664,6 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     body.to_string()
 }
 
-/// Runs a `leakbloom` client command; returns its stdout after asserting success.
-fn client(args: &[&str]) -> String {
-    let output: Output = Command::new(BIN)
-        .args(args)
-        .env_remove("LEAKBLOOM_ADDR")
-        .output()
-        .expect("run leakbloom");
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(
-        output.status.success(),
-        "leakbloom {args:?}: {}\nstdout: {stdout}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
 fn addr(pod: &Pod) -> String {
     pod.addr.to_string()
 }
@@ -732,12 +673,12 @@ fn statefulset_pods_form_a_cluster() {
     let _network = NETWORK.lock().unwrap_or_else(|e| e.into_inner());
     let base = Base::load();
     let nodes = Nodes::load(&base);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch_on_disk();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let pods = nodes.start_all(dir.path(), &runtime);
     let (first, last) = (&pods[0], &pods[pods.len() - 1]);
 
-    let created = client(&[
+    let created = common::stdout_of(&[
         "sets",
         "create",
         "leak",
@@ -749,7 +690,7 @@ fn statefulset_pods_form_a_cluster() {
         &addr(first),
     ]);
     assert!(created.starts_with("leak\tcapacity=100000"), "{created}");
-    let inserted = client(&[
+    let inserted = common::stdout_of(&[
         "insert",
         "--addr",
         &addr(first),
@@ -761,7 +702,7 @@ fn statefulset_pods_form_a_cluster() {
         "bob@example.org",
     ]);
     assert_eq!(inserted, "inserted 2 of 2 identifiers into leak\n");
-    let checked = client(&[
+    let checked = common::stdout_of(&[
         "check",
         "--addr",
         &addr(last),
@@ -783,7 +724,7 @@ fn statefulset_pods_form_a_cluster() {
         assert!(
             body.contains("leakbloom_set_capacity{set=\"leak\"} 100000"),
             "{}: {body}",
-            pod.name
+            pod.name()
         );
     }
     assert!(
@@ -834,10 +775,10 @@ fn router_deployment_serves_the_cluster() {
         format!("{}:{grpc_port}", nodes.service)
     );
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch_on_disk();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let pods = nodes.start_all(dir.path(), &runtime);
-    client(&[
+    common::stdout_of(&[
         "sets",
         "create",
         "leak",
@@ -855,7 +796,7 @@ fn router_deployment_serves_the_cluster() {
         .iter()
         .map(|arg| nodes.dns().resolve(arg).replace("0.0.0.0", &ip.to_string()))
         .collect();
-    let mut router_pod = Pod::start(
+    let router_pod = Pod::start(
         "leakbloom-router".to_string(),
         SocketAddr::from((ip, listen.port())),
         SocketAddr::from((ip, metrics.port())),
@@ -865,7 +806,7 @@ fn router_deployment_serves_the_cluster() {
     runtime.block_on(router_pod.wait_serving(&ready_service));
     let through = addr(&router_pod);
 
-    let inserted = client(&[
+    let inserted = common::stdout_of(&[
         "insert",
         "--addr",
         &through,
@@ -876,7 +817,7 @@ fn router_deployment_serves_the_cluster() {
         "alice@example.com",
     ]);
     assert_eq!(inserted, "inserted 1 of 1 identifiers into leak\n");
-    client(&[
+    common::stdout_of(&[
         "insert",
         "--addr",
         &addr(&pods[1]),
@@ -887,7 +828,7 @@ fn router_deployment_serves_the_cluster() {
         "bob@example.org",
     ]);
     for target in [&through, &addr(&pods[2])] {
-        let checked = client(&[
+        let checked = common::stdout_of(&[
             "check",
             "--addr",
             target,

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use leakbloom_client::{Client, Key};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use common::{Nodes, Proc};
+use common::Nodes;
+use leakbloom_testkit::scratch_on_disk;
 
 const NODES: usize = 3;
 const SHARDS: u32 = 4;
@@ -55,14 +56,10 @@ fn size(dir: &Path) -> u64 {
 
 #[test]
 fn max_batch_inserts_leave_every_data_directory_within_twice_the_filters() {
-    let dir = tempfile::tempdir().unwrap();
+    // On the disk: this test measures what the nodes write to it.
+    let dir = scratch_on_disk();
     let cluster = Nodes::new(dir.path(), NODES, SHARDS);
-    let nodes: Vec<Proc> = (0..NODES)
-        .map(|i| Proc::start(&cluster.args(i, &[]), "node serving"))
-        .collect();
-    for node in &nodes {
-        node.wait_ready();
-    }
+    let _nodes = cluster.start_all();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let filters = runtime.block_on(async {
         let mut client = Client::connect(&cluster.listens[0]).await.unwrap();

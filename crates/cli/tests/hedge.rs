@@ -17,7 +17,8 @@ use leakbloom_proto::v1::CheckRequest;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use common::{free_port, wait_until_all_found, Nodes, Proc};
+use common::{start, wait_until_all_found, Nodes, ROUTER_READY};
+use leakbloom_testkit::{free_port, scratch_on_disk};
 
 const NODES: usize = 3;
 /// Each check's `grpc-timeout`: a fifth of the router's default deadline.
@@ -34,17 +35,12 @@ type Outcome = (Duration, Result<(), String>);
 
 #[test]
 fn any_replica_checks_through_the_router_outlive_a_frozen_node() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch_on_disk();
     let cluster = Nodes::new(dir.path(), NODES, 8);
-    let nodes: Vec<Proc> = (0..NODES)
-        .map(|i| Proc::start(&cluster.args(i, &[]), "node serving"))
-        .collect();
-    for node in &nodes {
-        node.wait_ready();
-    }
+    let nodes = cluster.start_all();
     let router_addr = format!("127.0.0.1:{}", free_port());
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let router = Proc::start(
+    let router = start(
         &[
             "router",
             "--listen",
@@ -55,9 +51,8 @@ fn any_replica_checks_through_the_router_outlive_a_frozen_node() {
             &metrics_addr,
         ]
         .map(String::from),
-        "shard map learned",
     );
-    router.wait_ready();
+    router.wait_for_line(ROUTER_READY);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut rng = StdRng::seed_from_u64(3);

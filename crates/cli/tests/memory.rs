@@ -9,10 +9,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{wait_until_all_found, Nodes, Proc};
+use common::{start_in_address_space, wait_until_all_found, Nodes, CATCH_UP, NODE_SERVING};
 use leakbloom_client::{Client, Consistency, Error, Key};
+use leakbloom_testkit::{eventually, scratch_on_disk, Proc};
 use tonic::Code;
 
 /// Each node's address space: plenty for a node's threads and buffers, far too little for the
@@ -23,10 +22,10 @@ const HUGE_CAPACITY: u64 = 3_000_000_000;
 
 fn start(nodes: &Nodes) -> Vec<Proc> {
     let procs: Vec<Proc> = (0..3)
-        .map(|i| Proc::start_in_address_space(&nodes.args(i, &[]), "node serving", ADDRESS_SPACE))
+        .map(|i| start_in_address_space(&nodes.args(i, &[]), ADDRESS_SPACE))
         .collect();
     for proc in &procs {
-        proc.wait_ready();
+        proc.wait_for_line(NODE_SERVING);
     }
     procs
 }
@@ -34,19 +33,16 @@ fn start(nodes: &Nodes) -> Vec<Proc> {
 /// Creates a set through `addr`, retrying while the cluster elects its leaders; the status.
 async fn create(addr: &str, name: &str, capacity: u64) -> Result<(), tonic::Status> {
     let mut client = Client::connect(addr).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("creating {name} is answered other than UNAVAILABLE");
+    eventually(what, CATCH_UP, async || {
         match client.create_set(name, capacity, 1e-6, "sha256").await {
-            Ok(_) => return Ok(()),
-            Err(Error::Status(status))
-                if status.code() == Code::Unavailable && Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(Error::Status(status)) => return Err(status),
+            Ok(_) => Ok(Ok(())),
+            Err(Error::Status(status)) if status.code() == Code::Unavailable => Err(status),
+            Err(Error::Status(status)) => Ok(Err(status)),
             Err(other) => panic!("create {name}: {other}"),
         }
-    }
+    })
+    .await
 }
 
 /// The huge set is refused through `addr`, naming the memory it needs.
@@ -62,7 +58,7 @@ async fn huge_is_refused(addr: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_set_too_large_for_capped_nodes_is_refused_and_the_cluster_serves_on() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch_on_disk();
     let nodes = Nodes::new(dir.path(), 3, SHARDS);
     let procs = start(&nodes);
     huge_is_refused(&nodes.listens[0]).await;

@@ -7,12 +7,14 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use leakbloom_client::{Client, Consistency, Key};
+use leakbloom_testkit::wait::blocking::eventually;
+use leakbloom_testkit::{free_port, scratch_on_disk};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use common::{free_port, wait_until_all_found, Nodes, Proc};
+use common::{start, wait_until_all_found, Nodes, NODE_SERVING, ROUTER_READY};
 
 const NODES: usize = 3;
 
@@ -26,23 +28,15 @@ struct Seen {
 
 #[test]
 fn clients_of_the_router_see_no_error_while_any_one_node_is_killed() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch_on_disk();
     let cluster = Nodes::new(dir.path(), NODES, 8);
     let listens = cluster.listens.clone();
-    let node_args = |i: usize| cluster.args(i, &[]);
-    let mut nodes: Vec<Option<Proc>> = (0..NODES)
-        .map(|i| Some(Proc::start(&node_args(i), "node serving")))
-        .collect();
-    for node in nodes.iter().flatten() {
-        node.wait_ready();
-    }
+    let mut nodes: Vec<_> = cluster.start_all().into_iter().map(Some).collect();
     let router_addr = format!("127.0.0.1:{}", free_port());
     // One seed is enough: the router learns the other nodes from it.
-    let router = Proc::start(
-        &["router", "--listen", &router_addr, "--nodes", &listens[0]].map(String::from),
-        "shard map learned",
-    );
-    router.wait_ready();
+    let router =
+        start(&["router", "--listen", &router_addr, "--nodes", &listens[0]].map(String::from));
+    router.wait_for_line(ROUTER_READY);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let sets = vec!["leak".to_string()];
@@ -137,24 +131,20 @@ fn clients_of_the_router_see_no_error_while_any_one_node_is_killed() {
         })
     };
     let acked = || seen.lock().unwrap().acknowledged.len();
-    let wait_for_more = |than: usize, what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while acked() < than + 6_000 {
-            assert!(
-                Instant::now() < deadline,
-                "inserts stalled at {} keys {what}",
-                acked()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    let wait_for_more = |than: usize, when: &str| {
+        let what = format!("{} keys are acknowledged {when}", than + 6_000);
+        eventually(what, Duration::from_secs(60), || match acked() {
+            n if n >= than + 6_000 => Ok(()),
+            n => Err(format!("inserts stalled at {n} keys")),
+        })
     };
     wait_for_more(0, "before any kill");
     for (i, node) in nodes.iter_mut().enumerate() {
         node.take().expect("running").kill();
         let at_kill = acked();
         wait_for_more(at_kill, &format!("with node {} killed", i + 1));
-        let restarted = node.insert(Proc::start(&node_args(i), "node serving"));
-        restarted.wait_ready();
+        let restarted = node.insert(start(&cluster.args(i, &[])));
+        restarted.wait_for_line(NODE_SERVING);
         let at_restart = acked();
         wait_for_more(at_restart, &format!("after node {} restarted", i + 1));
     }

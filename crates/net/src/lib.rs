@@ -7,9 +7,14 @@
 //!   concurrency, connection timeouts) until shut down.
 //! - [`incoming`]: [`Incoming`], accepted TCP connections with TCP_NODELAY that close
 //!   themselves when they stall ([`Timeouts`]).
+//! - [`free_port`] (module `port`): a port for a server whose peers must know its address
+//!   before it binds.
 
 pub mod incoming;
+mod port;
 pub mod server;
+
+pub use port::free_port;
 
 pub use incoming::{
     Conn, Incoming, Timeouts, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, PREFACE_LEN,

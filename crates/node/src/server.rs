@@ -76,27 +76,6 @@ async fn watch_health(node: Arc<Node>, reporter: tonic_health::server::HealthRep
     }
 }
 
-/// A free TCP port on `ip`, for a node whose peers must know its address before it binds
-/// (`leakbloom dev` and tests with peer port 0). Probed below the kernel's ephemeral range
-/// (32768 and up by default), so that no concurrent bind of port 0 (a client listener, another
-/// test's server) can be handed it between the probe and the node's bind. Successive calls in
-/// one process try successive ports from a start that depends on the process id.
-pub fn free_port(ip: std::net::IpAddr) -> std::io::Result<u16> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = std::process::id() % 20_000;
-    let mut last = None;
-    for _ in 0..22_000 {
-        let port = 10_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 22_000;
-        let port = u16::try_from(port).expect("below 32000");
-        match std::net::TcpListener::bind((ip, port)) {
-            Ok(_) => return Ok(port),
-            Err(error) => last = Some(error),
-        }
-    }
-    Err(last.expect("tried at least one port"))
-}
-
 /// A bound node: its peer port serves already (other nodes' Raft messages reach its replicas),
 /// its client port waits for [`run`](Server::run). Binding first lets callers learn the ports
 /// of `127.0.0.1:0` before serving.

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{all_present, create, create_request, eventually, insert, key, Cluster, SHARDS};
+use common::{all_present, create, create_request, insert, key, Cluster, PATIENCE, SHARDS};
 use futures_util::future::join_all;
 use leakbloom_cluster::Consistency;
 use leakbloom_node::catalog::{Outcome, CATALOG_GROUP};
@@ -22,6 +22,7 @@ use leakbloom_proto::internal::v1::{
     ProposeRequest, RejoinRequest,
 };
 use leakbloom_raft::{GroupId, NodeId};
+use leakbloom_testkit::eventually;
 use prost::Message as _;
 use raft::StateRole;
 use tonic::transport::Channel;
@@ -33,7 +34,7 @@ use tonic_health::pb::HealthCheckRequest;
 /// Waits until the catalog holds every node's limits (nodes report them when they start).
 async fn limits_reported(cluster: &Cluster) {
     let node = cluster.node(1).clone();
-    eventually("every node reported its limits", || {
+    eventually("every node reported its limits", PATIENCE, async || {
         node.catalog()
             .read(|c| (1..=3).all(|id| c.limits(id).is_some()))
     })
@@ -42,22 +43,23 @@ async fn limits_reported(cluster: &Cluster) {
 
 /// The node that leads `group`, as node 1 sees it.
 async fn leader_of(cluster: &Cluster, group: GroupId) -> NodeId {
-    let mut leader = None;
-    eventually("the group has a leader", || {
-        leader = cluster.running.iter().find_map(|(&id, r)| {
-            let handle = if group == CATALOG_GROUP {
-                r.node.catalog_group()
-            } else {
-                r.node
-                    .group(group as u32)
-                    .expect("every node hosts every shard")
-            };
-            (handle.leadership().role == StateRole::Leader).then_some(id)
-        });
-        leader.is_some()
-    })
-    .await;
-    leader.unwrap()
+    eventually(
+        format!("group {group} has a leader"),
+        PATIENCE,
+        async || {
+            cluster.running.iter().find_map(|(&id, r)| {
+                let handle = if group == CATALOG_GROUP {
+                    r.node.catalog_group()
+                } else {
+                    r.node
+                        .group(group as u32)
+                        .expect("every node hosts every shard")
+                };
+                (handle.leadership().role == StateRole::Leader).then_some(id)
+            })
+        },
+    )
+    .await
 }
 
 async fn peer_client(cluster: &Cluster, node: NodeId) -> PeerClient<Channel> {
@@ -104,7 +106,7 @@ async fn twenty_concurrent_creates_at_the_limit_never_oversubscribe_a_node() {
     // Every node holds what was admitted, within its limit, and serves it.
     for id in 1..=3 {
         let node = cluster.node(id).clone();
-        eventually("every replica applied the creates", || {
+        eventually("every replica applied the creates", PATIENCE, async || {
             node.budget().used() == 8 * per_node
         })
         .await;
@@ -274,9 +276,11 @@ async fn a_drop_cut_short_leaves_the_set_gone_everywhere_and_its_partitions_coll
     // Gone from every node at once, though its partitions are still there.
     for id in 1..=3 {
         let node = cluster.node(id).clone();
-        eventually("the drop reached every catalog replica", || {
-            node.catalog().read(|c| c.entry("s").is_none())
-        })
+        eventually(
+            "the drop reached every catalog replica",
+            PATIENCE,
+            async || node.catalog().read(|c| c.entry("s").is_none()),
+        )
         .await;
         assert!(node.list_sets().await.unwrap().is_empty());
         let check = node
@@ -293,7 +297,7 @@ async fn a_drop_cut_short_leaves_the_set_gone_everywhere_and_its_partitions_coll
     // The catalog's leader finishes the drop: every partition goes, and the garbage with it.
     for id in 1..=3 {
         let node = cluster.node(id).clone();
-        eventually("the partitions are collected", || {
+        eventually("the partitions are collected", PATIENCE, async || {
             partitions_left(&node, "s") == 0 && node.catalog().read(|c| c.garbage().count() == 0)
         })
         .await;
@@ -347,15 +351,16 @@ async fn lookup_health(node: &Node) -> ServingStatus {
 /// Waits (up to 5 s: the health is worked out every second) until node `node`'s Lookup health
 /// is `want`.
 async fn health_becomes(node: &Node, want: ServingStatus) {
-    let mut status = ServingStatus::Unknown;
-    for _ in 0..50 {
-        status = lookup_health(node).await;
-        if status == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("node {} stays {status:?}, not {want:?}", node.id());
+    let what = format!("node {}'s Lookup health is {want:?}", node.id());
+    eventually(
+        what,
+        Duration::from_secs(5),
+        async || match lookup_health(node).await {
+            status if status == want => Ok(()),
+            status => Err(format!("{status:?}")),
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,7 +377,7 @@ async fn a_replica_without_memory_stalls_reports_not_serving_and_resumes_by_itse
         .start_node_with(3, |config| config.max_filter_memory = Some(held / 2))
         .await;
     let node3 = cluster.node(3).clone();
-    eventually("node 3's replicas stall", || {
+    eventually("node 3's replicas stall", PATIENCE, async || {
         node3
             .health()
             .iter()
@@ -387,7 +392,10 @@ async fn a_replica_without_memory_stalls_reports_not_serving_and_resumes_by_itse
     }
     // Memory back: it applies again by itself and serves from its own replicas.
     node3.budget().set_limit(u64::MAX);
-    eventually("node 3 applies again", || node3.health().is_empty()).await;
+    eventually("node 3 applies again", PATIENCE, async || {
+        node3.health().is_empty()
+    })
+    .await;
     health_becomes(&node3, ServingStatus::Serving).await;
     all_present(&node3, "s", 0..1500, Consistency::Any).await;
     cluster.stop().await;

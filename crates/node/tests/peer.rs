@@ -5,7 +5,6 @@
 //! port.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,6 +24,7 @@ use leakbloom_proto::internal::v1::{
 use leakbloom_raft::{
     ApplyError, Driver, GroupHandle, GroupId, GroupNode, NodeConfig, NodeId, StateMachine, Store,
 };
+use leakbloom_testkit::{eventually, scratch, within};
 use raft::StateRole;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -208,18 +208,6 @@ struct Cluster {
     members: BTreeMap<NodeId, Member>,
 }
 
-/// tmpfs when there is one: fsync is then cheap and the tests check the transport, not the
-/// disk.
-fn scratch() -> tempfile::TempDir {
-    let shm = PathBuf::from("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::tempdir_in(&shm) {
-            return dir;
-        }
-    }
-    tempfile::tempdir().unwrap()
-}
-
 impl Cluster {
     /// Three nodes serving the peer service, each running its replica of [`GROUP`].
     async fn start(config: NodeConfig) -> Cluster {
@@ -233,6 +221,7 @@ impl Cluster {
             .map(|(&id, listener)| (id, listener.local_addr().unwrap().to_string()))
             .collect();
         let mut cluster = Cluster {
+            // tmpfs when there is one: the tests check the transport, not the disk.
             dir: scratch(),
             config,
             addresses,
@@ -305,7 +294,7 @@ impl Cluster {
     async fn stop_replica(&self, id: NodeId) {
         let handle = self.members[&id].local.replica.write().unwrap().take();
         let handle = handle.unwrap();
-        within("a replica to stop", handle.shutdown()).await;
+        within("a replica to stop", PATIENCE, handle.shutdown()).await;
     }
 
     /// Stops node `id` outright: its replica, its server, its transport.
@@ -313,7 +302,7 @@ impl Cluster {
         self.stop_replica(id).await;
         let mut member = self.members.remove(&id).unwrap();
         let _ = member.stop.take().unwrap().send(());
-        let served = within("a server to stop", member.server.take().unwrap()).await;
+        let served = within("a server to stop", PATIENCE, member.server.take().unwrap()).await;
         served.unwrap().unwrap();
     }
 
@@ -330,7 +319,7 @@ impl Cluster {
 
     /// The leader every running replica agrees on.
     async fn leader(&self) -> NodeId {
-        eventually("a leader all replicas know", || {
+        eventually("every replica knows one leader", PATIENCE, async || {
             let replicas = self.replicas();
             let leader = replicas
                 .iter()
@@ -347,29 +336,33 @@ impl Cluster {
     /// Waits until every running replica applied at least `index`, all the same entries, and
     /// returns their (equal) register.
     async fn converged(&self, index: u64) -> Vec<u8> {
-        eventually("replicas applied the same entries", || {
-            let replicas = self.replicas();
-            let applied = replicas[0].applied();
-            if applied < index || replicas.iter().any(|h| h.applied() != applied) {
-                return None;
-            }
-            let registers: Vec<Vec<u8>> = replicas
-                .iter()
-                .map(|h| self.members[&h.id()].probe.bytes())
-                .collect();
-            // Re-check: an entry may have been applied between the reads.
-            if replicas.iter().any(|h| h.applied() != applied) {
-                return None;
-            }
-            for (handle, register) in replicas.iter().zip(&registers) {
-                assert!(
-                    register == &registers[0],
-                    "node {} diverged at index {applied}",
-                    handle.id()
-                );
-            }
-            Some(registers[0].clone())
-        })
+        eventually(
+            "the replicas applied the same entries",
+            PATIENCE,
+            async || {
+                let replicas = self.replicas();
+                let applied = replicas[0].applied();
+                if applied < index || replicas.iter().any(|h| h.applied() != applied) {
+                    return None;
+                }
+                let registers: Vec<Vec<u8>> = replicas
+                    .iter()
+                    .map(|h| self.members[&h.id()].probe.bytes())
+                    .collect();
+                // Re-check: an entry may have been applied between the reads.
+                if replicas.iter().any(|h| h.applied() != applied) {
+                    return None;
+                }
+                for (handle, register) in replicas.iter().zip(&registers) {
+                    assert!(
+                        register == &registers[0],
+                        "node {} diverged at index {applied}",
+                        handle.id()
+                    );
+                }
+                Some(registers[0].clone())
+            },
+        )
         .await
     }
 
@@ -389,25 +382,6 @@ impl Cluster {
             self.kill(id).await;
         }
     }
-}
-
-/// Polls `check` until it returns something, or fails the test after [`PATIENCE`].
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Fails the test if `future` takes longer than [`PATIENCE`].
-async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
 /// Proposes `command` through `via`'s transport to whichever node leads, following leader
@@ -448,6 +422,7 @@ async fn commits_over_grpc_and_answers_with_leader_hints() {
     for (i, via) in NODES.into_iter().enumerate() {
         let result = within(
             "a forwarded proposal",
+            PATIENCE,
             cluster
                 .peers(via)
                 .propose(leader, GROUP, Bytes::from(vec![b'a' + i as u8; 3])),

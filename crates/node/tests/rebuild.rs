@@ -10,10 +10,11 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{all_present, create, create_request, eventually, Cluster, SHARDS};
+use common::{all_present, create, create_request, Cluster, PATIENCE, SHARDS};
 use leakbloom_cluster::Consistency;
 use leakbloom_node::Node;
 use leakbloom_raft::NodeId;
+use leakbloom_testkit::eventually;
 
 const SET: &str = "leaked";
 
@@ -23,7 +24,7 @@ async fn insert(node: &Node, range: std::ops::Range<u64>) {
 
 /// Waits until every shard's replicas have applied the same index with byte-identical state.
 async fn replicas_identical(cluster: &Cluster) {
-    eventually("replicas are byte-identical", || {
+    eventually("replicas are byte-identical", PATIENCE, async || {
         (0..SHARDS).all(|shard| {
             let states: Vec<_> = cluster
                 .running
@@ -71,7 +72,7 @@ async fn rebuild_after(cluster: &mut Cluster, id: NodeId, acked: &mut u64, damag
     // Once its catalog replica is whole (rebuilt first when damaged too: it is small), the
     // node answers again: its shard reads go to the other replicas meanwhile, and no
     // acknowledged key is missing.
-    eventually("the catalog replica is rebuilt", || {
+    eventually("the catalog replica is rebuilt", PATIENCE, async || {
         rebuilt.catalog_group().rejoin_mark().is_none()
     })
     .await;
@@ -79,7 +80,7 @@ async fn rebuild_after(cluster: &mut Cluster, id: NodeId, acked: &mut u64, damag
     // The cluster takes inserts while the replica rebuilds.
     insert(cluster.node(1), *acked..*acked + 1000).await;
     *acked += 1000;
-    eventually("the rebuilt replicas vote again", || {
+    eventually("the rebuilt replicas vote again", PATIENCE, async || {
         (0..SHARDS).all(|s| rebuilt.group(s).unwrap().rejoin_mark().is_none())
     })
     .await;

@@ -44,7 +44,6 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
 use leakbloom_cluster::KEY_LEN;
 use leakbloom_node::machine::{decode_outcome, Machine};
@@ -55,6 +54,8 @@ use leakbloom_node::Result;
 use leakbloom_proto::internal::v1::{command, Command, CreateSetCommand, InsertCommand};
 use leakbloom_raft::sim::{Cluster, ClusterConfig, FaultCounts};
 use leakbloom_raft::{NodeId, StateMachine as _};
+use leakbloom_testkit::seeds::Seeds;
+use leakbloom_testkit::{scratch, AppliedStates, Reads};
 use prost::Message as _;
 use raft::eraftpb::MessageType;
 use raft::StateRole;
@@ -83,18 +84,6 @@ const SNAPSHOT_ENTRIES: u64 = 25;
 const GENERATION: u64 = 1;
 /// Per logical ms, the chance that the hungry node's memory comes or goes.
 const HUNGER_FLIPS: f64 = 0.002;
-
-/// Where node directories go: tmpfs when there is one (fsync is then cheap, and the
-/// simulation tests logic, not the disk).
-fn scratch() -> tempfile::TempDir {
-    let shm = PathBuf::from("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::tempdir_in(&shm) {
-            return dir;
-        }
-    }
-    tempfile::tempdir().expect("temporary directory")
-}
 
 type Key = [u8; KEY_LEN];
 
@@ -161,15 +150,12 @@ struct Proposal {
     keys: std::ops::Range<usize>,
 }
 
-/// A linearizable read in flight.
-struct Read {
-    node: NodeId,
+/// What a linearizable read must see, recorded when it was asked.
+struct Asked {
     /// Logical time when it was asked.
-    asked: u64,
+    at: u64,
     /// Number of acknowledged keys (a prefix of [`History::acked`]) when it was asked.
     acked: usize,
-    /// The read index, once the node answered it.
-    index: Option<u64>,
 }
 
 /// What the client saw, and what the checks compare against.
@@ -184,13 +170,10 @@ struct History {
     acked: Vec<usize>,
     /// Ids of acknowledged proposals.
     acked_ids: BTreeSet<u64>,
-    /// Per applied index, the state first observed there (snapshot bytes).
-    states: BTreeMap<u64, Vec<u8>>,
-    /// Per node, the applied index last checked.
-    checked: BTreeMap<NodeId, u64>,
-    /// Reads asked and not yet checked, by context.
-    reads: BTreeMap<u64, Read>,
-    next_read: u64,
+    /// Replicas' states (snapshot bytes) by applied index.
+    states: AppliedStates,
+    /// Linearizable reads asked and not yet checked.
+    reads: Reads<Asked>,
     /// Per key index, the logical time a read that saw it present was answered (first one).
     present_since: BTreeMap<usize, u64>,
 }
@@ -204,10 +187,8 @@ impl History {
             proposed: BTreeMap::new(),
             acked: Vec::new(),
             acked_ids: BTreeSet::new(),
-            states: BTreeMap::new(),
-            checked: BTreeMap::new(),
-            reads: BTreeMap::new(),
-            next_read: 0,
+            states: AppliedStates::default(),
+            reads: Reads::default(),
             present_since: BTreeMap::new(),
         }
     }
@@ -246,15 +227,9 @@ impl History {
                 self.answer(id, proposal, result);
             }
             for (context, index) in out.reads {
-                let context = u64::from_be_bytes(context.try_into().expect("our read context"));
-                // A duplicated response may answer a read twice; the first answer counts.
-                if let Some(read) = self.reads.get_mut(&context) {
-                    assert_eq!(
-                        read.node, node,
-                        "seed {seed}: read answered by another node"
-                    );
-                    read.index.get_or_insert(index);
-                }
+                self.reads
+                    .answered(node, &context, index)
+                    .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
             }
         }
         self.observe(cluster);
@@ -294,17 +269,14 @@ impl History {
 
     /// Asks node `node` for a linearizable read.
     fn read(&mut self, cluster: &mut Cluster<Machine>, node: NodeId) {
-        let context = self.next_read;
-        self.next_read += 1;
+        let context = self.reads.next_context();
+        let asked = Asked {
+            at: cluster.now(),
+            acked: self.acked.len(),
+        };
         if let Some(n) = cluster.node_mut(node) {
-            n.read_index(context.to_be_bytes().to_vec());
-            let read = Read {
-                node,
-                asked: cluster.now(),
-                acked: self.acked.len(),
-                index: None,
-            };
-            self.reads.insert(context, read);
+            n.read_index(context.clone());
+            self.reads.asked(&context, node, asked);
         }
     }
 
@@ -317,41 +289,29 @@ impl History {
             // A stalled replica serves nothing; one that could not hold a snapshot has let go
             // of its old state. It is compared again once it applies.
             if node.stalled().is_some() {
-                self.checked.remove(&id);
+                self.states.forget(id);
                 continue;
             }
-            if self.checked.get(&id) == Some(&applied) {
-                continue;
-            }
-            self.checked.insert(id, applied);
             // 2. Equal applied index, byte-identical state.
-            let state = node.machine().snapshot();
-            let first = self.states.entry(applied).or_insert_with(|| state.clone());
-            assert!(
-                *first == state,
-                "seed {seed}: node {id} diverged at applied index {applied}"
-            );
-            assert!(node.machine().state().applied() <= applied);
+            let compared = self
+                .states
+                .compare(id, applied, || node.machine().snapshot())
+                .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            if compared {
+                assert!(node.machine().state().applied() <= applied);
+            }
         }
         // Reads are answered once their node applied the read index.
-        let ready: Vec<u64> = self
-            .reads
-            .iter()
-            .filter(|(_, r)| {
-                r.index
-                    .is_some_and(|i| cluster.node(r.node).is_some_and(|n| n.applied() >= i))
-            })
-            .map(|(&context, _)| context)
-            .collect();
-        for context in ready {
-            let read = self.reads.remove(&context).unwrap();
+        let applied = |node| cluster.node(node).map(|n| n.applied());
+        for read in self.reads.answerable(applied) {
+            let (context, asked) = (read.context, read.asked);
             let state = cluster.node(read.node).unwrap().machine().state();
             let partition = state
                 .partition(SET)
                 .unwrap_or_else(|| panic!("seed {seed}: read {context} finds no set"));
             let filter = &partition.filter;
             // 1. Every key acknowledged before the read was asked is present.
-            for &key in &self.acked[..read.acked] {
+            for &key in &self.acked[..asked.acked] {
                 assert!(
                     filter.contains(&self.keys[key]),
                     "seed {seed}: read {context} on node {} misses key {key}, acknowledged \
@@ -364,11 +324,11 @@ impl History {
             for (index, key) in self.keys.iter().enumerate() {
                 let present = filter.contains(key);
                 match self.present_since.get(&index) {
-                    Some(&since) if since <= read.asked => assert!(
+                    Some(&since) if since <= asked.at => assert!(
                         present,
                         "seed {seed}: key {index} was present at {since} ms, absent for read \
                          {context} asked at {} ms on node {}",
-                        read.asked, read.node
+                        asked.at, read.node
                     ),
                     Some(_) => {}
                     None if present => {
@@ -613,59 +573,27 @@ fn run(seed: u64) -> Stats {
     history.stats
 }
 
-fn run_reporting(seed: u64) -> Stats {
-    match std::panic::catch_unwind(|| run(seed)) {
-        Ok(stats) => stats,
-        Err(panic) => {
-            eprintln!(
-                "node simulation failed for seed {seed}; replay with:\n  \
-                 LEAKBLOOM_NODE_SIM_SEED={seed} cargo test -p leakbloom-node --test simulation \
-                 -- --nocapture"
-            );
-            std::panic::resume_unwind(panic);
-        }
-    }
-}
-
 #[test]
 fn seeds() {
-    if let Ok(seed) = std::env::var("LEAKBLOOM_NODE_SIM_SEED") {
-        let seed = seed
-            .parse()
-            .expect("LEAKBLOOM_NODE_SIM_SEED must be a number");
-        run_reporting(seed);
-        return;
-    }
-    let number = |name: &str, default: u64| {
-        std::env::var(name)
-            .map(|n| {
-                n.parse()
-                    .unwrap_or_else(|_| panic!("{name} must be a number"))
-            })
-            .unwrap_or(default)
+    let seeds = Seeds {
+        prefix: "LEAKBLOOM_NODE_SIM",
+        default_count: DEFAULT_SEEDS,
+        replay: "cargo test -p leakbloom-node --test simulation",
     };
-    let count = number("LEAKBLOOM_NODE_SIM_SEEDS", DEFAULT_SEEDS);
-    let first = number("LEAKBLOOM_NODE_SIM_FIRST_SEED", 0);
-    let start = std::time::Instant::now();
+    let runs = seeds.run(run);
     let mut total = Stats::default();
-    for seed in first..first + count {
-        let stats = run_reporting(seed);
+    for stats in &runs {
         total.snapshots_sent += stats.snapshots_sent;
         total.reads_checked += stats.reads_checked;
         total.acked_inserts += stats.acked_inserts;
         total.acked_rejections += stats.acked_rejections;
     }
     eprintln!(
-        "{count} seeds from {first} in {:.1?}: {} snapshots sent, {} reads checked, {} inserts \
-         and {} rejections acknowledged",
-        start.elapsed(),
-        total.snapshots_sent,
-        total.reads_checked,
-        total.acked_inserts,
-        total.acked_rejections
+        "{} snapshots sent, {} reads checked, {} inserts and {} rejections acknowledged",
+        total.snapshots_sent, total.reads_checked, total.acked_inserts, total.acked_rejections
     );
     // The run must have exercised what it claims to check.
-    if count >= 20 {
+    if runs.len() >= 20 {
         assert!(total.snapshots_sent > 0, "no snapshot was sent");
         assert!(total.reads_checked > 0, "no read was checked");
         assert!(total.acked_rejections > 0, "no rejection was acknowledged");

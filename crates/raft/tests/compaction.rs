@@ -65,7 +65,7 @@ fn the_log_since_a_snapshot_stays_within_its_byte_budget() {
                budget: 64 << 10, snapshots: 4 },
     ];
     for case in table {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = leakbloom_testkit::scratch_on_disk();
         let store = Store::open(dir.path()).unwrap();
         let config = NodeConfig {
             // Far beyond the run: only the byte budget compacts.

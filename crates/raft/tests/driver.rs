@@ -3,8 +3,6 @@
 //! leader failure and restart from disk.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +11,7 @@ use leakbloom_raft::{
     ApplyError, Driver, Error, GroupHandle, GroupId, GroupNode, NodeConfig, NodeId, StateMachine,
     Store, Transport,
 };
+use leakbloom_testkit::{eventually, scratch, within};
 use raft::eraftpb::{Message, MessageType};
 use raft::StateRole;
 
@@ -95,20 +94,10 @@ struct Cluster {
 
 const VOTERS: [NodeId; 3] = [1, 2, 3];
 
-/// tmpfs when there is one: fsync is then cheap and the tests check the driver, not the disk.
-fn scratch() -> tempfile::TempDir {
-    let shm = PathBuf::from("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::tempdir_in(&shm) {
-            return dir;
-        }
-    }
-    tempfile::tempdir().unwrap()
-}
-
 impl Cluster {
     fn new() -> Cluster {
         Cluster {
+            // tmpfs when there is one: the tests check the driver, not the disk.
             dir: scratch(),
             net: Arc::new(Net::default()),
             probes: BTreeMap::new(),
@@ -161,70 +150,65 @@ impl Cluster {
 
     /// The leader every live replica (outside `cut`) agrees on.
     async fn leader(&self) -> GroupHandle {
-        eventually("a leader all live replicas know", || {
-            let cut = self.net.cut.lock().unwrap().clone();
-            let live: Vec<_> = self
-                .live()
-                .into_iter()
-                .filter(|h| !cut.contains(&h.id()))
-                .collect();
-            let leader = live
-                .iter()
-                .find(|h| h.leadership().role == StateRole::Leader)?;
-            let known = live
-                .iter()
-                .all(|h| h.leadership().leader == Some(leader.id()));
-            known.then(|| leader.clone())
-        })
+        eventually(
+            "every live replica knows one leader",
+            PATIENCE,
+            async || {
+                let cut = self.net.cut.lock().unwrap().clone();
+                let live: Vec<_> = self
+                    .live()
+                    .into_iter()
+                    .filter(|h| !cut.contains(&h.id()))
+                    .collect();
+                let leader = live
+                    .iter()
+                    .find(|h| h.leadership().role == StateRole::Leader)?;
+                let known = live
+                    .iter()
+                    .all(|h| h.leadership().leader == Some(leader.id()));
+                known.then(|| leader.clone())
+            },
+        )
         .await
     }
 
     /// Waits until every live replica applied as far as `handle` and they hold equal state.
     async fn converged(&self, index: u64) -> Register {
-        eventually("replicas applied the same entries", || {
-            let live = self.live();
-            if live.iter().any(|h| h.applied() < index) {
-                return None;
-            }
-            let applied = live[0].applied();
-            if live.iter().any(|h| h.applied() != applied) {
-                return None;
-            }
-            let registers: Vec<Register> = live
-                .iter()
-                .map(|h| self.probes[&h.id()].register())
-                .collect();
-            // Equal applied index must mean equal bytes; re-check the index in case an entry
-            // was applied between the reads.
-            if live.iter().any(|h| h.applied() != applied) {
-                return None;
-            }
-            for r in &registers[1..] {
-                assert_eq!(r, &registers[0], "replicas diverged at index {applied}");
-            }
-            Some(registers[0].clone())
-        })
+        eventually(
+            "the replicas applied the same entries",
+            PATIENCE,
+            async || {
+                let live = self.live();
+                if live.iter().any(|h| h.applied() < index) {
+                    return None;
+                }
+                let applied = live[0].applied();
+                if live.iter().any(|h| h.applied() != applied) {
+                    return None;
+                }
+                let registers: Vec<Register> = live
+                    .iter()
+                    .map(|h| self.probes[&h.id()].register())
+                    .collect();
+                // Equal applied index must mean equal bytes; re-check the index in case an entry
+                // was applied between the reads.
+                if live.iter().any(|h| h.applied() != applied) {
+                    return None;
+                }
+                for r in &registers[1..] {
+                    assert_eq!(r, &registers[0], "replicas diverged at index {applied}");
+                }
+                Some(registers[0].clone())
+            },
+        )
         .await
     }
 }
 
-/// Polls `check` until it returns something, or fails the test after [`PATIENCE`].
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Fails the test if `future` takes longer than [`PATIENCE`].
-async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+/// Proposes command `id` through `handle` and waits (up to [`PATIENCE`]) for its result.
+async fn propose(handle: &GroupHandle, id: u64) -> leakbloom_raft::Result<Vec<u8>> {
+    let proposal = handle.propose(Register::command(id, b"p"));
+    within(format_args!("proposal {id}'s result"), PATIENCE, proposal).await
 }
 
 /// The checksum the register returns after applying `ids` in order.
@@ -239,7 +223,7 @@ fn checksums(ids: &[u64]) -> BTreeMap<u64, Vec<u8>> {
 async fn elects_commits_and_redirects_followers() {
     let (cluster, _) = Cluster::start_all();
     let leader = cluster.leader().await;
-    let result = within("a commit", leader.propose(Register::command(1, b"p"))).await;
+    let result = propose(&leader, 1).await;
     assert_eq!(result.unwrap(), checksums(&[1])[&1]);
     let register = cluster.converged(leader.applied()).await;
     assert_eq!(register.ids, vec![1]);
@@ -278,7 +262,7 @@ async fn concurrent_proposals_apply_in_one_order() {
         .collect();
     let mut results = BTreeMap::new();
     for task in tasks {
-        let (id, result) = within("200 proposals", task).await.unwrap();
+        let (id, result) = within("200 proposals", PATIENCE, task).await.unwrap();
         results.insert(id, result.unwrap());
     }
     let register = cluster.converged(leader.applied()).await;
@@ -302,11 +286,11 @@ async fn reads_share_rounds_and_see_acknowledged_writes() {
         .find(|h| h.id() != leader.id())
         .unwrap();
     for id in 1..=5u64 {
-        within("a write", leader.propose(Register::command(id, b"p")))
+        propose(&leader, id).await.unwrap();
+        // Read on the follower right after the acknowledgement: it must see the write.
+        let index = within("a read", PATIENCE, follower.read_index())
             .await
             .unwrap();
-        // Read on the follower right after the acknowledgement: it must see the write.
-        let index = within("a read", follower.read_index()).await.unwrap();
         assert!(follower.applied() >= index);
         assert!(
             cluster.probes[&follower.id()].register().ids.contains(&id),
@@ -317,9 +301,7 @@ async fn reads_share_rounds_and_see_acknowledged_writes() {
     // Starve the follower of log entries: a write commits on the other two, and a read on the
     // follower completes its round but must wait until the follower applied the write.
     cluster.net.stall.lock().unwrap().insert(follower.id());
-    within("a write", leader.propose(Register::command(6, b"p")))
-        .await
-        .unwrap();
+    propose(&leader, 6).await.unwrap();
     let read = tokio::spawn({
         let follower = follower.clone();
         async move { follower.read_index().await }
@@ -331,7 +313,7 @@ async fn reads_share_rounds_and_see_acknowledged_writes() {
         "a read was answered before the write it must see was applied"
     );
     cluster.net.stall.lock().unwrap().clear();
-    let index = within("a read after the stall", read)
+    let index = within("a read after the stall", PATIENCE, read)
         .await
         .unwrap()
         .unwrap();
@@ -340,10 +322,8 @@ async fn reads_share_rounds_and_see_acknowledged_writes() {
 
     // A replica that cannot catch up fails the read retryably rather than hang.
     cluster.net.stall.lock().unwrap().insert(follower.id());
-    within("a write", leader.propose(Register::command(7, b"p")))
-        .await
-        .unwrap();
-    let error = within("a read timeout", follower.read_index())
+    propose(&leader, 7).await.unwrap();
+    let error = within("a read timeout", PATIENCE, follower.read_index())
         .await
         .unwrap_err();
     assert!(error.is_retryable(), "{error}");
@@ -365,7 +345,7 @@ async fn reads_share_rounds_and_see_acknowledged_writes() {
         tokio::time::sleep(TICK * 3).await;
         cluster.net.cut.lock().unwrap().clear();
         for read in reads {
-            within("100 reads", read).await.unwrap().unwrap();
+            within("100 reads", PATIENCE, read).await.unwrap().unwrap();
         }
         let rounds = handle.rounds() - before;
         assert!(
@@ -385,7 +365,7 @@ async fn read_without_a_leader_times_out_retryably() {
     // Alone, node 1 can never elect a leader: its read round cannot start or complete.
     let lonely = cluster.start(1);
     let start = Instant::now();
-    let error = within("a read timeout", lonely.read_index())
+    let error = within("a read timeout", PATIENCE, lonely.read_index())
         .await
         .unwrap_err();
     assert!(error.is_retryable(), "{error}");
@@ -411,7 +391,7 @@ async fn read_without_a_leader_times_out_retryably() {
     let mut leadership = restarted.watch_leadership();
     cluster.net.handles.lock().unwrap().clear();
     drop(restarted);
-    within("the group to stop", async {
+    within("the group to stop", PATIENCE, async {
         while leadership.changed().await.is_ok() {}
     })
     .await;
@@ -421,15 +401,11 @@ async fn read_without_a_leader_times_out_retryably() {
 async fn leadership_loss_fails_pending_and_failover_keeps_committing() {
     let (mut cluster, _) = Cluster::start_all();
     let old = cluster.leader().await;
-    within("a commit", old.propose(Register::command(1, b"p")))
-        .await
-        .unwrap();
+    propose(&old, 1).await.unwrap();
 
     // Cut the leader off: its proposal cannot commit, and check_quorum makes it step down.
     cluster.net.cut.lock().unwrap().insert(old.id());
-    let error = within("a failed proposal", old.propose(Register::command(2, b"p")))
-        .await
-        .unwrap_err();
+    let error = propose(&old, 2).await.unwrap_err();
     assert!(error.is_retryable(), "{error}");
     let new = cluster.leader().await;
     assert_ne!(new.id(), old.id());
@@ -442,12 +418,7 @@ async fn leadership_loss_fails_pending_and_failover_keeps_committing() {
     let next = cluster.leader().await;
     assert_ne!(next.id(), killed);
     for id in 3..=60u64 {
-        within(
-            "a commit after failover",
-            next.propose(Register::command(id, b"p")),
-        )
-        .await
-        .unwrap();
+        propose(&next, id).await.unwrap();
     }
     let register = cluster.converged(next.applied()).await;
     assert!(register.ids.contains(&1) && register.ids.contains(&60));
@@ -458,9 +429,11 @@ async fn leadership_loss_fails_pending_and_failover_keeps_committing() {
     assert_eq!(cluster.probes[&killed].register(), register);
     assert!(restarted.applied() >= next.applied());
     // And it follows the current leader.
-    eventually("the restarted node knows the leader", || {
-        (cluster.handle(killed).leadership().leader == Some(next.id())).then_some(())
-    })
+    eventually(
+        "the restarted node knows the leader",
+        PATIENCE,
+        async || cluster.handle(killed).leadership().leader == Some(next.id()),
+    )
     .await;
     for handle in cluster.live() {
         handle.shutdown().await;

@@ -23,10 +23,11 @@
 //! failing seed prints the command).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
 use leakbloom_raft::sim::{Cluster, ClusterConfig, FaultCounts, Register};
 use leakbloom_raft::{NodeId, Output, StateMachine as _};
+use leakbloom_testkit::seeds::Seeds;
+use leakbloom_testkit::{scratch, AppliedStates, Reads};
 use raft::eraftpb::MessageType;
 use raft::StateRole;
 use rand::rngs::StdRng;
@@ -39,18 +40,6 @@ const DEFAULT_SEEDS: u64 = 200;
 const FAULT_MS: u64 = 10_000;
 /// Logical ms allowed for the healed cluster to converge; generous against election storms.
 const SETTLE_MS: u64 = 10_000;
-
-/// Where node directories go: tmpfs when there is one (fsync is then cheap, and the
-/// simulation tests logic, not the disk).
-fn scratch() -> tempfile::TempDir {
-    let shm = PathBuf::from("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::tempdir_in(&shm) {
-            return dir;
-        }
-    }
-    tempfile::tempdir().expect("temporary directory")
-}
 
 #[derive(Debug, Default)]
 struct Stats {
@@ -71,15 +60,10 @@ struct History {
     proposed: BTreeMap<u64, Vec<u8>>,
     /// Acknowledged proposals: id -> result.
     acked: BTreeMap<u64, Vec<u8>>,
-    /// Per applied index, the state first observed there (snapshot bytes).
-    states: BTreeMap<u64, Vec<u8>>,
-    /// Per node, the applied index last checked.
-    checked: BTreeMap<NodeId, u64>,
-    /// Reads asked: context -> (node, proposals acknowledged before asking).
-    asked: BTreeMap<u64, (NodeId, Vec<u64>)>,
-    /// Reads with a read index, waiting for the node to apply it: context -> (node, index).
-    waiting: BTreeMap<u64, (NodeId, u64)>,
-    next_read: u64,
+    /// Replicas' states (snapshot bytes) by applied index.
+    states: AppliedStates,
+    /// Linearizable reads in flight, with the proposals acknowledged before each was asked.
+    reads: Reads<Vec<u64>>,
     /// The leader of each term seen.
     leaders: BTreeMap<u64, NodeId>,
 }
@@ -91,11 +75,8 @@ impl History {
             stats: Stats::default(),
             proposed: BTreeMap::new(),
             acked: BTreeMap::new(),
-            states: BTreeMap::new(),
-            checked: BTreeMap::new(),
-            asked: BTreeMap::new(),
-            waiting: BTreeMap::new(),
-            next_read: 0,
+            states: AppliedStates::default(),
+            reads: Reads::default(),
             leaders: BTreeMap::new(),
         }
     }
@@ -135,11 +116,9 @@ impl History {
                 }
             }
             for (context, index) in out.reads {
-                let context = u64::from_be_bytes(context.try_into().expect("our read context"));
-                // A duplicated response may answer a read twice; the first answer counts.
-                if self.asked.contains_key(&context) {
-                    self.waiting.entry(context).or_insert((node, index));
-                }
+                self.reads
+                    .answered(node, &context, index)
+                    .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
             }
         }
         self.observe(cluster);
@@ -158,12 +137,11 @@ impl History {
 
     /// Asks node `node` for a linearizable read.
     fn read(&mut self, cluster: &mut Cluster<Register>, node: NodeId) {
-        let context = self.next_read;
-        self.next_read += 1;
+        let context = self.reads.next_context();
         if let Some(n) = cluster.node_mut(node) {
-            n.read_index(context.to_be_bytes().to_vec());
+            n.read_index(context.clone());
             let acked = self.acked.keys().copied().collect();
-            self.asked.insert(context, (node, acked));
+            self.reads.asked(&context, node, acked);
         }
     }
 
@@ -172,19 +150,15 @@ impl History {
         let seed = self.seed;
         for id in cluster.live() {
             let node = cluster.node(id).unwrap();
-            let applied = node.applied();
-            if self.checked.get(&id) == Some(&applied) {
-                continue;
-            }
-            self.checked.insert(id, applied);
             let machine = node.machine();
             // 2. Equal applied index, byte-identical state.
-            let state = machine.snapshot();
-            let first = self.states.entry(applied).or_insert_with(|| state.clone());
-            assert!(
-                *first == state,
-                "seed {seed}: node {id} diverged at applied index {applied}"
-            );
+            let compared = self
+                .states
+                .compare(id, node.applied(), || machine.snapshot())
+                .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            if !compared {
+                continue;
+            }
             // 3. No proposal applied twice.
             let unique: BTreeSet<_> = machine.ids.iter().collect();
             assert_eq!(
@@ -194,18 +168,11 @@ impl History {
             );
         }
         // 5. Reads served once their node applied the read index.
-        let ready: Vec<_> = self
-            .waiting
-            .iter()
-            .filter(|(_, (node, index))| cluster.node(*node).is_some_and(|n| n.applied() >= *index))
-            .map(|(&context, &(node, _))| (context, node))
-            .collect();
-        for (context, node) in ready {
-            self.waiting.remove(&context);
-            let (asked_on, acked_before) = self.asked.remove(&context).expect("asked read");
-            assert_eq!(asked_on, node, "seed {seed}: read answered by another node");
+        let applied = |node| cluster.node(node).map(|n| n.applied());
+        for read in self.reads.answerable(applied) {
+            let (context, node) = (read.context, read.node);
             let seen: BTreeSet<_> = cluster.node(node).unwrap().machine().ids.iter().collect();
-            for id in acked_before {
+            for id in read.asked {
                 assert!(
                     seen.contains(&id),
                     "seed {seed}: read {context} on node {node} misses proposal {id}, \
@@ -358,38 +325,12 @@ fn run(seed: u64) {
     );
 }
 
-fn run_reporting(seed: u64) {
-    let outcome = std::panic::catch_unwind(|| run(seed));
-    if let Err(panic) = outcome {
-        eprintln!(
-            "simulation failed for seed {seed}; replay with:\n  \
-             LEAKBLOOM_SIM_SEED={seed} cargo test -p leakbloom-raft --test simulation -- \
-             --nocapture"
-        );
-        std::panic::resume_unwind(panic);
-    }
-}
-
 #[test]
 fn seeds() {
-    if let Ok(seed) = std::env::var("LEAKBLOOM_SIM_SEED") {
-        let seed = seed.parse().expect("LEAKBLOOM_SIM_SEED must be a number");
-        run_reporting(seed);
-        return;
-    }
-    let number = |name: &str, default: u64| {
-        std::env::var(name)
-            .map(|n| {
-                n.parse()
-                    .unwrap_or_else(|_| panic!("{name} must be a number"))
-            })
-            .unwrap_or(default)
+    let seeds = Seeds {
+        prefix: "LEAKBLOOM_SIM",
+        default_count: DEFAULT_SEEDS,
+        replay: "cargo test -p leakbloom-raft --test simulation",
     };
-    let count = number("LEAKBLOOM_SIM_SEEDS", DEFAULT_SEEDS);
-    let first = number("LEAKBLOOM_SIM_FIRST_SEED", 0);
-    let start = std::time::Instant::now();
-    for seed in first..first + count {
-        run_reporting(seed);
-    }
-    eprintln!("{count} seeds from {first} in {:.1?}", start.elapsed());
+    seeds.run(run);
 }

@@ -7,18 +7,23 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use leakbloom_cluster::Consistency;
 use leakbloom_node::{Config, Node, Server};
 use leakbloom_proto::v1::CreateSetRequest;
 use leakbloom_raft::NodeId;
+use leakbloom_testkit::{eventually, free_port, scratch_on_disk};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// Shards of the test clusters: few, so a test stays quick; more than one, so batches split.
 pub const SHARDS: u32 = 4;
+
+/// How long a test waits for the cluster to do something (elect, apply, catch up, accept a
+/// retried request): a minute, for three nodes that fsync on a loaded two-core machine.
+pub const PATIENCE: Duration = Duration::from_secs(60);
 
 pub struct Running {
     pub node: Arc<Node>,
@@ -35,10 +40,7 @@ pub struct Cluster {
 /// Peer addresses for nodes 1 to 3 on free ports.
 pub fn free_peer_addresses() -> BTreeMap<NodeId, String> {
     (1..=3)
-        .map(|id| {
-            let port = leakbloom_node::server::free_port([127, 0, 0, 1].into()).unwrap();
-            (id, format!("127.0.0.1:{port}"))
-        })
+        .map(|id| (id, format!("127.0.0.1:{}", free_port())))
         .collect()
 }
 
@@ -46,7 +48,7 @@ impl Cluster {
     /// A cluster of nodes 1 to 3 that has not started.
     pub fn new() -> Cluster {
         Cluster {
-            dir: tempfile::tempdir().unwrap(),
+            dir: scratch_on_disk(),
             peers: free_peer_addresses(),
             running: BTreeMap::new(),
         }
@@ -158,30 +160,21 @@ pub fn create_request(name: &str, capacity: u64) -> CreateSetRequest {
 
 /// Creates a set through `node`, retrying while the cluster elects its leaders.
 pub async fn create(node: &Node, request: &CreateSetRequest) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while let Err(error) = node.create_set(request).await {
-        assert!(Instant::now() < deadline, "create fails: {error}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("set {} is created", request.name);
+    eventually(what, PATIENCE, async || node.create_set(request).await).await;
 }
 
 /// Inserts keys `range` into `set` through `node` in batches of 50, retrying a batch until it
 /// is acknowledged (a retrying client's view): every key of the range is acknowledged after.
 pub async fn insert(node: &Node, set: &str, range: std::ops::Range<u64>) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut start = range.start;
-    while start < range.end {
+    for start in range.clone().step_by(50) {
         let end = (start + 50).min(range.end);
-        match node.insert(set, packed(start..end)).await {
-            Ok(n) => {
-                assert_eq!(n, end - start);
-                start = end;
-            }
-            Err(error) => {
-                assert!(Instant::now() < deadline, "inserts fail: {error}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        let what = format!("keys {start}..{end} are acknowledged");
+        let n = eventually(what, PATIENCE, async || {
+            node.insert(set, packed(start..end)).await
+        })
+        .await;
+        assert_eq!(n, end - start);
     }
 }
 
@@ -205,14 +198,5 @@ pub async fn all_present(
             "node {} lost acknowledged key {k}",
             node.id()
         );
-    }
-}
-
-/// Waits (up to a minute) until `done`.
-pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
