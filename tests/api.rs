@@ -132,6 +132,8 @@ async fn inserted_keys_are_always_found_and_bitmaps_follow_the_contract() {
     assert_eq!(reply.results.len(), 2);
     assert_eq!(reply.results[0].set, "b");
     assert_eq!(reply.results[1].set, "a");
+    // Read as the API documents the bitmap (byte i / 8, bit i % 8, LSB first), independently
+    // of the code under test.
     let bit = |bitmap: &[u8], i: usize| bitmap[i / 8] >> (i % 8) & 1 == 1;
     for result in &reply.results {
         assert_eq!(result.present.len(), keys.len().div_ceil(8));

@@ -8,11 +8,12 @@ use leakbloom_testkit::scratch_on_disk;
 use common::{run, start_one_node, stdout_of};
 
 /// The fields of the result line, in order.
-const FIELDS: [&str; 9] = [
+const FIELDS: [&str; 10] = [
     "mode",
     "batch",
     "conns",
     "consistency",
+    "route",
     "keys_per_s",
     "p50_ms",
     "p99_ms",
@@ -73,26 +74,32 @@ fn bench_e2e_loads_a_node_and_refuses_what_it_must() {
     ]);
     assert!(created.status.success(), "{created:?}");
 
-    for (mode, consistency, batch) in [
-        ("insert", "linearizable", "256"),
-        ("check", "linearizable", "1024"),
-        ("check", "any", "1"),
+    // Through the node's own Lookup, and routing in the client (`--direct`).
+    for (mode, consistency, batch, route) in [
+        ("insert", "linearizable", "256", "router"),
+        ("check", "linearizable", "1024", "router"),
+        ("check", "any", "1", "router"),
+        ("insert", "linearizable", "256", "direct"),
+        ("check", "any", "1024", "direct"),
+        ("check", "linearizable", "1", "direct"),
     ] {
-        let fields = bench(
-            addr,
-            &[
-                "--mode",
-                mode,
-                "--consistency",
-                consistency,
-                "--batch",
-                batch,
-                "--conns",
-                "2",
-                "--concurrency",
-                "4",
-            ],
-        );
+        let mut args = vec![
+            "--mode",
+            mode,
+            "--consistency",
+            consistency,
+            "--batch",
+            batch,
+            "--conns",
+            "2",
+            "--concurrency",
+            "4",
+        ];
+        if route == "direct" {
+            args.push("--direct");
+        }
+        let fields = bench(addr, &args);
+        assert_eq!(value(&fields, "route"), route);
         assert_eq!(value(&fields, "mode"), mode);
         assert_eq!(value(&fields, "batch"), batch);
         assert_eq!(value(&fields, "conns"), "2");

@@ -156,9 +156,7 @@ async fn check(client: &mut Client, keys: &[Key], inserted: &HashSet<Key>) -> Re
     let present = &answer.results[0].present;
     let mut false_positives = 0;
     for (i, key) in keys.iter().enumerate() {
-        let found = present
-            .get(i / 8)
-            .is_some_and(|byte| byte & (1 << (i % 8)) != 0);
+        let found = leakbloom_cluster::bitmap::get(present, i);
         match (inserted.contains(key), found) {
             (true, false) => return Err(format!("inserted key {i} of {} missing", keys.len())),
             (false, true) => false_positives += 1,

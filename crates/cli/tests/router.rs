@@ -1,7 +1,8 @@
 //! Three real `leakbloom node` processes (RF=3) and a `leakbloom router` process on
-//! 127.0.0.1. A client that does not retry streams inserts and linearizable checks through the
-//! router while each node in turn is killed with SIGKILL and restarted: the client sees no
-//! error at all, and every acknowledged key is found through the router and on every node.
+//! 127.0.0.1. Two clients that do not retry stream inserts and linearizable checks, one through
+//! the router and one routing itself (`Client::direct`), while each node in turn is killed with
+//! SIGKILL and restarted: neither client sees an error at all, and every acknowledged key is
+//! found through the router and on every node.
 
 mod common;
 
@@ -89,47 +90,26 @@ fn clients_of_the_router_see_no_error_while_any_one_node_is_killed() {
         );
     });
 
-    // The client: inserts of 300 keys, then a linearizable check of the last batch and an
+    // The clients: inserts of 300 keys, then a linearizable check of the last batch and an
     // any-replica check of an earlier one; every error is recorded, none retried.
-    let seen: Arc<Mutex<Seen>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let worker = {
-        let (seen, stop, sets) = (seen.clone(), stop.clone(), sets.clone());
-        let addr = router_addr.clone();
-        runtime.spawn(async move {
-            let mut client = Client::connect(&addr).await.unwrap();
-            let mut rng = StdRng::seed_from_u64(11);
-            while !stop.load(Ordering::Relaxed) {
-                let batch: Vec<Key> = (0..300).map(|_| rng.gen()).collect();
-                if let Err(e) = client.insert("leak", &batch).await {
-                    seen.lock().unwrap().errors.push(format!("insert: {e}"));
-                    continue;
-                }
-                seen.lock().unwrap().acknowledged.extend(&batch);
-                let earlier: Vec<Key> = {
-                    let seen = seen.lock().unwrap();
-                    let n = seen.acknowledged.len();
-                    seen.acknowledged[rng.gen_range(0..n)..][..1].to_vec()
-                };
-                for (keys, consistency) in [
-                    (&batch, Consistency::Linearizable),
-                    (&earlier, Consistency::Any),
-                ] {
-                    match client.check(&sets, keys, consistency).await {
-                        Ok(found) if found[0].present.iter().all(|&p| p) => {
-                            seen.lock().unwrap().checks += 1
-                        }
-                        Ok(_) => seen
-                            .lock()
-                            .unwrap()
-                            .errors
-                            .push(format!("{consistency:?} check missed acknowledged keys")),
-                        Err(e) => seen.lock().unwrap().errors.push(format!("check: {e}")),
-                    }
-                }
-            }
-        })
-    };
+    let through_router: Arc<Mutex<Seen>> = Arc::default();
+    let direct: Arc<Mutex<Seen>> = Arc::default();
+    let workers = [
+        runtime.spawn(stream(
+            Route::Router(router_addr.clone()),
+            through_router.clone(),
+            stop.clone(),
+            11,
+        )),
+        runtime.spawn(stream(
+            Route::Direct(listens.clone()),
+            direct.clone(),
+            stop.clone(),
+            12,
+        )),
+    ];
+    let seen = through_router.clone();
     let acked = || seen.lock().unwrap().acknowledged.len();
     let wait_for_more = |than: usize, when: &str| {
         let what = format!("{} keys are acknowledged {when}", than + 6_000);
@@ -149,25 +129,81 @@ fn clients_of_the_router_see_no_error_while_any_one_node_is_killed() {
         wait_for_more(at_restart, &format!("after node {} restarted", i + 1));
     }
     stop.store(true, Ordering::Relaxed);
-    runtime.block_on(worker).unwrap();
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
-    assert!(
-        seen.errors.is_empty(),
-        "the client saw {} errors, first: {:?}\nrouter log:\n{}",
-        seen.errors.len(),
-        seen.errors.first(),
-        router.log()
-    );
-    eprintln!(
-        "acknowledged {} keys and passed {} checks through the router, no errors",
-        seen.acknowledged.len(),
-        seen.checks
-    );
+    for worker in workers {
+        runtime.block_on(worker).unwrap();
+    }
+    let mut acknowledged = Vec::new();
+    for (path, seen) in [("through the router", through_router), ("direct", direct)] {
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        assert!(
+            seen.errors.is_empty(),
+            "the client {path} saw {} errors, first: {:?}\nrouter log:\n{}",
+            seen.errors.len(),
+            seen.errors.first(),
+            router.log()
+        );
+        assert!(seen.checks > 0, "the client {path} passed no check");
+        eprintln!(
+            "acknowledged {} keys and passed {} checks {path}, no errors",
+            seen.acknowledged.len(),
+            seen.checks
+        );
+        acknowledged.extend(seen.acknowledged);
+    }
 
     // Every acknowledged key through the router, and on every node from its own replicas.
     runtime.block_on(async {
         for addr in std::iter::once(&router_addr).chain(&listens) {
-            wait_until_all_found(addr, addr, "leak", &seen.acknowledged).await;
+            wait_until_all_found(addr, addr, "leak", &acknowledged).await;
         }
     });
+}
+
+/// How a client reaches the cluster.
+enum Route {
+    /// Through the router at this address.
+    Router(String),
+    /// Routing itself, seeded with these node addresses.
+    Direct(Vec<String>),
+}
+
+/// Streams inserts of 300 keys from `seed`'s generator through `client`, each followed by a
+/// linearizable check of the batch and an any-replica check of an earlier acknowledged key,
+/// until `stop`; records what was acknowledged and every error in `seen`, retrying nothing.
+async fn stream(route: Route, seen: Arc<Mutex<Seen>>, stop: Arc<AtomicBool>, seed: u64) {
+    let mut client = match route {
+        Route::Router(addr) => Client::connect(&addr).await.unwrap(),
+        Route::Direct(nodes) => Client::direct(&nodes).await.unwrap(),
+    };
+    let sets = vec!["leak".to_string()];
+    let mut rng = StdRng::seed_from_u64(seed);
+    while !stop.load(Ordering::Relaxed) {
+        let batch: Vec<Key> = (0..300).map(|_| rng.gen()).collect();
+        if let Err(e) = client.insert("leak", &batch).await {
+            seen.lock().unwrap().errors.push(format!("insert: {e}"));
+            continue;
+        }
+        seen.lock().unwrap().acknowledged.extend(&batch);
+        let earlier: Vec<Key> = {
+            let seen = seen.lock().unwrap();
+            let n = seen.acknowledged.len();
+            seen.acknowledged[rng.gen_range(0..n)..][..1].to_vec()
+        };
+        for (keys, consistency) in [
+            (&batch, Consistency::Linearizable),
+            (&earlier, Consistency::Any),
+        ] {
+            match client.check(&sets, keys, consistency).await {
+                Ok(found) if found[0].present.iter().all(|&p| p) => {
+                    seen.lock().unwrap().checks += 1
+                }
+                Ok(_) => seen
+                    .lock()
+                    .unwrap()
+                    .errors
+                    .push(format!("{consistency:?} check missed acknowledged keys")),
+                Err(e) => seen.lock().unwrap().errors.push(format!("check: {e}")),
+            }
+        }
+    }
 }

@@ -301,7 +301,7 @@ impl Routing {
             .ok_or_else(|| Status::unavailable(format!("node {node}'s address is unknown")))?;
         Ok(LookupClient::new(self.channel(address)?)
             .max_decoding_message_size(leakbloom_cluster::MAX_REPLY_BYTES)
-            .max_encoding_message_size(leakbloom_cluster::max_request_bytes(self.max_batch)))
+            .max_encoding_message_size(leakbloom_cluster::max_request_bytes(self.max_batch(map))))
     }
 
     /// Asks every known node (seeds and discovered) for its view and merges the answers,

@@ -194,7 +194,9 @@ const MESSAGE_SLACK: usize = 1 << 10;
 /// [`MAX_CHECK_SETS`] set names. What a server must decode and a client may encode (2.1 MiB
 /// at the default `max_batch`); anything larger is refused before it is read.
 pub const fn max_request_bytes(max_batch: usize) -> usize {
-    max_batch * KEY_LEN + MAX_CHECK_SETS * (MAX_SET_NAME_LEN + SET_FIELD_BYTES) + MESSAGE_SLACK
+    max_batch
+        .saturating_mul(KEY_LEN)
+        .saturating_add(MAX_CHECK_SETS * (MAX_SET_NAME_LEN + SET_FIELD_BYTES) + MESSAGE_SLACK)
 }
 
 /// Largest `Check` reply within the limits: [`MAX_CHECK_BITS`] of bitmaps (each rounded up to
@@ -240,6 +242,12 @@ mod tests {
              split the keys or name fewer sets"
         );
         assert!(check_bits(usize::MAX, usize::MAX).is_err());
+    }
+
+    #[test]
+    fn message_limits_never_overflow() {
+        assert_eq!(max_request_bytes(usize::MAX), usize::MAX);
+        assert!(max_request_bytes(DEFAULT_MAX_BATCH) > DEFAULT_MAX_BATCH * KEY_LEN);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | 0 | 8 | magic `LBFILTER` |
 //! | 8 | 4 | format version, u32 LE (1) |
-//! | 12 | 4 | hashes (k), u32 LE |
+//! | 12 | 4 | hash_count (k), u32 LE |
 //! | 16 | 8 | blocks, u64 LE |
 //! | 24 | 8 | bits set, u64 LE |
 //! | 32 | 64 × blocks | the blocks in index order, each as 8 u64 LE words (bit p of a block is bit p % 8 of its byte p / 8) |
@@ -20,7 +20,7 @@ use crate::{Error, Filter};
 pub const MAGIC: [u8; 8] = *b"LBFILTER";
 /// Format version written and read; bump it whenever the layout of keys or bytes changes.
 pub const FORMAT_VERSION: u32 = 1;
-/// Bytes before the blocks: magic, version, hashes, blocks, bits set.
+/// Bytes before the blocks: magic, version, hash_count, blocks, bits set.
 pub const HEADER_LEN: usize = 32;
 /// Bytes of the CRC32 trailer.
 const CRC_LEN: usize = 4;
@@ -36,7 +36,7 @@ fn header_bytes(geometry: Geometry, bits_set: u64) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[0..8].copy_from_slice(&MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    h[12..16].copy_from_slice(&geometry.hashes.to_le_bytes());
+    h[12..16].copy_from_slice(&geometry.hash_count.to_le_bytes());
     h[16..24].copy_from_slice(&geometry.blocks.to_le_bytes());
     h[24..32].copy_from_slice(&bits_set.to_le_bytes());
     h
@@ -56,7 +56,7 @@ fn parse_header(h: &[u8; HEADER_LEN]) -> Result<Header, Error> {
         });
     }
     let geometry = Geometry {
-        hashes: u32_at(12),
+        hash_count: u32_at(12),
         blocks: u64_at(16),
     };
     geometry.validate()?;
@@ -243,7 +243,7 @@ mod tests {
     fn sample() -> Filter {
         let filter = Filter::new(Geometry {
             blocks: 5,
-            hashes: 9,
+            hash_count: 9,
         })
         .unwrap();
         for i in 0..40u8 {
@@ -296,7 +296,7 @@ mod tests {
         let a = sample();
         let b = Filter::new(Geometry {
             blocks: 2,
-            hashes: 3,
+            hash_count: 3,
         })
         .unwrap();
         let mut stream = a.encode();
@@ -336,7 +336,7 @@ mod tests {
                 let expected_kind = match pos {
                     0..8 => matches!(err, Error::BadMagic),
                     8..12 => matches!(err, Error::UnsupportedVersion { .. }),
-                    // Flipping hashes or blocks either leaves a valid geometry (then the CRC
+                    // Flipping hash_count or blocks either leaves a valid geometry (then the CRC
                     // or the length catches it) or not.
                     12..24 => matches!(
                         err,

@@ -1,6 +1,6 @@
 //! The crate's one error type.
 
-use crate::geometry::{Geometry, MAX_FILTER_BYTES, MAX_HASHES, MIN_FPR};
+use crate::geometry::{Geometry, MAX_FILTER_BYTES, MAX_HASH_COUNT, MIN_FPR};
 
 /// Everything that can go wrong in the engine that a caller can do something about.
 ///
@@ -36,7 +36,7 @@ pub enum Error {
     /// A geometry given directly (or read from an encoded filter) is out of range.
     #[error(
         "invalid geometry {0}: blocks must be >= 1 and at most {max_blocks} (64 GiB), \
-         hashes between 1 and {MAX_HASHES}; use Geometry::for_capacity to size a filter",
+         hash_count between 1 and {MAX_HASH_COUNT}; use Geometry::for_capacity to size a filter",
         max_blocks = MAX_FILTER_BYTES / 64
     )]
     InvalidGeometry(Geometry),

@@ -180,9 +180,9 @@ pub(crate) fn prefetch_write(block: &Block) {
 
 /// Calls `$f::<K>($args)` with the const `K` equal to the runtime hash count, so every
 /// per-key loop is unrolled for its k.
-macro_rules! with_hashes {
-    ($hashes:expr, $($f:ident)::+($($arg:expr),* $(,)?)) => {
-        match $hashes {
+macro_rules! with_hash_count {
+    ($hash_count:expr, $($f:ident)::+($($arg:expr),* $(,)?)) => {
+        match $hash_count {
             1 => $($f)::+::<1>($($arg),*),
             2 => $($f)::+::<2>($($arg),*),
             3 => $($f)::+::<3>($($arg),*),
@@ -207,10 +207,10 @@ macro_rules! dispatch {
     ($filter:expr, $f:ident($($arg:expr),* $(,)?)) => {{
         let filter: &Filter = $filter;
         match filter.kernel {
-            Kernel::Scalar => with_hashes!(filter.geometry.hashes, $f($($arg),*)),
+            Kernel::Scalar => with_hash_count!(filter.geometry.hash_count, $f($($arg),*)),
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Kernel::Avx2` is only chosen after detecting AVX2 and POPCNT on this CPU.
-            Kernel::Avx2 => unsafe { with_hashes!(filter.geometry.hashes, crate::simd::$f($($arg),*)) },
+            Kernel::Avx2 => unsafe { with_hash_count!(filter.geometry.hash_count, crate::simd::$f($($arg),*)) },
         }
     }};
 }
@@ -398,7 +398,7 @@ impl Filter {
         let fill_ratio = bits_set as f64 / bits as f64;
         // A full filter has no finite estimate: treat it as half a bit short of full.
         let fill = fill_ratio.min((bits as f64 - 0.5) / bits as f64);
-        let k = f64::from(self.geometry.hashes);
+        let k = f64::from(self.geometry.hash_count);
         let per_key_fill = -(k * (1.0 - 1.0 / BLOCK_BITS as f64).ln()).exp_m1();
         let keys_per_block = -(-fill).ln_1p() / per_key_fill;
         Stats {
@@ -410,7 +410,7 @@ impl Filter {
             estimated_fpr: if bits_set == bits {
                 1.0
             } else {
-                model_fpr(keys_per_block, self.geometry.hashes)
+                model_fpr(keys_per_block, self.geometry.hash_count)
             },
         }
     }
@@ -419,13 +419,13 @@ impl Filter {
     /// the mean over blocks of (set bits / 512)^k. O(size of the filter): for tests and
     /// occasional reports, not for hot paths.
     pub fn content_fpr(&self) -> f64 {
-        let hashes = self.geometry.hashes as i32;
+        let hash_count = self.geometry.hash_count as i32;
         let sum: f64 = self
             .blocks()
             .iter()
             .map(|b| {
                 let set: u32 = b.0.iter().map(|w| w.load(Relaxed).count_ones()).sum();
-                (f64::from(set) / BLOCK_BITS as f64).powi(hashes)
+                (f64::from(set) / BLOCK_BITS as f64).powi(hash_count)
             })
             .sum();
         sum / self.geometry.blocks as f64
@@ -540,7 +540,7 @@ mod tests {
         // format version.
         let filter = Filter::new(Geometry {
             blocks: 4,
-            hashes: 14,
+            hash_count: 14,
         })
         .unwrap();
         let positions = [0, 1, 63, 64, 130, 200, 511, 300, 301, 448, 449, 7, 8, 255];
@@ -590,7 +590,7 @@ mod tests {
     fn block_index_is_monotonic_and_covers_all_blocks() {
         let filter = Filter::new(Geometry {
             blocks: 1000,
-            hashes: 7,
+            hash_count: 7,
         })
         .unwrap();
         let mut last = 0;
@@ -606,16 +606,20 @@ mod tests {
 
     #[test]
     fn every_hash_count_round_trips_through_insert_and_contains() {
-        for hashes in 1..=14 {
-            let filter = Filter::new(Geometry { blocks: 3, hashes }).unwrap();
+        for hash_count in 1..=14 {
+            let filter = Filter::new(Geometry {
+                blocks: 3,
+                hash_count,
+            })
+            .unwrap();
             let positions: Vec<u64> = (0..14).map(|i| (i * 37 + 5) % 512).collect();
             let (lo, hi) = pack(&positions);
             let key = key_with(u64::MAX / 2, lo, hi);
             assert!(!filter.contains(&key));
             assert!(filter.insert(&key));
             assert!(filter.contains(&key));
-            // Exactly the first `hashes` positions are set.
-            assert_eq!(filter.stats().bits_set, u64::from(hashes));
+            // Exactly the first `hash_count` positions are set.
+            assert_eq!(filter.stats().bits_set, u64::from(hash_count));
             let mut out = [false; 1];
             filter.check_batch(&[key], &mut out);
             assert!(out[0]);
@@ -665,7 +669,7 @@ mod tests {
         assert_ne!(copy, filter);
     }
 
-    /// Pseudo-random keys (SplitMix64), uniform like hashes.
+    /// Pseudo-random keys (SplitMix64), uniform like hash_count.
     fn keys(seed: u64, count: usize) -> Vec<Key> {
         let mut state = seed;
         let mut next = move || {
@@ -685,11 +689,14 @@ mod tests {
         // The portable kernel and whatever this CPU selects (AVX2 on the dev VM and CI).
         let mut kernels = vec![Kernel::Scalar, Kernel::detect()];
         kernels.dedup();
-        for hashes in 1..=14 {
-            let geometry = Geometry { blocks: 50, hashes };
+        for hash_count in 1..=14 {
+            let geometry = Geometry {
+                blocks: 50,
+                hash_count,
+            };
             // Few blocks and many keys: dense filters where a wrong bit shows.
-            let present = keys(u64::from(hashes), 2000);
-            let mut probes = keys(100 + u64::from(hashes), 4000);
+            let present = keys(u64::from(hash_count), 2000);
+            let mut probes = keys(100 + u64::from(hash_count), 4000);
             probes.extend_from_slice(&present[..100]);
             let reference = Filter::new(geometry).unwrap().with_kernel(Kernel::Scalar);
             for key in &present {
@@ -697,7 +704,10 @@ mod tests {
             }
             let expected: Vec<bool> = probes.iter().map(|k| reference.contains(k)).collect();
             let hits = expected.iter().filter(|&&hit| hit).count();
-            assert!(hits > 100 && hits < probes.len(), "k={hashes}: {hits} hits");
+            assert!(
+                hits > 100 && hits < probes.len(),
+                "k={hash_count}: {hits} hits"
+            );
             for &kernel in &kernels {
                 let one = Filter::new(geometry).unwrap().with_kernel(kernel);
                 let batch = Filter::new(geometry).unwrap().with_kernel(kernel);
@@ -705,15 +715,19 @@ mod tests {
                     one.insert(key);
                 }
                 batch.insert_batch(&present);
-                assert_eq!(one, reference, "{kernel:?} k={hashes} insert");
-                assert_eq!(batch, reference, "{kernel:?} k={hashes} insert_batch");
-                assert_eq!(one.stats(), reference.stats(), "{kernel:?} k={hashes}");
-                assert_eq!(batch.stats(), reference.stats(), "{kernel:?} k={hashes}");
+                assert_eq!(one, reference, "{kernel:?} k={hash_count} insert");
+                assert_eq!(batch, reference, "{kernel:?} k={hash_count} insert_batch");
+                assert_eq!(one.stats(), reference.stats(), "{kernel:?} k={hash_count}");
+                assert_eq!(
+                    batch.stats(),
+                    reference.stats(),
+                    "{kernel:?} k={hash_count}"
+                );
                 let single: Vec<bool> = probes.iter().map(|k| one.contains(k)).collect();
-                assert_eq!(single, expected, "{kernel:?} k={hashes} contains");
+                assert_eq!(single, expected, "{kernel:?} k={hash_count} contains");
                 let mut out = vec![false; probes.len()];
                 one.check_batch(&probes, &mut out);
-                assert_eq!(out, expected, "{kernel:?} k={hashes} check_batch");
+                assert_eq!(out, expected, "{kernel:?} k={hash_count} check_batch");
             }
         }
     }

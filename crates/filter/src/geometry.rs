@@ -11,7 +11,7 @@ pub const BLOCK_BYTES: u64 = BLOCK_BITS / 8;
 /// Bits of key material per bit position: 2^9 = 512 addresses every bit of a block.
 pub const POSITION_BITS: u32 = 9;
 /// Most bit positions per key: 14 × 9 = 126 of the 128 bits in key bytes 16..32.
-pub const MAX_HASHES: u32 = 14;
+pub const MAX_HASH_COUNT: u32 = 14;
 /// Smallest target fpr accepted: it already costs ~232 bits/key, and the model's f64 sum
 /// stops being trustworthy much further down.
 pub const MIN_FPR: f64 = 1e-12;
@@ -40,13 +40,17 @@ const TAIL_CUTOFF: f64 = 1e-17;
 pub struct Geometry {
     /// Number of 512-bit (64-byte) blocks; a key's block comes from key bytes 8..16.
     pub blocks: u64,
-    /// Bits set per key (k), 1..=[`MAX_HASHES`]; they come from key bytes 16..32.
-    pub hashes: u32,
+    /// Bits set per key (k), 1..=[`MAX_HASH_COUNT`]; they come from key bytes 16..32.
+    pub hash_count: u32,
 }
 
 impl fmt::Display for Geometry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} blocks × 512 bits, k = {}", self.blocks, self.hashes)
+        write!(
+            f,
+            "{} blocks × 512 bits, k = {}",
+            self.blocks, self.hash_count
+        )
     }
 }
 
@@ -64,8 +68,8 @@ impl Geometry {
         if !(MIN_FPR..1.0).contains(&fpr) {
             return Err(Error::InvalidFpr(fpr));
         }
-        let (hashes, lambda) =
-            (1..=MAX_HASHES)
+        let (hash_count, lambda) =
+            (1..=MAX_HASH_COUNT)
                 .map(|k| (k, max_load(fpr, k)))
                 .fold(
                     (0, 0.0),
@@ -83,7 +87,7 @@ impl Geometry {
         }
         let mut geometry = Geometry {
             blocks: needed_blocks as u64,
-            hashes,
+            hash_count,
         };
         // Guard against the last ulp of the bisection: add blocks until the model agrees.
         while geometry.expected_fpr(capacity) > fpr && geometry.bytes() < MAX_FILTER_BYTES {
@@ -93,12 +97,12 @@ impl Geometry {
         Ok(geometry)
     }
 
-    /// Checks the ranges a [`crate::Filter`] needs: blocks ≥ 1, 1 ≤ hashes ≤ 14, at most
+    /// Checks the ranges a [`crate::Filter`] needs: blocks ≥ 1, 1 ≤ hash_count ≤ 14, at most
     /// [`MAX_FILTER_BYTES`].
     pub fn validate(&self) -> Result<(), Error> {
         let ok = self.blocks >= 1
             && self.blocks <= MAX_FILTER_BYTES / BLOCK_BYTES
-            && (1..=MAX_HASHES).contains(&self.hashes);
+            && (1..=MAX_HASH_COUNT).contains(&self.hash_count);
         if ok {
             Ok(())
         } else {
@@ -136,7 +140,7 @@ impl Geometry {
 
     /// The model's false-positive rate once `keys` keys are in the filter.
     pub fn expected_fpr(&self, keys: u64) -> f64 {
-        model_fpr(keys as f64 / self.blocks.max(1) as f64, self.hashes)
+        model_fpr(keys as f64 / self.blocks.max(1) as f64, self.hash_count)
     }
 }
 
@@ -148,12 +152,12 @@ impl Geometry {
 /// Bit positions are drawn with replacement (two of a key's positions may coincide), which is
 /// exactly what the 9-bit slices of the key do, so the model is exact for uniform keys up to
 /// the Poisson approximation of the binomial block loads.
-pub fn model_fpr(keys_per_block: f64, hashes: u32) -> f64 {
+pub fn model_fpr(keys_per_block: f64, hash_count: u32) -> f64 {
     let lambda = keys_per_block;
     if lambda.is_nan() || lambda <= 0.0 {
         return 0.0;
     }
-    let k = f64::from(hashes);
+    let k = f64::from(hash_count);
     // ln(1 − 1/512): log of the chance that one random bit position misses a given bit.
     let ln_miss = (-1.0 / BLOCK_BITS as f64).ln_1p();
     let sd = lambda.sqrt();
@@ -165,7 +169,7 @@ pub fn model_fpr(keys_per_block: f64, hashes: u32) -> f64 {
     let mut j = first;
     while j <= last {
         let block_fill = -(k * j * ln_miss).exp_m1();
-        sum += pmf * block_fill.powi(hashes as i32);
+        sum += pmf * block_fill.powi(hash_count as i32);
         j += 1.0;
         pmf *= lambda / j;
         // Past the mean the pmf falls faster than geometrically and fill^k ≤ 1: once it is
@@ -178,17 +182,17 @@ pub fn model_fpr(keys_per_block: f64, hashes: u32) -> f64 {
 }
 
 /// Largest keys-per-block load λ with `model_fpr(λ, k) <= fpr` (bisection on ln λ).
-fn max_load(fpr: f64, hashes: u32) -> f64 {
+fn max_load(fpr: f64, hash_count: u32) -> f64 {
     let (mut lo, mut hi) = (LAMBDA_RANGE.0.ln(), LAMBDA_RANGE.1.ln());
-    if model_fpr(hi.exp(), hashes) <= fpr {
+    if model_fpr(hi.exp(), hash_count) <= fpr {
         return hi.exp();
     }
-    if model_fpr(lo.exp(), hashes) > fpr {
+    if model_fpr(lo.exp(), hash_count) > fpr {
         return 0.0;
     }
     for _ in 0..BISECTION_STEPS {
         let mid = 0.5 * (lo + hi);
-        if model_fpr(mid.exp(), hashes) <= fpr {
+        if model_fpr(mid.exp(), hash_count) <= fpr {
             lo = mid;
         } else {
             hi = mid;
@@ -254,7 +258,7 @@ mod tests {
 
     #[test]
     fn model_is_increasing_in_load() {
-        for k in 1..=MAX_HASHES {
+        for k in 1..=MAX_HASH_COUNT {
             let mut prev = 0.0;
             for i in 1..200 {
                 let f = model_fpr(i as f64 * 0.5, k);
@@ -280,7 +284,7 @@ mod tests {
         for (fpr, bits_per_key, k) in table {
             let g = Geometry::for_capacity(capacity, fpr).unwrap();
             let got = g.bits_per_key(capacity);
-            assert_eq!(g.hashes, k, "fpr {fpr}");
+            assert_eq!(g.hash_count, k, "fpr {fpr}");
             assert!(
                 (got - bits_per_key).abs() < 0.05,
                 "fpr {fpr}: {got} bits/key"
@@ -330,29 +334,29 @@ mod tests {
     fn validate_checks_every_range() {
         let ok = Geometry {
             blocks: 1,
-            hashes: 1,
+            hash_count: 1,
         };
         assert!(ok.validate().is_ok());
         for bad in [
             Geometry {
                 blocks: 0,
-                hashes: 7,
+                hash_count: 7,
             },
             Geometry {
                 blocks: 8,
-                hashes: 0,
+                hash_count: 0,
             },
             Geometry {
                 blocks: 8,
-                hashes: 15,
+                hash_count: 15,
             },
             Geometry {
                 blocks: MAX_FILTER_BYTES / BLOCK_BYTES + 1,
-                hashes: 7,
+                hash_count: 7,
             },
             Geometry {
                 blocks: u64::MAX,
-                hashes: 7,
+                hash_count: 7,
             },
         ] {
             let err = bad.validate().unwrap_err();
@@ -364,7 +368,7 @@ mod tests {
         assert_eq!(
             Geometry {
                 blocks: u64::MAX,
-                hashes: 1
+                hash_count: 1
             }
             .bits(),
             u64::MAX

@@ -43,7 +43,7 @@
 //!   monotonic in the key: a contiguous range of key prefixes is a contiguous range of blocks,
 //!   which lets a later private-check mode serve whole block ranges for a coarse key prefix
 //!   ([`Filter::block_index`]).
-//! * The k bit positions inside the block (k ≤ [`MAX_HASHES`] = 14) are consecutive 9-bit
+//! * The k bit positions inside the block (k ≤ [`MAX_HASH_COUNT`] = 14) are consecutive 9-bit
 //!   slices of the little-endian words of bytes 16..24 (positions 0–6) and 24..32 (7–13).
 //!   Bit p of a block is bit p % 64 of its word p / 64; in the encoded form, bit p % 8 of
 //!   byte p / 8.
@@ -121,6 +121,6 @@ pub use codec::{FORMAT_VERSION, HEADER_LEN, MAGIC};
 pub use error::Error;
 pub use filter::{Filter, Stats, CHECK_PREFETCH_DISTANCE, INSERT_PREFETCH_DISTANCE};
 pub use geometry::{
-    model_fpr, Geometry, BLOCK_BITS, BLOCK_BYTES, MAX_FILTER_BYTES, MAX_HASHES, MIN_FPR,
+    model_fpr, Geometry, BLOCK_BITS, BLOCK_BYTES, MAX_FILTER_BYTES, MAX_HASH_COUNT, MIN_FPR,
     POSITION_BITS,
 };

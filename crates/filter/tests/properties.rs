@@ -7,7 +7,7 @@ use std::sync::Arc;
 use leakbloom_cluster::Key;
 use leakbloom_filter::{Error, Filter, Geometry, CHECK_PREFETCH_DISTANCE};
 
-/// SplitMix64: fast in debug builds, deterministic, and uniform enough to stand in for hashes.
+/// SplitMix64: fast in debug builds, deterministic, and uniform enough to stand in for hash_count.
 struct Keys(u64);
 
 impl Keys {
@@ -162,7 +162,7 @@ fn stats_track_the_keys_inserted() {
 fn stats_of_a_saturated_filter_stay_finite() {
     let filter = Filter::new(Geometry {
         blocks: 1,
-        hashes: 14,
+        hash_count: 14,
     })
     .unwrap();
     filter.insert_batch(&Keys::take(40, 20_000));
@@ -389,7 +389,7 @@ fn allocation_failure_is_an_error() {
     // (overcommit heuristics refuse it); if it does map, it is lazily backed and dropped.
     let geometry = Geometry {
         blocks: leakbloom_filter::MAX_FILTER_BYTES / 64,
-        hashes: 14,
+        hash_count: 14,
     };
     match Filter::new(geometry) {
         Err(err) => {

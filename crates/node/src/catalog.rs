@@ -298,7 +298,7 @@ impl Catalog {
                     name: name.clone(),
                     generation: *generation,
                     blocks: geometry.blocks,
-                    hash_count: geometry.hashes,
+                    hash_count: geometry.hash_count,
                     ..CreateSetCommand::default()
                 })
                 .collect(),
@@ -348,7 +348,7 @@ impl Catalog {
             .map(|g| {
                 let geometry = Geometry {
                     blocks: g.blocks,
-                    hashes: g.hash_count,
+                    hash_count: g.hash_count,
                 };
                 ((g.name.clone(), g.generation), geometry)
             })

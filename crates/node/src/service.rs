@@ -68,7 +68,7 @@ impl Lookup for LookupService {
     ) -> Result<Response<InsertResponse>, Status> {
         let start = Instant::now();
         let request = request.into_inner();
-        let inserted = self.node.insert(&request.set, request.keys).await;
+        let inserted = self.node.insert(&request.set, &request.keys).await;
         let keys = self.count("Insert", start, inserted.map_err(Status::from))?;
         self.metrics.requests.keys_inserted(keys);
         Ok(Response::new(InsertResponse { keys }))

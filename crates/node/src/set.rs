@@ -101,7 +101,7 @@ impl SetSpec {
             fpr: self.fpr,
             hashing: self.hashing.to_string(),
             blocks: geometry.blocks,
-            hash_count: geometry.hashes,
+            hash_count: geometry.hash_count,
             generation: 0,
         }
     }
@@ -116,7 +116,7 @@ impl SetSpec {
         )?;
         let geometry = Geometry {
             blocks: command.blocks,
-            hashes: command.hash_count,
+            hash_count: command.hash_count,
         };
         Ok((spec, geometry))
     }

@@ -23,7 +23,10 @@
 //!   production API; this crate's tests turn it on through a dev-dependency on itself): a
 //!   seeded `sim::Network` (delay, loss, duplication, reordering, partitions) and
 //!   `sim::Cluster` (crashes, restarts, lost disks, a logical clock); `tests/simulation.rs`
-//!   here and in `crates/node` run seeds against it and check the invariants.
+//!   here and in `crates/node` run seeds against it and check the invariants, and
+//!   `tests/scripts.rs` plays cluster stories written as golden scripts against it
+//!   (`tests/scripts/*.txt`: a replica rebuilt after losing its disk, leadership handed back
+//!   to the preferred replica).
 //! - [`driver`]: the async shell: [`Driver::spawn`] runs a [`GroupNode`] in its own loop
 //!   and returns a cloneable [`GroupHandle`] (`step`, `propose`, `read_index`, `rejoin`,
 //!   leadership); the caller supplies a [`Transport`].

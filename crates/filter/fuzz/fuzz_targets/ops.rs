@@ -7,12 +7,12 @@ use leakbloom_filter::{Filter, Geometry};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&[blocks, hashes], rest)) = data.split_first_chunk::<2>() else {
+    let Some((&[blocks, hash_count], rest)) = data.split_first_chunk::<2>() else {
         return;
     };
     let geometry = Geometry {
         blocks: u64::from(blocks % 16) + 1,
-        hashes: u32::from(hashes % 16),
+        hash_count: u32::from(hash_count % 16),
     };
     let Ok(filter) = Filter::new(geometry) else {
         assert!(geometry.validate().is_err());

@@ -27,19 +27,20 @@ type Partitions = Vec<Option<Arc<Partition>>>;
 
 impl Node {
     /// Splits packed key bytes into keys after checking the batch limits.
-    pub(super) fn keys<'a>(&self, keys: &'a [u8]) -> Result<&'a [Key]> {
-        Ok(split_keys(keys, self.config.max_batch)?)
+    pub(super) fn keys<'a>(&self, packed: &'a [u8]) -> Result<&'a [Key]> {
+        Ok(split_keys(packed, self.config.max_batch)?)
     }
 
-    /// Which of `sets` (every set when empty) may contain each key: one bitmap per set. A
+    /// Which of `sets` (every set when empty) may contain each of the `packed` keys: one bitmap
+    /// per set. A
     /// linearizable check first takes a read barrier on every touched shard served here.
     pub async fn check(
         &self,
         sets: &[String],
-        keys: &[u8],
+        packed: &[u8],
         consistency: Consistency,
     ) -> Result<Vec<SetResult>> {
-        let keys = self.keys(keys)?;
+        let keys = self.keys(packed)?;
         let shards = self.config.shards;
         let split = by_shard(keys, shards);
         let touched: Vec<ShardId> = split.iter().map(|(shard, _)| *shard).collect();

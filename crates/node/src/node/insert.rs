@@ -8,20 +8,20 @@ use crate::error::Result;
 use crate::set;
 
 impl Node {
-    /// Adds keys to a set. Returns the number of keys once every touched shard has committed
+    /// Adds the `packed` keys to a set. Returns the number of keys once every touched shard has committed
     /// and applied its part.
-    pub async fn insert(&self, set: &str, keys: bytes::Bytes) -> Result<u64> {
+    pub async fn insert(&self, set: &str, packed: &[u8]) -> Result<u64> {
         set::validate_name(set)?;
-        let parsed = self.keys(&keys)?;
+        let keys = self.keys(packed)?;
         let entry = self.resolve(set, true).await?;
-        let commands = by_shard(parsed, self.config.shards)
+        let commands = by_shard(keys, self.config.shards)
             .into_iter()
             .map(|(shard, positions)| {
                 let command = Command {
                     id: 0,
                     kind: Some(command::Kind::Insert(InsertCommand {
                         set: set.to_string(),
-                        keys: gather(parsed, &positions).into(),
+                        keys: gather(keys, &positions).into(),
                         generation: entry.generation,
                     })),
                 };
@@ -29,6 +29,6 @@ impl Node {
             })
             .collect();
         self.propose_all(commands).await?;
-        Ok(parsed.len() as u64)
+        Ok(keys.len() as u64)
     }
 }

@@ -287,7 +287,7 @@ impl Node {
             estimated_fpr: fpr_sum / held as f64,
             memory_bytes: entry.geometry.memory_bytes() * u64::from(shards),
             shards,
-            hash_count: entry.geometry.hashes,
+            hash_count: entry.geometry.hash_count,
             bits_per_key: all_bits as f64 / spec.capacity as f64,
         }
     }

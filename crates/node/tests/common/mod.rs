@@ -171,7 +171,7 @@ pub async fn insert(node: &Node, set: &str, range: std::ops::Range<u64>) {
         let end = (start + 50).min(range.end);
         let what = format!("keys {start}..{end} are acknowledged");
         let n = eventually(what, PATIENCE, async || {
-            node.insert(set, packed(start..end)).await
+            node.insert(set, &packed(start..end)).await
         })
         .await;
         assert_eq!(n, end - start);
@@ -194,7 +194,7 @@ pub async fn all_present(
     let bitmap = &results[0].present;
     for (i, k) in range.enumerate() {
         assert!(
-            bitmap[i / 8] & (1 << (i % 8)) != 0,
+            leakbloom_cluster::bitmap::get(bitmap, i),
             "node {} lost acknowledged key {k}",
             node.id()
         );
