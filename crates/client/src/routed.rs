@@ -67,7 +67,7 @@ impl Routing {
             deadline,
             hedge: (!linearizable).then_some(spread),
         };
-        let mut merge: Merge<Bytes> = Merge::new(keys, sets);
+        let mut merge: Merge<'_, Bytes> = Merge::new(keys, sets);
         self.route(
             batch,
             |map: &ShardMap, shard| match (linearizable, shard) {

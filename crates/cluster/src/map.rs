@@ -163,14 +163,6 @@ impl ShardMap {
         self.addresses.contains_key(&node) && self.up.contains(&node)
     }
 
-    /// Remembers `leader` as shard `shard`'s leader: a hint a node answered with, which is
-    /// newer than anything the map holds.
-    pub fn learn_leader(&mut self, shard: ShardId, leader: NodeId) {
-        if let Some(entry) = self.shard.get_mut(shard as usize) {
-            entry.leader = Some(leader);
-        }
-    }
-
     /// The node to send shard `shard`'s writes and linearizable reads to: its leader when that
     /// node is reachable, else the first reachable replica (which forwards to the leader, or
     /// answers UNAVAILABLE while there is none).

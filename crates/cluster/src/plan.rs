@@ -114,9 +114,9 @@ pub enum MergeError {
 /// `B` is the answer's bitmap type (`Vec<u8>`, `bytes::Bytes`): a part holding every key is
 /// the answer as it is, without a copy.
 #[derive(Debug)]
-pub struct Merge<B> {
+pub struct Merge<'a, B> {
     keys: usize,
-    asked: Vec<String>,
+    asked: &'a [String],
     state: State<B>,
 }
 
@@ -127,12 +127,12 @@ enum State<B> {
     Scattered(Vec<String>, Vec<Bitmap>),
 }
 
-impl<B: AsRef<[u8]> + From<Vec<u8>>> Merge<B> {
+impl<'a, B: AsRef<[u8]> + From<Vec<u8>>> Merge<'a, B> {
     /// A merge of a check of `keys` keys naming `asked` sets (empty: every set).
-    pub fn new(keys: usize, asked: &[String]) -> Merge<B> {
+    pub fn new(keys: usize, asked: &'a [String]) -> Merge<'a, B> {
         Merge {
             keys,
-            asked: asked.to_vec(),
+            asked,
             state: State::Empty,
         }
     }
@@ -142,7 +142,7 @@ impl<B: AsRef<[u8]> + From<Vec<u8>>> Merge<B> {
         let named = |names: &[String]| {
             answer.len() == names.len() && answer.iter().zip(names).all(|((set, _), n)| set == n)
         };
-        if !self.asked.is_empty() && !named(&self.asked) {
+        if !self.asked.is_empty() && !named(self.asked) {
             return Err(MergeError::OtherSets);
         }
         for (_, bits) in &answer {
