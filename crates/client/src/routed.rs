@@ -1,5 +1,5 @@
 //! The two routed operations: a check merged from its parts, an insert acknowledged by every
-//! part. Shared by the router process and [`crate::Direct`], so both answer the same.
+//! part. Shared by the router process and [`Client::direct`](crate::Client::direct), so both answer the same.
 
 use std::sync::Arc;
 use std::time::Instant;

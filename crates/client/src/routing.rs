@@ -1,6 +1,6 @@
 //! Routing a call over the cluster: the shard map kept fresh, one persistent channel per node,
 //! and each batch split by shard, grouped per node, sent concurrently, merged back into request
-//! order, and retried where it failed. Used by the router process and by [`crate::Direct`], the
+//! order, and retried where it failed. Used by the router process and by [`Client::direct`](crate::Client::direct), the
 //! client that routes itself; the decisions (map, plan, merge, retry policy) are
 //! `leakbloom-cluster`'s, this module carries them out over gRPC.
 //!
