@@ -17,6 +17,10 @@ use crate::wait::blocking::eventually;
 /// its stores on a loaded machine.
 pub const READY_WITHIN: Duration = Duration::from_secs(60);
 
+/// How long a process that exited may take to hand its last log lines over: the pipe closes
+/// when it exits, unless a process it started still holds it.
+const DRAIN_WITHIN: Duration = Duration::from_secs(2);
+
 /// The output stream of a child that [`Proc`] keeps as its log (the other goes nowhere: a
 /// full pipe nobody reads would block the child).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +38,7 @@ pub struct Proc {
     child: Mutex<Child>,
     log: Arc<Mutex<Vec<String>>>,
     /// The thread reading the log; joined once the child has exited, to have every line.
-    reader: Option<JoinHandle<()>>,
+    reader: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl fmt::Debug for Proc {
@@ -76,7 +80,7 @@ impl Proc {
             name,
             child: Mutex::new(child),
             log: lines,
-            reader: Some(reader),
+            reader: Mutex::new(Some(reader)),
         }
     }
 
@@ -116,14 +120,22 @@ impl Proc {
             format_args!("{} logs a line with {marker:?}", self.name),
             READY_WITHIN,
             || {
-                let log = self.log.lock().unwrap();
-                if let Some(line) = log.iter().find(|line| line.contains(marker)) {
-                    return Ok(line.clone());
+                let find = || {
+                    let log = self.log.lock().unwrap();
+                    log.iter().find(|line| line.contains(marker)).cloned()
+                };
+                if let Some(line) = find() {
+                    return Ok(line);
                 }
                 if let Some(status) = self.exited() {
-                    panic!("{} exited ({status}):\n{}", self.name, log.join("\n"));
+                    // Its last lines may still be on their way from the pipe.
+                    self.drain();
+                    if let Some(line) = find() {
+                        return Ok(line);
+                    }
+                    panic!("{} exited ({status}):\n{}", self.name, self.log());
                 }
-                Err(format!("its log:\n{}", log.join("\n")))
+                Err(format!("its log:\n{}", self.log()))
             },
         )
     }
@@ -143,7 +155,7 @@ impl Proc {
     /// What a supervisor does to stop a process (Kubernetes deleting a pod): SIGTERM, then up
     /// to `grace` for it to exit. Returns how it exited and its whole log; panics with the log
     /// if it still runs after `grace`.
-    pub fn terminate(mut self, grace: Duration) -> (ExitStatus, Vec<String>) {
+    pub fn terminate(self, grace: Duration) -> (ExitStatus, Vec<String>) {
         self.signal(libc::SIGTERM);
         let status = eventually(
             format_args!("{} exits after SIGTERM", self.name),
@@ -153,11 +165,24 @@ impl Proc {
                     .ok_or_else(|| format!("still running:\n{}", self.log()))
             },
         );
-        // The log thread ends at the end of the stream, now that the process is gone.
-        if let Some(reader) = self.reader.take() {
+        self.drain();
+        (status, self.lines())
+    }
+
+    /// Once the process has exited: waits (up to [`DRAIN_WITHIN`]) for the log reader to reach
+    /// the end of the stream, so that every line the process wrote is in the log. A process it
+    /// started that keeps the stream open is not waited for longer.
+    fn drain(&self) {
+        let Some(reader) = self.reader.lock().unwrap().take() else {
+            return;
+        };
+        let until = std::time::Instant::now() + DRAIN_WITHIN;
+        while !reader.is_finished() && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if reader.is_finished() {
             reader.join().expect("the log reader does not panic");
         }
-        (status, self.lines())
     }
 
     fn signal(&self, signal: libc::c_int) {
