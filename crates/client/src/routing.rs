@@ -361,13 +361,13 @@ impl Routing {
             tracing::debug!(failures = ?failures, "some nodes did not answer the refresh");
         }
         let old = self.map();
-        if let Some(old) = old.as_deref().filter(|old| !merged.is_newer_than(old)) {
+        if let Some(old) = old.as_ref().filter(|old| !merged.is_newer_than(old)) {
             tracing::debug!(
                 held = old.epoch,
                 answered = merged.epoch,
                 "an older shard map was ignored"
             );
-            return Ok(self.map().expect("held"));
+            return Ok(old.clone());
         }
         if old.as_deref() != Some(&*merged) {
             tracing::info!(
