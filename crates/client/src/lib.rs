@@ -158,14 +158,19 @@ impl Client {
 
     /// A client that routes itself: learns the shard map from `nodes` (client addresses of
     /// any nodes of the cluster; it finds the others) and sends each shard's keys straight to
-    /// a replica. Fails when no node answers.
+    /// a replica. Fails when none of them answers.
     pub async fn direct(nodes: &[String]) -> Result<Client, Error> {
         let first = nodes.first().ok_or_else(|| {
             Error::Route(RouteError::NoMap {
                 reason: "no node address given".into(),
             })
         })?;
-        let mut client = Client::connect(first).await?;
+        // Connected on first use: the first node may be down while the others answer.
+        let mut client = Client {
+            inner: LookupClient::new(channel::lazy(first)?),
+            direct: None,
+            max_batch: DEFAULT_MAX_BATCH,
+        };
         let routing = Arc::new(Routing::new(
             nodes.to_vec(),
             Duration::ZERO,
