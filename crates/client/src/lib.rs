@@ -223,15 +223,11 @@ impl Client {
             fpr,
             hashing: hashing.to_string(),
         };
-        if let Some(direct) = &self.direct {
-            let deadline = Instant::now() + DIRECT_TIMEOUT;
-            let call = |mut node: LookupClient<Channel>| {
-                let request = request.clone();
-                async move { node.create_set(request).await }
-            };
-            return Ok(direct.routing.any_node(deadline, call).await?);
-        }
-        Ok(self.inner.create_set(request).await?.into_inner())
+        self.manage(|mut node| {
+            let request = request.clone();
+            async move { node.create_set(request).await }
+        })
+        .await
     }
 
     /// Drops a set and all its keys.
@@ -239,34 +235,20 @@ impl Client {
         let request = DropSetRequest {
             name: name.to_string(),
         };
-        if let Some(direct) = &self.direct {
-            let deadline = Instant::now() + DIRECT_TIMEOUT;
-            let call = |mut node: LookupClient<Channel>| {
-                let request = request.clone();
-                async move { node.drop_set(request).await }
-            };
-            direct.routing.any_node(deadline, call).await?;
-            return Ok(());
-        }
-        self.inner.drop_set(request).await?;
+        self.manage(|mut node| {
+            let request = request.clone();
+            async move { node.drop_set(request).await }
+        })
+        .await?;
         Ok(())
     }
 
     /// Every set, in name order.
     pub async fn list_sets(&mut self) -> Result<Vec<SetInfo>, Error> {
-        if let Some(direct) = &self.direct {
-            let deadline = Instant::now() + DIRECT_TIMEOUT;
-            let call = |mut node: LookupClient<Channel>| async move {
-                node.list_sets(ListSetsRequest {}).await
-            };
-            return Ok(direct.routing.any_node(deadline, call).await?.sets);
-        }
-        Ok(self
-            .inner
-            .list_sets(ListSetsRequest {})
-            .await?
-            .into_inner()
-            .sets)
+        let listed = self
+            .manage(|mut node| async move { node.list_sets(ListSetsRequest {}).await })
+            .await?;
+        Ok(listed.sets)
     }
 
     /// One set with its statistics.
@@ -274,15 +256,28 @@ impl Client {
         let request = GetSetRequest {
             name: name.to_string(),
         };
-        if let Some(direct) = &self.direct {
-            let deadline = Instant::now() + DIRECT_TIMEOUT;
-            let call = |mut node: LookupClient<Channel>| {
-                let request = request.clone();
-                async move { node.get_set(request).await }
-            };
-            return Ok(direct.routing.any_node(deadline, call).await?);
+        self.manage(|mut node| {
+            let request = request.clone();
+            async move { node.get_set(request).await }
+        })
+        .await
+    }
+
+    /// A set-management call, which any node serves: on the address connected to, or in
+    /// direct mode on one node after another until one answers (retrying until
+    /// [`DIRECT_TIMEOUT`]).
+    async fn manage<T, F, Fut>(&mut self, call: F) -> Result<T, Error>
+    where
+        F: Fn(LookupClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        match &self.direct {
+            Some(direct) => {
+                let deadline = Instant::now() + DIRECT_TIMEOUT;
+                Ok(direct.routing.any_node(deadline, call).await?)
+            }
+            None => Ok(call(self.inner.clone()).await?.into_inner()),
         }
-        Ok(self.inner.get_set(request).await?.into_inner())
     }
 
     /// Inserts keys into a set, in batches of at most `max_batch`. Returns the number of keys

@@ -277,11 +277,6 @@ impl Routing {
         self.spread.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Whether any-replica parts are hedged.
-    pub fn hedges(&self) -> bool {
-        self.hedge.is_some()
-    }
-
     /// The channel to `address`, created (lazily connecting) on first use.
     fn channel(&self, address: &str) -> Result<Channel, Status> {
         let mut channels = self.channels.lock().expect("channels lock");

@@ -47,16 +47,6 @@ impl Bitmap {
         Some(bitmap)
     }
 
-    /// Keys the bitmap covers.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether it covers no key.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Sets bit `i`.
     pub fn set(&mut self, i: usize) {
         debug_assert!(i < self.len, "bit {i} of a bitmap of {}", self.len);

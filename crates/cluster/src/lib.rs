@@ -37,7 +37,7 @@ pub mod retry;
 pub use bitmap::Bitmap;
 pub use consistency::{Consistency, UnknownConsistency};
 pub use key::{shard_of, Key, NodeId, ShardId, KEY_LEN};
-pub use map::{MapError, NodeView, Shard, ShardMap, ShardView};
+pub use map::{MapError, NodeView, ShardMap, ShardView};
 pub use plan::{Merge, MergeError, Plan};
 pub use request::{
     bound_message, check_bits, check_set_count, check_set_name, max_request_bytes, quote,

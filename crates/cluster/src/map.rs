@@ -30,7 +30,7 @@ pub struct NodeView {
     pub shard: Vec<ShardView>,
 }
 
-/// One shard as one node sees it.
+/// One shard as one node sees it, or as a merged map holds it.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct ShardView {
     /// Nodes holding a replica, the preferred leader first.
@@ -40,9 +40,6 @@ pub struct ShardView {
     /// The Raft term that knowledge is from (0: a hint from a node without a replica).
     pub term: u64,
 }
-
-/// One shard's replicas and leader in a merged map.
-pub type Shard = ShardView;
 
 /// The cluster as a router or client last learned it.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,7 +55,7 @@ pub struct ShardMap {
     /// Nodes that answered the last refresh (the others are skipped where a choice exists).
     pub up: BTreeSet<NodeId>,
     /// Indexed by shard.
-    pub shard: Vec<Shard>,
+    pub shard: Vec<ShardView>,
 }
 
 /// Why views could not be merged into a map.
@@ -138,7 +135,7 @@ impl ShardMap {
                     .find(|replicas| !replicas.is_empty())
                     .cloned()
                     .unwrap_or_default();
-                Shard {
+                ShardView {
                     replicas,
                     leader: best.and_then(|view| view.leader),
                     term: best.map_or(0, |view| view.term),

@@ -69,9 +69,17 @@ impl Plan {
 /// The positions of `keys` split by shard, each shard's ascending, shards in order (only
 /// those with keys): how a node splits a batch into one command or check per shard.
 pub fn by_shard(keys: &[Key], shards: u32) -> Vec<(ShardId, Vec<u32>)> {
+    group_by_shard(keys.iter().map(|key| shard_of(key, shards)), shards)
+}
+
+/// [`by_shard`] for keys whose shards are known already: `shard_ids[i]` is key i's shard.
+pub fn group_by_shard(
+    shard_ids: impl IntoIterator<Item = ShardId>,
+    shards: u32,
+) -> Vec<(ShardId, Vec<u32>)> {
     let mut parts: Vec<Vec<u32>> = vec![Vec::new(); shards as usize];
-    for (position, key) in keys.iter().enumerate() {
-        parts[shard_of(key, shards) as usize].push(position as u32);
+    for (position, shard) in shard_ids.into_iter().enumerate() {
+        parts[shard as usize].push(position as u32);
     }
     parts
         .into_iter()

@@ -91,11 +91,6 @@ impl Retry {
         self.started
     }
 
-    /// When the call gives up.
-    pub fn deadline(&self) -> Instant {
-        self.deadline
-    }
-
     /// After a retryable failure at `now`: the pause before the next try, or `None` when the
     /// pause would reach the deadline (give up). Each pause is twice the last, up to the
     /// policy's longest.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::try_join_all;
-use leakbloom_cluster::plan::{by_shard, gather};
+use leakbloom_cluster::plan::{gather, group_by_shard};
 use leakbloom_cluster::{
     check_bits, check_set_count, split_keys, whole_keys, Bitmap, Consistency, Key,
 };
@@ -17,7 +17,7 @@ use super::Node;
 use crate::catalog::Entry;
 use crate::error::{Error, Result};
 use crate::set::{self, Partition};
-use crate::shard::{shard_of_group, ShardId};
+use crate::shard::{shard_of, shard_of_group, ShardId};
 
 /// How many keys ahead a check prefetches filter blocks: the engine's measured batch distance.
 const PREFETCH_DISTANCE: usize = leakbloom_filter::CHECK_PREFETCH_DISTANCE;
@@ -42,7 +42,9 @@ impl Node {
     ) -> Result<Vec<SetResult>> {
         let keys = self.keys(packed)?;
         let shards = self.config.shards;
-        let split = by_shard(keys, shards);
+        // Each key's shard once: the split and the bit loop below both use it.
+        let shard_ids: Vec<ShardId> = keys.iter().map(|key| shard_of(key, shards)).collect();
+        let split = group_by_shard(shard_ids.iter().copied(), shards);
         let touched: Vec<ShardId> = split.iter().map(|(shard, _)| *shard).collect();
         if consistency == Consistency::Linearizable {
             self.read_barrier(touched.iter().copied()).await?;
@@ -50,7 +52,7 @@ impl Node {
         let (entries, partitions) = self.check_partitions(sets, keys.len(), &touched).await?;
         let mut bitmaps: Vec<Bitmap> = partitions
             .iter()
-            .map(|partitions| check_bitmap(partitions, keys, shards))
+            .map(|partitions| check_bitmap(partitions, keys, &shard_ids))
             .collect();
         // Shards without a local replica that answers reads: ask a replica node, then
         // scatter its bits back.
@@ -261,9 +263,13 @@ impl Node {
 /// elsewhere, whose bits stay 0): bit i of the result is set when key i may be present.
 /// Prefetches the block of key `i + PREFETCH_DISTANCE` while checking key `i`, so cache misses
 /// overlap across shards' filters.
-fn check_bitmap(partitions: &[Option<Arc<Partition>>], keys: &[Key], shards: u32) -> Bitmap {
+fn check_bitmap(
+    partitions: &[Option<Arc<Partition>>],
+    keys: &[Key],
+    shard_ids: &[ShardId],
+) -> Bitmap {
     let filter = |i: usize| -> Option<&Filter> {
-        partitions[leakbloom_cluster::shard_of(&keys[i], shards) as usize]
+        partitions[shard_ids[i] as usize]
             .as_ref()
             .map(|p| &p.filter)
     };
