@@ -22,7 +22,7 @@ use leakbloom_proto::internal::v1::{
     SnapshotChunk, StatusRequest, StatusResponse,
 };
 use leakbloom_raft::{
-    ApplyError, Driver, GroupHandle, GroupId, GroupNode, NodeConfig, NodeId, StateMachine, Store,
+    ApplyError, GroupHandle, GroupId, GroupNode, NodeConfig, NodeId, Poller, StateMachine, Store,
 };
 use leakbloom_testkit::{eventually, scratch, within};
 use raft::StateRole;
@@ -197,6 +197,8 @@ struct Member {
     refuse_snapshots: Arc<AtomicUsize>,
     peers: Arc<Peers>,
     probe: Probe,
+    /// The raft loop hosting the replica, while it runs.
+    poller: Option<Poller>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
@@ -260,6 +262,7 @@ impl Cluster {
                     refuse_snapshots,
                     peers,
                     probe: Probe::default(),
+                    poller: None,
                     stop: Some(stop),
                     server: Some(server),
                 },
@@ -286,7 +289,9 @@ impl Cluster {
             self.config.clone(),
         )
         .unwrap();
-        let handle = Driver::spawn(node, member.peers.clone(), TICK);
+        let poller = Poller::start(&format!("n{id}"), member.peers.clone(), TICK);
+        let handle = poller.add(node);
+        member.poller = Some(poller);
         *member.local.replica.write().unwrap() = Some(handle);
     }
 
@@ -295,6 +300,9 @@ impl Cluster {
         let handle = self.members[&id].local.replica.write().unwrap().take();
         let handle = handle.unwrap();
         within("a replica to stop", PATIENCE, handle.shutdown()).await;
+        // The loop holds the store until it stops (a snapshot may be in writing).
+        let poller = self.members[&id].poller.clone().unwrap();
+        within("a raft loop to stop", PATIENCE, poller.shutdown()).await;
     }
 
     /// Stops node `id` outright: its replica, its server, its transport.

@@ -126,18 +126,25 @@
 //! - The simulation crashes nodes between steps, never inside
 //!   [`GroupNode::handle_ready`]; the storage tests cover torn writes.
 
-pub mod driver;
 mod error;
+pub mod group;
+mod handle;
+pub mod host;
 pub mod log;
+mod msg;
 pub mod node;
+pub mod poller;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod storage;
 
-pub use driver::{Driver, GroupHandle, Transport};
 pub use error::{Error, Result};
-pub use node::{ApplyError, GroupNode, Leadership, NodeConfig, Output, StateMachine};
-pub use storage::{GroupStorage, Persist, Store, StoreConfig};
+pub use handle::GroupHandle;
+pub use node::{
+    ApplyError, Collected, GroupNode, Leadership, NodeConfig, Output, SnapshotJob, StateMachine,
+};
+pub use poller::{Poller, Transport};
+pub use storage::{GroupStorage, Persist, Store, StoreConfig, WriteBatch};
 
 /// Identifies a Raft group (one per shard).
 pub type GroupId = u64;

@@ -34,7 +34,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
-use crate::node::{ApplyError, GroupNode, NodeConfig, Output, StateMachine};
+use crate::host;
+use crate::node::{ApplyError, GroupNode, NodeConfig, Output, SnapshotJob, StateMachine};
 use crate::storage::Store;
 use crate::{GroupId, NodeId};
 
@@ -51,6 +52,9 @@ const REJOIN_ASK_MS: u64 = 5 * TICK_MS;
 
 /// Proposal ids at or above this are the cluster's own rejoin requests, never a caller's.
 const REJOIN_PROPOSALS: u64 = 1 << 63;
+/// Most ms a snapshot job takes to write its file (drawn per job from the seed): long enough
+/// for entries to apply and messages to flow while it is written.
+const SNAPSHOT_WRITE_MS: u64 = 30;
 
 /// Network fault rates of a [`Network`].
 #[derive(Debug, Clone)]
@@ -222,6 +226,8 @@ pub struct Cluster<M> {
     rng: StdRng,
     /// Per node, the ms offset of its ticks, so nodes do not tick in lockstep.
     phase: BTreeMap<NodeId, u64>,
+    /// Snapshot jobs being written in the background: node, due time (ms), job.
+    snapshots: Vec<(NodeId, u64, SnapshotJob)>,
 }
 
 impl<M> std::fmt::Debug for Cluster<M> {
@@ -251,6 +257,7 @@ impl<M: StateMachine> Cluster<M> {
             now: 0,
             rng: StdRng::seed_from_u64(seed.rotate_left(17) ^ 0x0c1u64),
             phase: BTreeMap::new(),
+            snapshots: Vec::new(),
         };
         for id in cluster.ids() {
             cluster.nodes.insert(id, None);
@@ -288,11 +295,13 @@ impl<M: StateMachine> Cluster<M> {
         self.nodes.get_mut(&id).and_then(Option::as_mut)
     }
 
-    /// Crashes node `id`: drops it with everything it had not synced.
+    /// Crashes node `id`: drops it with everything it had not synced, and the snapshots it
+    /// was writing.
     pub fn crash(&mut self, id: NodeId) {
         if let Some(slot) = self.nodes.get_mut(&id) {
             *slot = None;
         }
+        self.snapshots.retain(|(node, _, _)| *node != id);
     }
 
     /// Whether every node is up with its replica whole (none rejoining) and the leader counts
@@ -442,8 +451,17 @@ impl<M: StateMachine> Cluster<M> {
                 node.report_snapshot(to, delivered);
             }
         }
-        let mut outputs = Vec::new();
         let now = self.now;
+        let due: Vec<_>;
+        (due, self.snapshots) = std::mem::take(&mut self.snapshots)
+            .into_iter()
+            .partition(|(_, at, _)| *at <= now);
+        for (id, _, job) in due {
+            if let Some(node) = self.node_mut(id) {
+                node.snapshot_written(job.run())?;
+            }
+        }
+        let mut outputs = Vec::new();
         let mut rejoining = Vec::new();
         let mut rejoined = Vec::new();
         for (&id, slot) in &mut self.nodes {
@@ -454,8 +472,17 @@ impl<M: StateMachine> Cluster<M> {
             if (now + self.phase[&id]).is_multiple_of(REJOIN_ASK_MS) && node.rejoin() == Some(0) {
                 rejoining.push(id);
             }
-            if node.has_ready() {
-                let mut out = node.handle_ready()?;
+            // The node's Raft loop does this pass over all its replicas; here it has one.
+            for (_, mut out) in host::pass(&mut [node as &mut dyn host::Replica])? {
+                if let Some(job) = out.snapshot.take() {
+                    // Written in the background: done a seeded while later (or lost with a
+                    // crash), while the replica goes on.
+                    let due = now + self.rng.gen_range(1..=SNAPSHOT_WRITE_MS);
+                    self.snapshots.push((id, due, job));
+                }
+                if out.compacted {
+                    node.storage().store().purge()?;
+                }
                 for message in &out.messages {
                     self.net.send(now, message.clone());
                 }

@@ -45,7 +45,7 @@ use leakbloom_proto::internal::v1::{
     status_response, ShardCheckRequest, ShardCheckResponse, StatusResponse,
 };
 use leakbloom_proto::v1::{NodeAddress, ShardMap, ShardReplicas};
-use leakbloom_raft::{GroupHandle, GroupId, NodeConfig, NodeId, Transport};
+use leakbloom_raft::{GroupHandle, GroupId, NodeConfig, NodeId, Poller, Transport};
 use raft::StateRole;
 
 use crate::catalog::{CatalogState, CATALOG_GROUP};
@@ -102,6 +102,8 @@ pub struct Node {
     config: Config,
     layout: Layout,
     peers: Arc<Peers>,
+    /// The Raft loop hosting every replica of this node.
+    poller: Poller,
     /// This node's filter memory, shared by its shard replicas.
     budget: Arc<Budget>,
     /// Indexed by shard; `None` where this node holds no replica.
@@ -128,6 +130,11 @@ impl Node {
         let existed = record.check(&config.data_dir)?;
         let rebuildable = layout.replication() > 1;
         let (store, store_lost) = open::open_store(&config.data_dir, rebuildable)?;
+        let poller = Poller::start(
+            &format!("n{}", config.id),
+            peers.clone() as Arc<dyn Transport>,
+            Duration::from_millis(config.tick_ms),
+        );
         let opening = open::Opening {
             id: config.id,
             store: &store,
@@ -142,8 +149,7 @@ impl Node {
                 snapshot_log_bytes: config.snapshot_log_bytes,
                 ..NodeConfig::default()
             },
-            transport: peers.clone() as Arc<dyn Transport>,
-            tick: Duration::from_millis(config.tick_ms),
+            poller: &poller,
         };
         let budget = Budget::new(config.filter_memory_limit());
         let mut replicas = Vec::with_capacity(config.shards as usize);
@@ -191,6 +197,7 @@ impl Node {
             config,
             layout,
             peers,
+            poller,
             budget,
             replicas,
             catalog,
@@ -267,9 +274,10 @@ impl Node {
             .filter(|r| r.handle.rejoin_mark().is_none() && r.handle.stalled().is_none())
     }
 
-    /// Stops every local replica and waits until their stores are closed.
+    /// Stops every local replica and the node's Raft loop, and waits until the store is
+    /// closed.
     pub async fn shutdown(&self) {
-        join_all(self.handles().map(|(_, handle)| handle.shutdown())).await;
+        self.poller.shutdown().await;
     }
 
     /// The node that leads `shard`, as far as this node knows.

@@ -8,10 +8,9 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use leakbloom_raft::{
-    Driver, GroupHandle, GroupId, GroupNode, NodeConfig, NodeId, StateMachine, Store, Transport,
+    GroupHandle, GroupId, GroupNode, NodeConfig, NodeId, Poller, StateMachine, Store,
 };
 
 use crate::error::{Error, Result};
@@ -136,8 +135,8 @@ pub(super) struct Opening<'a> {
     pub rebuildable: bool,
     pub data_dir: &'a Path,
     pub node_config: NodeConfig,
-    pub transport: Arc<dyn Transport>,
-    pub tick: Duration,
+    /// The node's Raft loop, which hosts every replica.
+    pub poller: &'a Poller,
 }
 
 impl Opening<'_> {
@@ -226,7 +225,7 @@ impl Opening<'_> {
                 });
             }
         };
-        Ok(Driver::spawn(node, self.transport.clone(), self.tick))
+        Ok(self.poller.add(node))
     }
 }
 

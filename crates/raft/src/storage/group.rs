@@ -11,7 +11,7 @@ use raft_engine::{Command, LogBatch};
 use super::records::{RaftEntries, CONF_STATE_KEY, HARD_STATE_KEY, SNAPSHOT_KEY};
 use super::recovery::LOAD_CHUNK;
 use super::terms::TermRuns;
-use super::Store;
+use super::{Store, WriteBatch};
 use crate::error::Result;
 use crate::GroupId;
 
@@ -64,6 +64,15 @@ pub struct Persist<'a> {
     pub entries: &'a [Entry],
     /// A changed hard state.
     pub hard_state: Option<&'a HardState>,
+}
+
+/// A group's state after the writes staged for it into a [`WriteBatch`], installed by
+/// [`GroupStorage::settle`] once the batch is durable.
+#[derive(Debug)]
+pub struct Staged {
+    next: GroupState,
+    /// The snapshot the staged metadata points at, if it moved: older files go after the write.
+    keep_snapshot: Option<u64>,
 }
 
 /// One group's durable log, hard state, conf state and snapshot; implements
@@ -165,15 +174,42 @@ impl GroupStorage {
         Ok(())
     }
 
-    /// Persists what a Ready asks for in one synced write: snapshot metadata (its data goes to
-    /// a snapshot file first), entries and hard state.
+    /// Persists what a Ready asks for in one synced write of its own: snapshot metadata (its
+    /// data goes to a snapshot file first), entries and hard state. A node hosting many groups
+    /// stages them all into one [`WriteBatch`] instead ([`stage`](Self::stage)).
     pub fn persist(&mut self, persist: Persist<'_>) -> Result<()> {
         if persist.snapshot.is_none() && persist.entries.is_empty() && persist.hard_state.is_none()
         {
             return Ok(());
         }
-        let mut next = self.read().clone();
-        let mut batch = LogBatch::default();
+        let mut batch = WriteBatch::default();
+        let mut staged = self.begin();
+        self.stage(&mut staged, persist, &mut batch)?;
+        self.store.write(self.group, &mut batch.0)?;
+        self.settle(staged).map(drop)
+    }
+
+    /// Starts staging writes of this group into a batch: the state they lead to begins as the
+    /// current one. Stage, write the batch, then [`settle`](Self::settle); nothing else may
+    /// change the group's state in between.
+    pub fn begin(&self) -> Staged {
+        Staged {
+            next: self.read().clone(),
+            keep_snapshot: None,
+        }
+    }
+
+    /// Adds what a Ready asks to persist to `batch`, and its effect to `staged`. A snapshot
+    /// from the leader has its file written (and synced) here, before the metadata that will
+    /// point at it.
+    pub fn stage(
+        &self,
+        staged: &mut Staged,
+        persist: Persist<'_>,
+        batch: &mut WriteBatch,
+    ) -> Result<()> {
+        let next = &mut staged.next;
+        let batch = &mut batch.0;
         if let Some(snapshot) = persist.snapshot {
             // The file first: the metadata must never point at a snapshot that is not there.
             self.store.snapshots.write(self.group, snapshot)?;
@@ -191,6 +227,7 @@ impl GroupStorage {
                 next.hard_state.term = next.hard_state.term.max(meta.term);
                 batch.put_message(self.group, HARD_STATE_KEY.to_vec(), &next.hard_state)?;
             }
+            staged.keep_snapshot = Some(meta.index);
         }
         if let Some(first) = persist.entries.first() {
             let first_index = next.first_index();
@@ -211,15 +248,56 @@ impl GroupStorage {
             batch.put_message(self.group, HARD_STATE_KEY.to_vec(), hs)?;
             next.hard_state = hs.clone();
         }
-        self.store.write(self.group, &mut batch)?;
-        let snapshot_index = next.snapshot.index;
-        *self.state.write().expect("group state lock poisoned") = next;
-        if persist.snapshot.is_some() {
-            self.store
-                .snapshots
-                .remove(self.group, Some(snapshot_index))?;
-        }
         Ok(())
+    }
+
+    /// Adds to `batch` the compaction of the log up to a snapshot this replica took and whose
+    /// file is already durable ([`Store::write_snapshot_file`]): the log's metadata moves to
+    /// it and the entries it covers go. Its index must be applied (so committed) and in the
+    /// log; a commit index below it is raised with it. Does nothing for a snapshot no newer
+    /// than the stored one.
+    pub fn stage_compaction(
+        &self,
+        staged: &mut Staged,
+        meta: &SnapshotMetadata,
+        batch: &mut WriteBatch,
+    ) -> Result<()> {
+        let next = &mut staged.next;
+        if meta.index <= next.snapshot.index {
+            return Ok(());
+        }
+        let batch = &mut batch.0;
+        if meta.index > next.hard_state.commit {
+            // The snapshot holds applied (so committed) entries whose commit index is not
+            // durable yet: a restart must not start below the snapshot.
+            next.hard_state.commit = meta.index;
+            batch.put_message(self.group, HARD_STATE_KEY.to_vec(), &next.hard_state)?;
+        }
+        batch.put_message(self.group, SNAPSHOT_KEY.to_vec(), meta)?;
+        batch.add_command(
+            self.group,
+            Command::Compact {
+                index: meta.index + 1,
+            },
+        );
+        next.snapshot = meta.clone();
+        next.terms.compact(meta.index + 1);
+        staged.keep_snapshot = Some(meta.index);
+        Ok(())
+    }
+
+    /// Installs the state a written batch led to, and removes snapshot files older than the
+    /// one the log now points at (a newer one's metadata is durable now). Returns whether the
+    /// log moved to a newer snapshot (so old log files may be purged).
+    pub fn settle(&mut self, staged: Staged) -> Result<bool> {
+        *self.state.write().expect("group state lock poisoned") = staged.next;
+        if let Some(keep) = staged.keep_snapshot {
+            // A request for a fresher snapshot made while this one was written is served by
+            // this one or asked again.
+            self.snapshot_wanted.store(false, Ordering::Relaxed);
+            self.store.snapshots.remove(self.group, Some(keep))?;
+        }
+        Ok(staged.keep_snapshot.is_some())
     }
 
     /// Appends entries (a [`persist`](Self::persist) with entries only).
@@ -251,21 +329,30 @@ impl GroupStorage {
     }
 
     /// Stores a snapshot the local state machine took at applied index `index` with `data`,
-    /// then drops log entries up to `index`. `index` must be applied (so committed) and in the
-    /// log.
+    /// then drops log entries up to `index`, all at once (a node takes snapshots in the
+    /// background instead: [`snapshot_at`](Self::snapshot_at), then
+    /// [`stage_compaction`](Self::stage_compaction) once its file is written). `index` must be
+    /// applied (so committed) and in the log.
     pub fn compact(&mut self, index: u64, data: Vec<u8>) -> Result<()> {
-        let mut next = self.read().clone();
-        if index <= next.snapshot.index {
+        if index <= self.read().snapshot.index {
             return Ok(());
         }
-        let term = next
+        let snapshot = self.snapshot_at(index, data);
+        self.store.write_snapshot_file(self.group, &snapshot)?;
+        let mut batch = WriteBatch::default();
+        let mut staged = self.begin();
+        self.stage_compaction(&mut staged, snapshot.get_metadata(), &mut batch)?;
+        self.store.write(self.group, &mut batch.0)?;
+        self.settle(staged).map(drop)
+    }
+
+    /// A snapshot of this group at `index` (applied, so committed, and in the log) holding the
+    /// state machine's `data`, with the metadata the log will record for it.
+    pub fn snapshot_at(&self, index: u64, data: Vec<u8>) -> Snapshot {
+        let state = self.read();
+        let term = state
             .term(index)
-            .unwrap_or_else(|| panic!("group {}: compact to {index} outside the log", self.group));
-        assert!(
-            index <= next.hard_state.commit,
-            "group {}: compact to uncommitted index {index}",
-            self.group
-        );
+            .unwrap_or_else(|| panic!("group {}: snapshot at {index} outside the log", self.group));
         let mut snapshot = Snapshot {
             data: data.into(),
             ..Default::default()
@@ -273,16 +360,8 @@ impl GroupStorage {
         let meta = snapshot.mut_metadata();
         meta.index = index;
         meta.term = term;
-        meta.set_conf_state(next.conf_state.clone());
-        self.store.snapshots.write(self.group, &snapshot)?;
-        let mut batch = LogBatch::default();
-        batch.put_message(self.group, SNAPSHOT_KEY.to_vec(), snapshot.get_metadata())?;
-        batch.add_command(self.group, Command::Compact { index: index + 1 });
-        self.store.write(self.group, &mut batch)?;
-        next.snapshot = snapshot.take_metadata();
-        next.terms.compact(index + 1);
-        *self.state.write().expect("group state lock poisoned") = next;
-        self.store.snapshots.remove(self.group, Some(index))
+        meta.set_conf_state(state.conf_state.clone());
+        snapshot
     }
 
     /// The newest snapshot with its data, verified against its checksum.

@@ -75,5 +75,5 @@ mod terms;
 #[cfg(test)]
 mod testing;
 
-pub use group::{GroupStorage, Persist};
-pub use store::{Store, StoreConfig};
+pub use group::{GroupStorage, Persist, Staged};
+pub use store::{Store, StoreConfig, WriteBatch};

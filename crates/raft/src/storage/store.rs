@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use raft::eraftpb::Snapshot;
 use raft_engine::{Command, Engine, LogBatch, ReadableSize};
 
 use super::block_cache::BlockCacheOwner;
@@ -49,6 +50,22 @@ impl Default for StoreConfig {
             target_file_size: 16 << 20,
             purge_threshold: 128 << 20,
         }
+    }
+}
+
+/// Records of many groups staged for one synced write ([`Store::write_batch`]).
+#[derive(Debug, Default)]
+pub struct WriteBatch(pub(super) LogBatch);
+
+impl WriteBatch {
+    /// Whether nothing is staged.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Bytes staged so far (before raft-engine's framing).
+    pub fn approximate_size(&self) -> usize {
+        self.0.approximate_size()
     }
 }
 
@@ -139,13 +156,34 @@ impl Store {
         groups
     }
 
-    /// Writes `batch` durably: stamps it with the next sequence number, writes it with
-    /// `fdatasync`, then records the number in the sync marker. Blocks for the fsync.
-    pub(crate) fn write(&self, group: GroupId, batch: &mut LogBatch) -> Result<()> {
+    /// Writes `batch` durably: stamps it with the next sequence number (recorded under
+    /// `writer`'s key), writes it with `fdatasync`, then records the number in the sync
+    /// marker. Blocks for the fsync.
+    pub(crate) fn write(&self, writer: GroupId, batch: &mut LogBatch) -> Result<()> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        batch.put(META_GROUP, seq_key(group), seq.to_be_bytes().to_vec())?;
+        batch.put(META_GROUP, seq_key(writer), seq.to_be_bytes().to_vec())?;
         self.engine.write(batch, true)?;
         self.marker.raise(seq)
+    }
+
+    /// Writes every group's staged records in `batch` at once, with one `fdatasync` (see
+    /// [`GroupStorage::stage`]); an empty batch writes nothing. Blocks for the fsync. Call it
+    /// from one thread per store (the node's Raft loop): its sequence numbers are recorded
+    /// under one key, which must only grow.
+    pub fn write_batch(&self, batch: &mut WriteBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.write(META_GROUP, &mut batch.0)?;
+        batch.0 = LogBatch::default();
+        Ok(())
+    }
+
+    /// Writes a snapshot this node took of group `group` to its file, synced, without
+    /// touching the log: [`GroupStorage::stage_compaction`] points the log at it afterwards.
+    /// Blocks for the write and fsync (a whole state machine): run it off the Raft loop.
+    pub fn write_snapshot_file(&self, group: GroupId, snapshot: &Snapshot) -> Result<()> {
+        self.snapshots.write(group, snapshot)
     }
 
     /// Frees log files whose entries every group has compacted away. Returns groups that

@@ -49,13 +49,19 @@ use std::collections::BTreeMap;
 use protobuf::Message as _;
 use raft::eraftpb::{
     ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType,
-    Message, MessageType, Snapshot,
+    Message, MessageType,
 };
 use raft::{RawNode, StateRole};
 
 use crate::error::{Error, Result};
-use crate::storage::{GroupStorage, Persist};
+use crate::storage::GroupStorage;
 use crate::{GroupId, NodeId};
+
+mod ready;
+mod snapshot;
+
+pub use ready::Collected;
+pub use snapshot::SnapshotJob;
 
 /// An opaque, deterministic state machine driven by committed entries.
 ///
@@ -179,6 +185,12 @@ pub struct Output {
     pub reads: Vec<(Vec<u8>, u64)>,
     /// Set when the role or the known leader changed.
     pub leadership: Option<Leadership>,
+    /// A snapshot to write in the background; report the outcome with
+    /// [`GroupNode::snapshot_written`].
+    pub snapshot: Option<SnapshotJob>,
+    /// The log moved to a newer snapshot in this Ready: log files may be freed
+    /// ([`Store::purge`](crate::Store::purge), off the loop).
+    pub compacted: bool,
 }
 
 /// A proposal made on this replica, waiting for its entry to be applied.
@@ -230,6 +242,12 @@ pub struct GroupNode<M> {
     stall: Option<Stall>,
     /// A stalled replica's next attempt is due (set by [`tick`](Self::tick)).
     retry_due: bool,
+    /// A commit index the light ready advanced, written with the next batch.
+    unsaved_commit: Option<u64>,
+    /// A snapshot job of this replica is being written.
+    snapshotting: bool,
+    /// A snapshot whose file is written: the log is compacted to it in the next batch.
+    compaction: Option<raft::eraftpb::SnapshotMetadata>,
 }
 
 impl<M> std::fmt::Debug for GroupNode<M> {
@@ -356,6 +374,9 @@ impl<M: StateMachine> GroupNode<M> {
             leadership,
             stall,
             retry_due: false,
+            unsaved_commit: None,
+            snapshotting: false,
+            compaction: None,
         })
     }
 
@@ -730,162 +751,11 @@ impl<M: StateMachine> GroupNode<M> {
 
     /// Whether [`handle_ready`](Self::handle_ready) has anything to do.
     pub fn has_ready(&self) -> bool {
-        self.raw.has_ready() || self.raw.store().snapshot_wanted() || self.retry_due
-    }
-
-    /// Processes one Ready in raft-rs's documented order and returns what the caller must
-    /// send and answer. Persists with `fdatasync` (blocking): call it off any async runtime.
-    /// An error (a failed write) leaves the node mid-Ready: drop it and restart it from its
-    /// store.
-    pub fn handle_ready(&mut self) -> Result<Output> {
-        let mut out = Output::default();
-        if std::mem::take(&mut self.retry_due) {
-            self.resume(&mut out)?;
-        }
-        if !self.raw.has_ready() {
-            self.maybe_compact()?;
-            return Ok(out);
-        }
-        let mut ready = self.raw.ready();
-
-        // Role and leader as of this Ready; handled after the committed entries so proposals
-        // that did commit get their real result.
-        let soft = ready.ss().map(|soft| (soft.raft_state, soft.leader_id));
-
-        // 1. Messages that may be sent before persisting (a leader's appends and heartbeats):
-        //    sending them now overlaps the followers' writes with ours.
-        out.messages.extend(ready.take_messages());
-
-        // 2. A snapshot from the leader: restore the state machine and persist the snapshot
-        //    (it replaces the log) before applying anything after it.
-        if !ready.snapshot().is_empty() {
-            let snapshot = ready.snapshot().clone();
-            self.apply_snapshot(&snapshot, &mut out)?;
-        }
-
-        // 3. Committed entries (already durable in the log): apply them in order.
-        let committed = ready.take_committed_entries();
-        self.apply_entries(committed, &mut out)?;
-
-        // Leadership: note role and leader changes; a leader that lost its role fails all its
-        // pending proposals (they may still commit under the next leader; callers retry,
-        // commands are idempotent).
-        if let Some((role, leader)) = soft {
-            self.note_leadership(role, leader, &mut out);
-        }
-
-        // 4 + 5. New entries and a changed hard state, in one synced write (one fsync).
-        self.raw.mut_store().persist(Persist {
-            snapshot: None,
-            entries: ready.entries(),
-            hard_state: ready.hs(),
-        })?;
-
-        // 6. Messages that must wait until the above is durable (votes, append responses).
-        out.messages.extend(ready.take_persisted_messages());
-
-        // Read states: the caller answers each once `applied` reaches its index.
-        out.reads.extend(
-            ready
-                .take_read_states()
-                .into_iter()
-                .map(|rs| (rs.request_ctx, rs.index)),
-        );
-
-        // 7. Advance, then handle the light ready: a commit index advanced by our own write
-        //    (persist it, so a restart never applies beyond the durable commit), more messages
-        //    and more committed entries.
-        let mut light = self.raw.advance_append(ready);
-        if let Some(commit) = light.commit_index() {
-            let mut hs = self.raw.store().hard_state();
-            hs.commit = commit;
-            self.raw.mut_store().set_hard_state(&hs)?;
-        }
-        out.messages.extend(light.take_messages());
-        self.apply_entries(light.take_committed_entries(), &mut out)?;
-        self.advance_apply();
-        self.readd_removed(&mut out);
-        self.finish_rejoin()?;
-
-        // 8. Compaction policy: snapshot the state machine and drop the applied log prefix,
-        //    every `snapshot_entries` or once the log reaches its byte budget, or now when a
-        //    follower needs a snapshot the stored one cannot serve.
-        self.maybe_compact()?;
-        Ok(out)
-    }
-
-    fn note_leadership(&mut self, role: StateRole, leader: u64, out: &mut Output) {
-        let now = Leadership {
-            role,
-            leader: (leader != 0).then_some(leader),
-            term: self.raw.raft.term,
-        };
-        if now.role == self.leadership.role && now.leader == self.leadership.leader {
-            return;
-        }
-        if self.leadership.role == StateRole::Leader && role != StateRole::Leader {
-            let pending = std::mem::take(&mut self.pending);
-            for p in pending.into_values() {
-                out.results.push((
-                    p.id,
-                    Err(Error::NotLeader {
-                        group: self.group,
-                        leader: now.leader,
-                    }),
-                ));
-            }
-        }
-        // A known leader is news for operators; the candidate steps before it are not.
-        if now.leader.is_some() {
-            tracing::info!(
-                group = self.group,
-                node = self.id,
-                role = ?role,
-                leader,
-                term = now.term,
-                "leadership changed"
-            );
-        } else {
-            tracing::debug!(
-                group = self.group,
-                node = self.id,
-                role = ?role,
-                term = now.term,
-                "leadership changed"
-            );
-        }
-        self.leadership = now;
-        out.leadership = Some(now);
-    }
-
-    fn apply_snapshot(&mut self, snapshot: &Snapshot, out: &mut Output) -> Result<()> {
-        let meta = snapshot.get_metadata();
-        // A corrupt snapshot is refused before it replaces the log; one this replica cannot
-        // hold now is stored all the same (it is the leader's, and valid) and restored later.
-        let restored = match self.machine.restore(&snapshot.data) {
-            Ok(()) => Ok(()),
-            Err(ApplyError::Rejected(reason)) => {
-                return Err(Error::SnapshotCorrupt {
-                    path: self.raw.store().store().dir().join("snap"),
-                    reason: format!("snapshot from the leader at index {}: {reason}", meta.index),
-                })
-            }
-            Err(ApplyError::Stalled(reason)) => Err(reason),
-        };
-        self.raw.mut_store().persist(Persist {
-            snapshot: Some(snapshot),
-            ..Default::default()
-        })?;
-        self.snapshot_bytes = snapshot.data.len() as u64;
-        match restored {
-            Ok(()) => self.restored(meta.index, out),
-            Err(reason) => {
-                self.stall_at(reason, true);
-                // Nothing at or below the snapshot will be applied from the log any more.
-                self.fail_pending_to(meta.index, out);
-            }
-        }
-        Ok(())
+        self.raw.has_ready()
+            || self.raw.store().snapshot_wanted() && !self.snapshotting
+            || self.retry_due
+            || self.unsaved_commit.is_some()
+            || self.compaction.is_some()
     }
 
     /// The state machine now holds the snapshot at `index`: it is applied, and a stall (of an
@@ -1058,59 +928,6 @@ impl<M: StateMachine> GroupNode<M> {
         self.raw
             .propose_conf_change(id.to_be_bytes().to_vec(), change)?;
         self.track(id, before);
-        Ok(())
-    }
-
-    /// The snapshot policy: snapshots the state machine and compacts the log when a follower
-    /// wants a snapshot newer than the stored one, or by entries (`snapshot_entries`, once the
-    /// log is `snapshot_log_ratio` times the last snapshot), or by bytes (the log reached its
-    /// budget, `max(snapshot_log_ratio × last snapshot, snapshot_log_bytes)`); see
-    /// [`NodeConfig`]. Then frees the log files no group needs any more.
-    fn maybe_compact(&mut self) -> Result<()> {
-        if self.stall.as_ref().is_some_and(|stall| stall.restore) {
-            // The state machine is not at any index of this log.
-            return Ok(());
-        }
-        // Log bytes an entry takes beyond its command: its index, term and proposal id, and its
-        // share of a write's framing, hard state and sequence record (measured: single-key
-        // inserts, one entry a write, took 200 bytes of log each on leader and follower for a
-        // 43-byte command). Without it, tiny entries would fill five times the byte budget.
-        const ENTRY_LOG_OVERHEAD: u64 = 160;
-        let storage = self.raw.store();
-        let snapshot_index = storage.snapshot_metadata().index;
-        let commit = storage.hard_state().commit;
-        let index = self.applied.min(commit);
-        let wanted = storage.take_snapshot_wanted() && index > snapshot_index;
-        // 0..=7 by group and node id: spreads the snapshots of a node's replicas (and of a
-        // group's) over time.
-        let spread = (self.group * 7 + self.id * 3) % 8;
-        let entries = self.config.snapshot_entries.max(1);
-        let ratio_bytes = self.config.snapshot_log_ratio * self.snapshot_bytes as f64;
-        let by_entries = index >= snapshot_index + entries + entries * spread / 16
-            && self.applied_bytes as f64 >= ratio_bytes;
-        let budget = (ratio_bytes as u64).max(self.config.snapshot_log_bytes);
-        let logged = self.applied_bytes + index.saturating_sub(snapshot_index) * ENTRY_LOG_OVERHEAD;
-        let by_bytes = self.config.snapshot_log_bytes > 0
-            && index > snapshot_index
-            && logged >= budget - budget / 32 * spread;
-        if !wanted && !by_entries && !by_bytes {
-            return Ok(());
-        }
-        let data = self.machine.snapshot();
-        let bytes = data.len() as u64;
-        self.raw.mut_store().compact(index, data)?;
-        self.applied_bytes = 0;
-        self.snapshot_bytes = bytes;
-        self.raw.store().store().purge()?;
-        tracing::debug!(
-            group = self.group,
-            node = self.id,
-            index,
-            logged,
-            budget,
-            by_bytes,
-            "log compacted"
-        );
         Ok(())
     }
 

@@ -1,4 +1,4 @@
-//! The async driver with real tokio, real on-disk stores and an in-memory transport: elections
+//! A node's Raft loop hosting one replica per node, with real tokio, real on-disk stores and an in-memory transport: elections
 //! and commits, leader hints, ordering under concurrent proposals, batched linearizable reads,
 //! leader failure and restart from disk.
 
@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use leakbloom_raft::sim::Register;
 use leakbloom_raft::{
-    ApplyError, Driver, Error, GroupHandle, GroupId, GroupNode, NodeConfig, NodeId, StateMachine,
-    Store, Transport,
+    ApplyError, Error, GroupHandle, GroupId, GroupNode, NodeConfig, NodeId, Poller,
+    StateMachine, Store, Transport,
 };
 use leakbloom_testkit::{eventually, scratch, within};
 use raft::eraftpb::{Message, MessageType};
@@ -90,6 +90,7 @@ struct Cluster {
     dir: tempfile::TempDir,
     net: Arc<Net>,
     probes: BTreeMap<NodeId, Probe>,
+    pollers: BTreeMap<NodeId, Poller>,
 }
 
 const VOTERS: [NodeId; 3] = [1, 2, 3];
@@ -101,6 +102,7 @@ impl Cluster {
             dir: scratch(),
             net: Arc::new(Net::default()),
             probes: BTreeMap::new(),
+            pollers: BTreeMap::new(),
         }
     }
 
@@ -121,7 +123,9 @@ impl Cluster {
             config,
         )
         .unwrap();
-        let handle = Driver::spawn(node, self.net.clone(), TICK);
+        let poller = Poller::start(&format!("n{id}"), self.net.clone(), TICK);
+        let handle = poller.add(node);
+        self.pollers.insert(id, poller);
         self.net.handles.lock().unwrap().insert(id, handle.clone());
         self.probes.insert(id, probe);
         handle
@@ -138,6 +142,8 @@ impl Cluster {
         let handle = self.net.handles.lock().unwrap().remove(&id).unwrap();
         handle.shutdown().await;
         assert!(handle.is_stopped());
+        // The store closes with the loop (a snapshot may be in writing).
+        self.pollers.remove(&id).unwrap().shutdown().await;
     }
 
     fn handle(&self, id: NodeId) -> GroupHandle {
@@ -370,7 +376,7 @@ async fn read_without_a_leader_times_out_retryably() {
         .unwrap_err();
     assert!(error.is_retryable(), "{error}");
     assert!(
-        start.elapsed() >= TICK * leakbloom_raft::driver::READ_TIMEOUT_TICKS,
+        start.elapsed() >= TICK * leakbloom_raft::group::READ_TIMEOUT_TICKS,
         "failed before the timeout: {:?}",
         start.elapsed()
     );
@@ -386,10 +392,12 @@ async fn read_without_a_leader_times_out_retryably() {
         "a stopped group accepts no messages"
     );
 
-    // Dropping every handle stops a group too: its leadership channel closes.
+    // Dropping every handle of the loop and its replicas stops it too: the replica's leadership
+    // channel closes.
     let restarted = cluster.start(1);
     let mut leadership = restarted.watch_leadership();
     cluster.net.handles.lock().unwrap().clear();
+    cluster.pollers.clear();
     drop(restarted);
     within("the group to stop", PATIENCE, async {
         while leadership.changed().await.is_ok() {}
