@@ -243,7 +243,8 @@ impl<M: StateMachine + Send + 'static> Hosted for Group<M> {
             }
             Request::Read(reply) => {
                 let deadline = now + self.tick * READ_TIMEOUT_TICKS;
-                self.pending.insert(self.next_read, Read { deadline, reply });
+                self.pending
+                    .insert(self.next_read, Read { deadline, reply });
                 self.next_read += 1;
             }
         }

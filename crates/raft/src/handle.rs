@@ -108,8 +108,8 @@ impl GroupHandle {
     pub fn step(&self, message: Message) -> bool {
         !self.is_stopped()
             && (self.shared.inbound.messages)
-            .try_send((self.shared.group, message))
-            .is_ok()
+                .try_send((self.shared.group, message))
+                .is_ok()
     }
 
     /// Tells the group that `peer` could not be reached (the leader then probes it gently).
@@ -131,7 +131,11 @@ impl GroupHandle {
         self.request(Request::Command(command, reply), answer).await
     }
 
-    async fn request<T>(&self, request: Request, answer: oneshot::Receiver<Result<T>>) -> Result<T> {
+    async fn request<T>(
+        &self,
+        request: Request,
+        answer: oneshot::Receiver<Result<T>>,
+    ) -> Result<T> {
         let sent = (self.shared.inbound.requests)
             .send((self.shared.group, request))
             .await;

@@ -1,6 +1,6 @@
 //! leakbloom's layer over [raft-rs](https://docs.rs/raft/0.7) (tikv's Raft, `protobuf-codec`):
 //! durable log storage for many Raft groups, a synchronous group node that applies committed
-//! entries to an opaque [`StateMachine`], an async driver that runs it, and (behind the `sim`
+//! entries to an opaque [`StateMachine`], one Raft loop per node that runs all of a node's replicas, and (behind the `sim`
 //! feature) a deterministic in-process cluster for tests. It knows nothing of filters, shards
 //! or gRPC: commands are bytes.
 //!
@@ -11,58 +11,68 @@
 //!   concern: the store and its write path, a group's storage, the rejoin mark, snapshot
 //!   files, the sync marker, the recovery checks, the block cache guard.
 //! - [`node`]: [`GroupNode`], a [`raft::RawNode`] with `tick`, `step`, `propose`,
-//!   `read_index` and one [`GroupNode::handle_ready`] that returns an [`Output`] (messages,
-//!   results by proposal id, read states, leadership) instead of doing network I/O; the
-//!   [`StateMachine`] trait; rebuilding a replica that lost its data from its peers
-//!   (the [`node`] docs: rejoin mark, remove and re-add as a learner, promotion), and
-//!   stalling a replica whose state machine cannot apply an entry for want of a local
-//!   resource ([`ApplyError::Stalled`]; the [`node`] docs, "Stalled replicas"); a leader
-//!   adding back missing members, promoting caught-up learners and handing leadership back to
-//!   the group's preferred replica (the first of its members; [`node::LEADER_TRANSFER_TICKS`]).
+//!   `read_index` and a Ready handled in two halves around a write shared with the node's
+//!   other replicas ([`GroupNode::collect`] stages into a [`WriteBatch`],
+//!   [`GroupNode::persisted`] finishes; `node/ready.rs`), returning an [`Output`] (messages,
+//!   results by proposal id, read states, leadership, a snapshot job) instead of doing I/O;
+//!   the snapshot policy and [`SnapshotJob`] (`node/snapshot.rs`); the [`StateMachine`]
+//!   trait; rebuilding a replica that lost its data from its peers (the [`node`] docs: rejoin
+//!   mark, remove and re-add as a learner, promotion), and stalling a replica whose state
+//!   machine cannot apply an entry for want of a local resource ([`ApplyError::Stalled`]; the
+//!   [`node`] docs, "Stalled replicas"); a leader adding back missing members, promoting
+//!   caught-up learners and handing leadership back to the group's preferred replica (the
+//!   first of its members; [`node::LEADER_TRANSFER_TICKS`]).
+//! - [`host`]: one pass over every replica of a node: collect, one synced write, finish.
+//!   The node's loop and the simulation both run it.
 //! - `sim`, only with the cargo feature `sim` (off by default, so it is no part of the
 //!   production API; this crate's tests turn it on through a dev-dependency on itself): a
 //!   seeded `sim::Network` (delay, loss, duplication, reordering, partitions) and
-//!   `sim::Cluster` (crashes, restarts, lost disks, a logical clock); `tests/simulation.rs`
-//!   here and in `crates/node` run seeds against it and check the invariants, and
-//!   `tests/scripts.rs` plays cluster stories written as golden scripts against it
-//!   (`tests/scripts/*.txt`: a replica rebuilt after losing its disk, leadership handed back
-//!   to the preferred replica).
-//! - [`driver`]: the async shell: [`Driver::spawn`] runs a [`GroupNode`] in its own loop
-//!   and returns a cloneable [`GroupHandle`] (`step`, `propose`, `read_index`, `rejoin`,
-//!   leadership); the caller supplies a [`Transport`].
+//!   `sim::Cluster` (crashes, restarts, lost disks, a logical clock; each node's Ready goes
+//!   through [`host::pass`], and snapshot jobs finish a seeded while later or die with a
+//!   crash); `tests/simulation.rs` here and in `crates/node` run seeds against it and check
+//!   the invariants, and `tests/scripts.rs` plays cluster stories written as golden scripts
+//!   against it (`tests/scripts/*.txt`: a replica rebuilt after losing its disk, leadership
+//!   handed back to the preferred replica).
+//! - [`poller`]: the async shell, one per node: [`Poller::start`] runs a thread with one
+//!   `select!` loop that hosts every replica of the node ([`Poller::add`] returns a
+//!   cloneable [`GroupHandle`]: `step`, `propose`, `read_index`, `rejoin`, leadership) and a
+//!   snapshot thread that writes snapshot files and purges the log; the caller supplies a
+//!   [`Transport`]. `group.rs` holds one hosted replica's waiting proposals and batched
+//!   ReadIndex reads, `handle.rs` the handle, `msg.rs` what travels into the loop.
 //! - [`log`]: raft-rs logs through slog; [`log::TracingDrain`] forwards it to `tracing`.
 //! - `examples/append_throughput.rs`: synced append throughput of the store.
 //!
 //! # The Ready order
-//! [`GroupNode::handle_ready`] follows raft-rs's documented order: (1) take the messages that
-//! may go out before persisting; (2) apply a snapshot from the leader (restore the state
-//! machine, persist the snapshot, which replaces the log); (3) apply committed entries, each
-//! answering the local proposal at its index, matched by the proposal id carried in the
-//! entry's context and by term; (4+5) append new entries and persist a changed hard state in
-//! one synced write; (6) take the messages that must wait for persistence (votes, append
-//! responses); (7) `advance`, persist a commit index the light ready advanced, take its
-//! messages and apply its committed entries, `advance_apply`; then compact by policy. A leader
-//! that loses its role fails every pending proposal with the retryable
-//! [`Error::NotLeader`].
+//! A Ready follows raft-rs's documented order, split around the write: [`GroupNode::collect`]
+//! (1) takes the messages that may go out before persisting; (2) applies a snapshot from the
+//! leader (restore the state machine, persist the snapshot, which replaces the log); (3)
+//! applies committed entries, each answering the local proposal at its index, matched by the
+//! proposal id carried in the entry's context and by term; (4+5) stages new entries and a
+//! changed hard state into the node's batch. The batch is written once for every replica of
+//! the pass. [`GroupNode::persisted`] then (6) takes the messages that must wait for
+//! persistence (votes, append responses); (7) `advance`s, takes the light ready's messages
+//! and applies its committed entries (its commit index is written with the next batch),
+//! `advance_apply`; then runs the snapshot policy. A leader that loses its role fails every
+//! pending proposal with the retryable [`Error::NotLeader`].
 //!
-//! # Driver
-//! Each replica runs on a dedicated std thread that owns its [`GroupNode`] and runs one
-//! `select!` loop on a current-thread tokio runtime: ticks, inbound messages, proposals,
-//! batched ReadIndex reads and shutdown go in; after each event it handles Readies until none
-//! is left, sends messages through the [`Transport`] and answers callers through oneshots.
-//! The blocking, synced writes of [`GroupNode::handle_ready`] thus run on that thread, never on
-//! the caller's runtime (which may be of either flavour); the cost is a thread per replica and
-//! at least one fsync per group per Ready.
+//! # The Raft loop
+//! Every replica of a node runs on one thread ([`poller`]): a current-thread tokio runtime
+//! whose `select!` takes ticks, inbound messages, proposals, reads, reports and control; after
+//! each wake-up it takes what else is queued and runs passes ([`host`]) until no replica has a
+//! Ready. A pass writes every replica's entries and hard states in one raft-engine write with
+//! one `fdatasync`, so a node's fsyncs per second do not grow with the replicas it hosts, and
+//! proposals arriving during a write share the next one. The caller's runtime (of either
+//! flavour) never runs a blocking write. Snapshot files are written on a second thread.
 //!
 //! # Fsync discipline
 //! Every write goes through one store-wide path: one raft-engine batch, written with
-//! `fdatasync` before the call returns. Nothing leaves [`GroupNode::handle_ready`] that depends
+//! `fdatasync` before the call returns. Nothing leaves [`GroupNode::persisted`] that depends
 //! on a write that has not returned: persisted messages (votes, acknowledgements) are taken
 //! after the write, so a quorum's acknowledgement means a quorum's disks. A snapshot file
 //! (named by group and index) is written to a temporary file, fsynced, renamed, and the
-//! directory fsynced, before the metadata that points at it; older files go only after the
-//! metadata moved on. Writes block: async callers run them off the runtime.
-//!
+//! directory fsynced, before the metadata that points at it is staged; older files go only
+//! after the metadata moved on. Writes block: async callers run them off the runtime.
+
 //! # Disk bound
 //! Each group's log is bounded in bytes ([`NodeConfig::snapshot_log_bytes`]): once the log
 //! written since its last snapshot (commands plus ~160 bytes an entry) reaches its budget
@@ -101,7 +111,7 @@
 //! - raft-engine 0.4.2 caches the last entries block each thread read, keyed by file, offset
 //!   and length but not by engine, so a thread reading two stores could get one store's entry
 //!   from the other's block. The store fences the cache whenever another store reads on a
-//!   thread; a running node never needs it (each group reads its own store on its own thread),
+//!   thread; a running node never needs it (its replicas read their one store on its Raft loop's thread),
 //!   the simulation (every node on one thread) and a process hosting several nodes do (see
 //!   [`storage`]).
 //! - raft-rs 0.7 decodes messages with protobuf 2.28, which has RUSTSEC-2024-0437 (stack
@@ -109,22 +119,23 @@
 //!   the peer port that feeds [`GroupNode::step`]; never expose it to clients.
 //! - The transport must call [`GroupNode::report_snapshot`] for every snapshot message it
 //!   carries (delivered or not): until then raft-rs sends that follower nothing else.
-//! - At least one synced write per Ready per group (more when the light ready advances the
-//!   commit index, a membership change applies, or a snapshot is received or taken): a node
-//!   hosting many groups should batch them into one write (future work).
+//! - One synced write per pass for all replicas, plus rare writes of their own: a snapshot
+//!   received from a leader, an applied membership change, the rejoin mark.
 //! - Committed entries are applied before the Ready's hard state is persisted (raft-rs's
 //!   order). That is safe because the state machine is rebuilt from the snapshot and the log on
 //!   restart; a state machine that persists its own applied index must not get ahead of the
 //!   persisted commit index (see raft-rs's docs on `Ready`).
-//! - A snapshot is whole in memory ([`StateMachine::snapshot`] returns one buffer) and in one
-//!   file, and is taken on the replica's own thread: the replica applies nothing while its
-//!   state machine serializes and the file is synced. raft-rs hands it to the transport as one
-//!   message; streaming it in chunks is the transport's job (the node's peer transport sends
-//!   1 MiB chunks).
+//! - A snapshot is whole in memory ([`StateMachine::snapshot`] returns one buffer, a copy of
+//!   the state taken on the loop: a memcpy of a shard's filters) and in one file, written and
+//!   synced on the snapshot thread while the replica applies on; memory for one extra copy of
+//!   a replica's state per snapshot in flight (at most one per replica). raft-rs hands a
+//!   snapshot to the transport as one message; streaming it in chunks is the transport's job
+//!   (the node's peer transport sends 1 MiB chunks). A snapshot received from the leader is
+//!   restored and its file written on the loop (rare: a replica far behind).
 //! - raft-rs draws election timeouts from the thread's random source; only the simulation
 //!   pins them ([`NodeConfig::max_election_ticks`]) to stay reproducible.
-//! - The simulation crashes nodes between steps, never inside
-//!   [`GroupNode::handle_ready`]; the storage tests cover torn writes.
+//! - The simulation crashes nodes between steps, never inside a pass; the storage tests cover
+//!   torn writes.
 
 mod error;
 pub mod group;

@@ -48,7 +48,11 @@ impl std::fmt::Debug for Control {
             Control::Remove(group) => write!(f, "Remove({group})"),
             Control::Report(group, report) => write!(f, "Report({group}, {report:?})"),
             Control::SnapshotWritten(group, result) => {
-                write!(f, "SnapshotWritten({group}, {:?})", result.as_ref().map(|m| m.index))
+                write!(
+                    f,
+                    "SnapshotWritten({group}, {:?})",
+                    result.as_ref().map(|m| m.index)
+                )
             }
             Control::Stop => write!(f, "Stop"),
         }

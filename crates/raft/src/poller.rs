@@ -243,12 +243,16 @@ impl Loop {
                 break;
             }
             for _ in 0..MAX_BATCH {
-                let Ok((group, message)) = messages.try_recv() else { break };
+                let Ok((group, message)) = messages.try_recv() else {
+                    break;
+                };
                 self.step(group, message);
             }
             let now = Instant::now();
             for _ in 0..MAX_BATCH {
-                let Ok((group, request)) = requests.try_recv() else { break };
+                let Ok((group, request)) = requests.try_recv() else {
+                    break;
+                };
                 self.request(group, request, now);
             }
             match self.passes() {

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use leakbloom_raft::sim::Register;
 use leakbloom_raft::{
-    ApplyError, Error, GroupHandle, GroupId, GroupNode, NodeConfig, NodeId, Poller,
-    StateMachine, Store, Transport,
+    ApplyError, Error, GroupHandle, GroupId, GroupNode, NodeConfig, NodeId, Poller, StateMachine,
+    Store, Transport,
 };
 use leakbloom_testkit::{eventually, scratch, within};
 use raft::eraftpb::{Message, MessageType};

@@ -24,7 +24,7 @@
 //!
 //! # Reads
 //! A linearizable check (the default) first gets a read index from every touched local
-//! replica (concurrent reads share ReadIndex rounds in the driver) and waits until the replica
+//! replica (concurrent reads share ReadIndex rounds in the Raft loop) and waits until the replica
 //! has applied it; then it reads the filters. `CONSISTENCY_ANY_REPLICA` reads the local filters
 //! at once. Shards this node holds no serving replica of are checked by a replica node through
 //! the peer `Check` RPC.

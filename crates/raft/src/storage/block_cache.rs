@@ -18,8 +18,8 @@
 //! numbered 10^15, where no store ever gets; the cache then holds a block no store can ask for.
 //! Without a fence (it could not be made), that store reads on a short-lived thread of its own.
 //!
-//! A running node takes the free path only: each group reads its node's store on its own thread
-//! (the driver's). The fence serves the simulation (every node on one thread), tests, and a
+//! A running node takes the free path only: every replica reads its node's store on the node's
+//! Raft loop thread. The fence serves the simulation (every node on one thread), tests, and a
 //! process hosting several nodes: `leakbloom dev` opens its nodes one after the other on tokio's
 //! blocking pool, and loading a group reads all its entries, so one pooled thread reads several
 //! stores.

@@ -12,7 +12,7 @@
 //!
 //! A [`GroupStorage`] is one group's view; it implements [`raft::Storage`] and is what
 //! [`RawNode`](raft::RawNode) owns. All its writes go through one store-wide write path that
-//! stamps the batch with the next sequence number (recorded under the writing group's own key),
+//! stamps the batch with the next sequence number (recorded under the writer's own key),
 //! writes it with `fdatasync`, then raises the sync marker to the number (without fsync).
 //!
 //! # Layout
@@ -41,12 +41,14 @@
 //!
 //! # Concurrency
 //! Every write blocks for an `fdatasync`: an async caller must run it off the runtime
-//! (a dedicated thread or `spawn_blocking`). Writes of different groups run concurrently, so
-//! raft-engine's group commit merges them into one `fdatasync` (a node's groups write from
-//! their own threads). Sequence numbers are taken from an atomic counter, so concurrent writes
-//! may reach the log out of number order; each group records the number of its own latest
-//! write under its own key (a group writes from one thread at a time, so that key only grows),
-//! and recovery takes the highest over all groups: the number of the newest write the log
+//! (a dedicated thread or `spawn_blocking`). A node's Raft loop stages every replica's records
+//! of a pass into one [`WriteBatch`] ([`GroupStorage::stage`]) and writes it once
+//! ([`Store::write_batch`]); writes that concern one group (membership, a received snapshot,
+//! the rejoin mark) go on their own. Sequence numbers are taken from an atomic counter, so
+//! concurrent writes may reach the log out of number order; each write records its number
+//! under its writer's key (a group's own, or the batch writer's; each writes from one thread
+//! at a time, so each key only grows), and recovery takes the highest over all keys: the
+//! number of the newest write the log
 //! holds. Reads of entries hold a shared lock that [`Store::purge`] takes
 //! exclusively: raft-engine 0.4.2 can fail `fetch_entries_to` while a purge removes the files
 //! it reads (tikv/raft-engine#370).
