@@ -13,7 +13,7 @@
 //! proposals it serves.
 //!
 //! # Snapshots
-//! A replica whose snapshot is due hands out a [`SnapshotJob`](crate::SnapshotJob) (its
+//! A replica whose snapshot is due hands out a [`SnapshotJob`] (its
 //! state machine's bytes, copied on the loop). The loop passes it to the node's snapshot
 //! thread, which writes and syncs the file and reports back; the replica then compacts its
 //! log in a later write, and the snapshot thread purges log files no replica needs. The loop

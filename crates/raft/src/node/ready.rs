@@ -30,7 +30,7 @@ pub struct Collected {
 }
 
 impl<M: StateMachine> GroupNode<M> {
-    /// The first half of a Ready, up to the write (see the [module docs](self)): stages this
+    /// The first half of a Ready, up to the write (see `node/ready.rs`): stages this
     /// replica's records into `batch`. Nothing may touch this replica until
     /// [`persisted`](Self::persisted) gets the result, after `batch` was written.
     pub fn collect(&mut self, batch: &mut WriteBatch) -> Result<Collected> {
