@@ -29,6 +29,12 @@ const WINDOW_FIELDS: [&str; 2] = ["worst_window_p99_ms", "median_window_p99_ms"]
 /// Runs `bench e2e` for one second without warm-up; returns its one stdout line as
 /// (field, value) pairs after checking the fields and their order.
 fn bench(addr: &str, extra: &[&str]) -> Vec<(String, String)> {
+    result_line(&stdout_of(&bench_args(addr, extra)), false)
+}
+
+/// The arguments of a one-second `bench e2e` run on the set `bench` without warm-up, then
+/// `extra`.
+fn bench_args<'a>(addr: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "bench",
         "e2e",
@@ -42,7 +48,7 @@ fn bench(addr: &str, extra: &[&str]) -> Vec<(String, String)> {
         "0",
     ];
     args.extend(extra);
-    result_line(&stdout_of(&args), false)
+    args
 }
 
 /// The one line of `stdout` as (field, value) pairs, checking the fields and their order (with
@@ -138,32 +144,24 @@ fn bench_e2e_loads_a_node_and_refuses_what_it_must() {
     }
     // Cut into windows: one stderr line per window, the worst and median window p99 at the end
     // of the result line.
-    let output = run(&[
-        "bench",
-        "e2e",
-        "--addr",
+    let output = run(&bench_args(
         addr,
-        "--set",
-        "bench",
-        "--mode",
-        "insert",
-        "--batch",
-        "64",
-        "--concurrency",
-        "2",
-        "--seconds",
-        "1.5",
-        "--warmup",
-        "0",
-        "--window-seconds",
-        "0.5",
-    ]);
+        &[
+            "--mode",
+            "insert",
+            "--batch",
+            "64",
+            "--window-seconds",
+            "0.4",
+        ],
+    ));
     assert!(output.status.success(), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     let windows: Vec<&str> = stderr
         .lines()
         .filter(|line| line.starts_with("window="))
         .collect();
+    // 0.4 s, 0.4 s and the last 0.2 s.
     assert_eq!(windows.len(), 3, "{stderr}");
     for (k, line) in windows.iter().enumerate() {
         let names: Vec<&str> = line
