@@ -1,34 +1,47 @@
 //! `leakbloom bench e2e`: an end-to-end load generator against a node (or router) on this
 //! machine, through the generated tonic client, or with `--direct` through the Rust client
 //! routing itself (shard map from the node at `--addr`, each shard's keys straight to a
-//! replica).
+//! replica), or with `--redis` against a Redis server with the RedisBloom module, the peer
+//! leakbloom is compared with ([`crate::bench_redis`]: the same keys and shapes as
+//! `BF.MEXISTS` / `BF.EXISTS` / `BF.MADD` / `BF.ADD`).
 //!
 //! It opens `--conns` separate HTTP/2 connections (TCP_NODELAY, 256 KiB frames, as
 //! `leakbloom_client` connects), keeps `--concurrency` requests in flight spread over them
 //! (one task per in-flight request, task `t` on connection `t % conns`; with `--direct`, each
-//! "connection" is a direct client with a channel per node), and sends `Check` or
-//! `Insert` requests of `--batch` random keys to one set for `--seconds` after a `--warmup`.
-//! It prints exactly one line on stdout:
+//! "connection" is a direct client with a channel per node; with `--redis`, each task has a
+//! TCP connection of its own), and sends `Check` or `Insert` requests of `--batch` random keys
+//! to one set for `--seconds` after a `--warmup`. It prints exactly one line on stdout:
 //!
 //! ```text
-//! mode=check batch=1024 conns=2 consistency=any route=router keys_per_s=8501373 p50_ms=1.450 p99_ms=8.126 p999_ms=16.056 errors=0
+//! target=leakbloom mode=check batch=1024 conns=2 consistency=any route=router keys_per_s=8501373 p50_ms=1.450 p99_ms=8.126 p999_ms=16.056 errors=0
 //! ```
 //!
+//! - `target`: `leakbloom`, or `redis` (then `conns` is `--concurrency`, one connection per
+//!   request in flight, and `consistency` and `route` are `none`).
 //! - `keys_per_s`: keys in successful requests started in the measured window, divided by the
 //!   time from the window's start until the last of them finished. For `batch=1` it is also the
 //!   request rate; `requests_per_s` and the largest latency go to stderr.
 //! - `p50_ms`, `p99_ms`, `p999_ms`: latency of one successful request (send to decoded reply)
 //!   as the client sees it, from a log-linear histogram (≤ 0.8 % relative error), in ms.
-//! - `errors`: failed requests in the measured window (error statuses, malformed replies, and
-//!   requests still unanswered [`STRAGGLER_TIMEOUT`] after the window). The first error's code
-//!   and message go to stderr once; keys never do.
+//! - `errors`: failed requests in the measured window (error statuses or replies, malformed
+//!   replies, and requests still unanswered [`STRAGGLER_TIMEOUT`] after the window). The first
+//!   error's code and message go to stderr once; keys never do.
+//!
+//! With `--window-seconds N` the measured window is also cut into windows of N seconds (the
+//! last one shorter if `--seconds` is not a multiple of N): a request belongs to the window it
+//! started in, and as soon as every task has moved past a window, one line for it goes to
+//! stderr, `window=K keys_per_s=... p50_ms=... p99_ms=... errors=...` (K from 0; keys/s over
+//! the window's length). The stdout line then ends with two more fields,
+//! `worst_window_p99_ms=... median_window_p99_ms=...` (the largest p99 of a window and the
+//! lower median of them, over windows with a successful request): how much worse the worst
+//! stretch of a long insert run is than a typical one.
 //!
 //! Before the timed window it connects, generates all key buffers (from `--seed`, so the
 //! generator does not time its own random numbers; each request sends a refcounted `Bytes`
-//! slice of them, which prost copies once into the HTTP/2 buffer, with no packing of its own)
-//! and sends one probe request, so a missing set, an oversized batch or
-//! an unreachable server fails at once with a message saying what to do. The set must exist:
-//! this command never creates one.
+//! slice of them, which prost copies once into the HTTP/2 buffer, with no packing of its own;
+//! for Redis the commands are encoded from the same buffers before the clock, too) and sends
+//! one probe request, so a missing set, an oversized batch or an unreachable server fails at
+//! once with a message saying what to do. The set must exist: this command never creates one.
 //!
 //! Caveats:
 //! - Loopback only (127.0.0.0/8, `[::1]`, `localhost`): this tool generates heavy load, so any
@@ -44,8 +57,10 @@
 //! - It runs on the CLI's multi-thread tokio runtime: a current-thread client runtime measured
 //!   no better here (single-key checks within noise, batch 1024 about 10 % slower).
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -58,6 +73,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::bench_redis;
 use crate::DEFAULT_ADDR;
 
 /// Most keys per request: 32 MiB of keys, far past any server's `max_batch`.
@@ -72,6 +88,10 @@ const MAX_WARMUP: f64 = 600.0;
 /// Distinct keys generated before the run (32 MiB): enough that checks touch filter blocks
 /// all over memory instead of a few cached ones.
 const POOL_KEYS: usize = 1 << 20;
+/// Shortest `--window-seconds`: windows are for long runs, and each holds a histogram.
+const MIN_WINDOW: f64 = 0.1;
+/// Most windows in one run: each window not yet printed holds a 58 KiB histogram.
+const MAX_WINDOWS: f64 = 36_000.0;
 /// How long the probe request may take before the run is abandoned.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long requests still in flight at the end of the window may take before they count as
@@ -81,9 +101,17 @@ pub const STRAGGLER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Arguments of `leakbloom bench e2e`.
 #[derive(clap::Args, Debug)]
 pub struct E2eBenchArgs {
-    /// Address of a leakbloom node or router on this machine (loopback only).
+    /// Address of a leakbloom node or router on this machine (loopback only); with --redis, of
+    /// a Redis server with the RedisBloom module.
     #[arg(long, env = "LEAKBLOOM_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: String,
+    /// Load the Redis server at --addr instead (RedisBloom's BF.MEXISTS, BF.EXISTS, BF.MADD,
+    /// BF.ADD on --redis-key, same keys and shapes; one connection per request in flight).
+    #[arg(long, conflicts_with_all = ["set", "conns", "consistency", "direct"])]
+    pub redis: bool,
+    /// The RedisBloom key to check or insert into, with --redis; it must exist (`BF.RESERVE`).
+    #[arg(long, default_value = "bench", requires = "redis")]
+    pub redis_key: String,
     /// What each request does.
     #[arg(long, value_enum, default_value_t = Mode::Check)]
     pub mode: Mode,
@@ -116,6 +144,10 @@ pub struct E2eBenchArgs {
     /// Seed of the random keys.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Also cut the measured window into windows of this many seconds: one line of keys/s and
+    /// latency per window on stderr, the worst and median window p99 on the result line.
+    #[arg(long)]
+    pub window_seconds: Option<f64>,
 }
 
 /// What each request does.
@@ -144,17 +176,20 @@ impl E2eBenchArgs {
             "--batch must be 1..={MAX_BATCH} keys, got {}",
             self.batch
         );
-        ensure!(self.conns >= 1, "--conns must be at least 1");
+        // A Redis run opens --concurrency connections of its own; --conns does not apply.
+        if !self.redis {
+            ensure!(self.conns >= 1, "--conns must be at least 1");
+            ensure!(
+                self.concurrency >= self.conns,
+                "--concurrency ({}) must be at least --conns ({}): each connection needs a \
+                 request in flight",
+                self.concurrency,
+                self.conns
+            );
+        }
         ensure!(
-            self.concurrency >= self.conns,
-            "--concurrency ({}) must be at least --conns ({}): each connection needs a request \
-             in flight",
-            self.concurrency,
-            self.conns
-        );
-        ensure!(
-            self.concurrency <= MAX_CONCURRENCY,
-            "--concurrency must be at most {MAX_CONCURRENCY}, got {}",
+            (1..=MAX_CONCURRENCY).contains(&self.concurrency),
+            "--concurrency must be 1..={MAX_CONCURRENCY}, got {}",
             self.concurrency
         );
         ensure!(
@@ -167,6 +202,13 @@ impl E2eBenchArgs {
             "--warmup must be 0..={MAX_WARMUP} seconds, got {}",
             self.warmup
         );
+        if let Some(window) = self.window_seconds {
+            ensure!(
+                window >= MIN_WINDOW && self.seconds / window <= MAX_WINDOWS,
+                "--window-seconds must be at least {MIN_WINDOW} and cut --seconds into at most \
+                 {MAX_WINDOWS} windows, got {window}"
+            );
+        }
         ensure!(
             !(self.mode == Mode::Insert && self.consistency == Consistency::Any),
             "--consistency any applies to checks only: inserts are always acknowledged once \
@@ -180,37 +222,33 @@ impl E2eBenchArgs {
 pub async fn run(args: E2eBenchArgs) -> Result<()> {
     args.validate()?;
     let addr = loopback_addr(&args.addr)?;
-    let mut connections = Vec::with_capacity(args.conns);
-    for _ in 0..args.conns {
-        // Requests of --batch keys: the server, not this client, says whether that is too many.
-        connections.push(match args.direct {
-            true => Conn::Direct(Client::direct(std::slice::from_ref(&addr)).await?),
-            false => {
-                let mut client = Client::connect(&addr).await?.with_max_batch(args.batch);
-                Conn::Raw(client.raw().clone())
-            }
-        });
-    }
+    let mut slots = connect(&args, &addr).await?;
+    let keys = key_buffers(args.batch, args.seed);
     let load = Arc::new(Load {
         mode: args.mode,
         set: args.set.clone(),
         consistency: args.consistency,
         batch: args.batch,
-        buffers: key_buffers(args.batch, args.seed),
+        buffers: match args.redis {
+            true => bench_redis::commands(args.mode, &args.redis_key, &keys),
+            false => keys,
+        },
         tasks: args.concurrency,
     });
-    probe(&load, &mut connections[0], &args).await?;
+    probe(&load, &mut slots[0], &args, &addr).await?;
 
     let from = Instant::now() + Duration::from_secs_f64(args.warmup);
     let window = Window {
         from,
         until: from + Duration::from_secs_f64(args.seconds),
     };
-    let tasks: Vec<_> = (0..args.concurrency)
-        .map(|task| {
-            let client = connections[task % args.conns].clone();
-            tokio::spawn(drive(load.clone(), client, task, window))
-        })
+    let windows = args
+        .window_seconds
+        .map(|length| Arc::new(Windows::new(window, length, args.concurrency)));
+    let tasks: Vec<_> = slots
+        .into_iter()
+        .enumerate()
+        .map(|(task, slot)| tokio::spawn(drive(load.clone(), slot, task, window, windows.clone())))
         .collect();
     let mut total = Tally::default();
     for task in tasks {
@@ -218,27 +256,30 @@ pub async fn run(args: E2eBenchArgs) -> Result<()> {
     }
     let measured = Instant::now().saturating_duration_since(window.from);
 
-    if let Some(status) = &total.first_error {
-        eprintln!(
-            "bench e2e: first error: {:?}: {}",
-            status.code(),
-            status.message()
-        );
+    if let Some(failure) = &total.first_error {
+        eprintln!("bench e2e: first error: {failure}");
     }
     let seconds = measured.as_secs_f64();
     let keys_per_s = total.keys as f64 / seconds;
-    let ms = |q: f64| match total.latency.quantile(q) {
-        Some(nanos) => format!("{:.3}", nanos as f64 / 1e6),
-        None => "nan".to_string(),
+    let ms = |q: f64| ms(total.latency.quantile(q));
+    let (target, conns, consistency, route) = match args.redis {
+        true => ("redis", args.concurrency, "none", "none"),
+        false => (
+            "leakbloom",
+            args.conns,
+            args.consistency.as_str(),
+            if args.direct { "direct" } else { "router" },
+        ),
+    };
+    let windows = match &windows {
+        Some(windows) => windows.summary(),
+        None => String::new(),
     };
     println!(
-        "mode={} batch={} conns={} consistency={} route={} keys_per_s={keys_per_s:.0} \
-         p50_ms={} p99_ms={} p999_ms={} errors={}",
+        "target={target} mode={} batch={} conns={conns} consistency={consistency} route={route} \
+         keys_per_s={keys_per_s:.0} p50_ms={} p99_ms={} p999_ms={} errors={}{windows}",
         args.mode.name(),
         args.batch,
-        args.conns,
-        args.consistency,
-        if args.direct { "direct" } else { "router" },
         ms(0.5),
         ms(0.99),
         ms(0.999),
@@ -256,6 +297,41 @@ pub async fn run(args: E2eBenchArgs) -> Result<()> {
         "no request succeeded in the measured window"
     );
     Ok(())
+}
+
+/// Nanoseconds as milliseconds with three decimals; `nan` for none.
+fn ms(nanos: Option<u64>) -> String {
+    match nanos {
+        Some(nanos) => format!("{:.3}", nanos as f64 / 1e6),
+        None => "nan".to_string(),
+    }
+}
+
+/// One slot per task: `--conns` gRPC connections (or direct clients) shared round-robin, or
+/// with `--redis` a Redis connection of each task's own.
+async fn connect(args: &E2eBenchArgs, addr: &str) -> Result<Vec<Slot>> {
+    let mut slots = Vec::with_capacity(args.concurrency);
+    if args.redis {
+        for _ in 0..args.concurrency {
+            slots.push(Slot::Redis(bench_redis::Connection::open(addr).await?));
+        }
+        return Ok(slots);
+    }
+    let mut connections = Vec::with_capacity(args.conns);
+    for _ in 0..args.conns {
+        // Requests of --batch keys: the server, not this client, says whether that is too many.
+        connections.push(match args.direct {
+            true => Conn::Direct(Client::direct(&[addr.to_string()]).await?),
+            false => {
+                let mut client = Client::connect(addr).await?.with_max_batch(args.batch);
+                Conn::Raw(client.raw().clone())
+            }
+        });
+    }
+    for task in 0..args.concurrency {
+        slots.push(Slot::Leakbloom(connections[task % args.conns].clone()));
+    }
+    Ok(slots)
 }
 
 /// `addr` as `host:port` if it names this machine; an error naming the rule otherwise. IP
@@ -323,18 +399,53 @@ struct Load {
     set: String,
     consistency: Consistency,
     batch: usize,
+    /// What each request sends: `batch` packed keys, or with `--redis` the whole command
+    /// carrying those keys.
     buffers: Vec<Bytes>,
     /// Tasks in all: task `t` sends buffers `t`, `t + tasks`, `t + 2 tasks`, ...
     tasks: usize,
 }
 
-/// Where a task sends its requests.
+/// A gRPC connection tasks share.
 #[derive(Clone, Debug)]
 enum Conn {
     /// The generated client on one connection to --addr.
     Raw(LookupClient<Channel>),
     /// A client routing itself (`--direct`).
     Direct(Client),
+}
+
+/// Where one task sends its requests.
+#[derive(Debug)]
+enum Slot {
+    /// One of the shared gRPC connections to leakbloom.
+    Leakbloom(Conn),
+    /// The task's own connection to Redis (`--redis`).
+    Redis(bench_redis::Connection),
+}
+
+/// A failed request, as the tally counts it.
+#[derive(Debug)]
+enum Failure {
+    /// leakbloom's error status, or a reply that does not match the request.
+    Status(Status),
+    /// Redis's error reply, a reply that does not match the command, or a failed connection.
+    Redis(bench_redis::Error),
+    /// No reply within [`STRAGGLER_TIMEOUT`] after the measured window.
+    Unanswered,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Status(status) => write!(f, "{:?}: {}", status.code(), status.message()),
+            Failure::Redis(error) => write!(f, "{error}"),
+            Failure::Unanswered => write!(
+                f,
+                "no reply within {STRAGGLER_TIMEOUT:?} after the measured window"
+            ),
+        }
+    }
 }
 
 /// A direct client's error as the status the tally records.
@@ -347,8 +458,22 @@ fn status(error: leakbloom_client::Error) -> Status {
 }
 
 impl Load {
-    /// Sends one request of `keys` and checks that the reply matches it.
-    async fn send(&self, conn: &mut Conn, keys: Bytes) -> Result<(), Status> {
+    /// Sends one request of `buffer` and checks that the reply matches it.
+    async fn send(&self, slot: &mut Slot, buffer: Bytes) -> Result<(), Failure> {
+        match slot {
+            Slot::Leakbloom(conn) => self
+                .send_leakbloom(conn, buffer)
+                .await
+                .map_err(Failure::Status),
+            Slot::Redis(conn) => {
+                let reply = conn.request(&buffer).await.map_err(Failure::Redis)?;
+                bench_redis::expect(self.mode, self.batch, &reply).map_err(Failure::Redis)
+            }
+        }
+    }
+
+    /// Sends one request of `keys` to leakbloom and checks that the reply matches it.
+    async fn send_leakbloom(&self, conn: &mut Conn, keys: Bytes) -> Result<(), Status> {
         match self.mode {
             Mode::Check => {
                 let sets = vec![self.set.clone()];
@@ -398,34 +523,39 @@ impl Load {
     }
 }
 
-/// One request before the clock starts: fails the run with a useful message if the set is
-/// missing, the batch too large or the server unwell.
-async fn probe(load: &Load, client: &mut Conn, args: &E2eBenchArgs) -> Result<()> {
-    let sent = tokio::time::timeout(PROBE_TIMEOUT, load.send(client, load.buffers[0].clone()));
-    let status = match sent.await {
+/// One request before the clock starts: fails the run with a useful message if the set (or
+/// Redis key, or RedisBloom module) is missing, the batch too large or the server unwell.
+async fn probe(load: &Load, slot: &mut Slot, args: &E2eBenchArgs, addr: &str) -> Result<()> {
+    if let Slot::Redis(conn) = slot {
+        let info = bench_redis::probe(conn, &args.redis_key, addr);
+        let Ok(probed) = tokio::time::timeout(PROBE_TIMEOUT, info).await else {
+            bail!("BF.INFO got no reply within {PROBE_TIMEOUT:?}; nothing was measured")
+        };
+        probed?;
+    }
+    let sent = tokio::time::timeout(PROBE_TIMEOUT, load.send(slot, load.buffers[0].clone()));
+    let failure = match sent.await {
         Ok(Ok(())) => return Ok(()),
-        Ok(Err(status)) => status,
+        Ok(Err(failure)) => failure,
         Err(_) => {
             bail!("the first request got no reply within {PROBE_TIMEOUT:?}; nothing was measured")
         }
     };
-    if status.code() == Code::NotFound {
-        bail!(
-            "set {:?} does not exist on {}: create it first, e.g. `leakbloom sets create {} \
-             --capacity 10000000 --fpr 1e-6 --addr {}` (bench e2e never creates sets); the \
-             server said: {}",
-            args.set,
-            args.addr,
-            args.set,
-            args.addr,
-            status.message()
-        );
+    if let Failure::Status(status) = &failure {
+        if status.code() == Code::NotFound {
+            bail!(
+                "set {:?} does not exist on {}: create it first, e.g. `leakbloom sets create {} \
+                 --capacity 10000000 --fpr 1e-6 --addr {}` (bench e2e never creates sets); the \
+                 server said: {}",
+                args.set,
+                args.addr,
+                args.set,
+                args.addr,
+                status.message()
+            );
+        }
     }
-    bail!(
-        "the first request failed, nothing was measured: {:?}: {}",
-        status.code(),
-        status.message()
-    )
+    bail!("the first request failed, nothing was measured: {failure}")
 }
 
 /// The measured window: requests started in `from..until` count.
@@ -435,7 +565,7 @@ struct Window {
     until: Instant,
 }
 
-/// One task's (then all tasks') results for the measured window.
+/// One task's (then all tasks') results for the measured window, or for one of its windows.
 #[derive(Debug, Default)]
 struct Tally {
     latency: Histogram,
@@ -444,7 +574,7 @@ struct Tally {
     /// Failed requests.
     errors: u64,
     /// The first failure seen, warm-up included.
-    first_error: Option<Status>,
+    first_error: Option<Failure>,
 }
 
 impl Tally {
@@ -456,37 +586,152 @@ impl Tally {
             self.first_error = other.first_error;
         }
     }
+
+    /// One measured request: its latency and keys if it succeeded, an error if not.
+    fn record(&mut self, succeeded: bool, nanos: u64, keys: u64) {
+        match succeeded {
+            true => {
+                self.latency.record(nanos);
+                self.keys += keys;
+            }
+            false => self.errors += 1,
+        }
+    }
 }
 
-/// One in-flight request after another on `client` until the window closes.
-async fn drive(load: Arc<Load>, mut client: Conn, task: usize, window: Window) -> Tally {
+/// The measured window cut into windows of `--window-seconds` (`window=K` lines on stderr).
+/// Each task tallies the window its requests start in and hands it in when it starts a request
+/// in a later one (or stops); a window is printed once every task has moved past it, so its
+/// line is whole and the lines come in order.
+#[derive(Debug)]
+struct Windows {
+    from: Instant,
+    /// Length of one window.
+    length: Duration,
+    /// Length of the whole measured window.
+    total: Duration,
+    /// Windows in the measured window, the last one maybe shorter.
+    count: u64,
+    state: Mutex<WindowState>,
+}
+
+#[derive(Debug)]
+struct WindowState {
+    /// Windows some task has handed in that are not printed yet.
+    pending: BTreeMap<u64, Tally>,
+    /// For each task, the first window it may still add to (`u64::MAX` once it stopped).
+    progress: Vec<u64>,
+    /// Each printed window's p99 in ns, in order; `None` when no request in it succeeded.
+    p99s: Vec<Option<u64>>,
+}
+
+impl Windows {
+    /// `window` cut into windows of `window_seconds`, for `tasks` tasks.
+    fn new(window: Window, window_seconds: f64, tasks: usize) -> Windows {
+        let length = Duration::from_secs_f64(window_seconds);
+        let total = window.until - window.from;
+        Windows {
+            from: window.from,
+            length,
+            total,
+            count: total.as_nanos().div_ceil(length.as_nanos()).max(1) as u64,
+            state: Mutex::new(WindowState {
+                pending: BTreeMap::new(),
+                progress: vec![0; tasks],
+                p99s: Vec::new(),
+            }),
+        }
+    }
+
+    /// The window a request started at `started` (in the measured window) belongs to.
+    fn index(&self, started: Instant) -> u64 {
+        let elapsed = started.saturating_duration_since(self.from).as_nanos();
+        ((elapsed / self.length.as_nanos()) as u64).min(self.count - 1)
+    }
+
+    /// Task `task` hands in its tally of a window, if it has one, and adds to no window
+    /// before `next` from now on; then every window all tasks have moved past is printed.
+    fn hand_in(&self, task: usize, tally: Option<(u64, Tally)>, next: u64) {
+        let mut state = self.state.lock().expect("window state lock");
+        if let Some((index, tally)) = tally {
+            state.pending.entry(index).or_default().merge(tally);
+        }
+        state.progress[task] = next;
+        let done = state.progress.iter().copied().min().unwrap_or(u64::MAX);
+        while (state.p99s.len() as u64) < done.min(self.count) {
+            let index = state.p99s.len() as u64;
+            let tally = state.pending.remove(&index).unwrap_or_default();
+            let start = self.length * index as u32;
+            let length = self.length.min(self.total - start);
+            eprintln!(
+                "window={index} keys_per_s={:.0} p50_ms={} p99_ms={} errors={}",
+                tally.keys as f64 / length.as_secs_f64(),
+                ms(tally.latency.quantile(0.5)),
+                ms(tally.latency.quantile(0.99)),
+                tally.errors,
+            );
+            state.p99s.push(tally.latency.quantile(0.99));
+        }
+    }
+
+    /// The result line's extra fields, once every task has stopped: the worst window's p99 and
+    /// the lower median of the windows' p99s (windows with a successful request only).
+    fn summary(&self) -> String {
+        let state = self.state.lock().expect("window state lock");
+        let mut p99s: Vec<u64> = state.p99s.iter().flatten().copied().collect();
+        p99s.sort_unstable();
+        format!(
+            " worst_window_p99_ms={} median_window_p99_ms={}",
+            ms(p99s.last().copied()),
+            ms(p99s.get(p99s.len().saturating_sub(1) / 2).copied()),
+        )
+    }
+}
+
+/// One in-flight request after another on `slot` until the window closes.
+async fn drive(
+    load: Arc<Load>,
+    mut slot: Slot,
+    task: usize,
+    window: Window,
+    windows: Option<Arc<Windows>>,
+) -> Tally {
     let mut tally = Tally::default();
+    // The window this task's requests start in now, and its tally so far.
+    let mut current: Option<(u64, Tally)> = None;
     let deadline = window.until + STRAGGLER_TIMEOUT;
     let mut next = task;
     loop {
         let started = Instant::now();
         if started >= window.until {
+            if let Some(windows) = &windows {
+                windows.hand_in(task, current, u64::MAX);
+            }
             return tally;
         }
-        let keys = load.buffers[next % load.buffers.len()].clone();
-        next += load.tasks;
-        let result = match tokio::time::timeout_at(deadline, load.send(&mut client, keys)).await {
-            Ok(result) => result,
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "no reply within {STRAGGLER_TIMEOUT:?} after the measured window"
-            ))),
-        };
         let measured = started >= window.from;
-        match result {
-            Ok(()) if measured => {
-                tally.latency.record(started.elapsed().as_nanos() as u64);
-                tally.keys += load.batch as u64;
+        if let (true, Some(windows)) = (measured, &windows) {
+            let index = windows.index(started);
+            if current.as_ref().is_none_or(|(held, _)| *held != index) {
+                windows.hand_in(task, current.take(), index);
+                current = Some((index, Tally::default()));
             }
-            Ok(()) => {}
-            Err(status) => {
-                tally.errors += u64::from(measured);
-                tally.first_error.get_or_insert(status);
+        }
+        let buffer = load.buffers[next % load.buffers.len()].clone();
+        next += load.tasks;
+        let result = match tokio::time::timeout_at(deadline, load.send(&mut slot, buffer)).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::Unanswered),
+        };
+        if measured {
+            let nanos = started.elapsed().as_nanos() as u64;
+            tally.record(result.is_ok(), nanos, load.batch as u64);
+            if let Some((_, held)) = &mut current {
+                held.record(result.is_ok(), nanos, load.batch as u64);
             }
+        }
+        if let Err(failure) = result {
+            tally.first_error.get_or_insert(failure);
         }
     }
 }

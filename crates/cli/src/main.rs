@@ -6,6 +6,7 @@
 
 mod bench_e2e;
 mod bench_filter;
+mod bench_redis;
 mod client_cmd;
 mod dev;
 mod node_cmd;
@@ -74,8 +75,9 @@ struct BenchArgs {
 enum BenchCommand {
     /// The filter engine against the `bloomfilter` crate on the same keys, one thread.
     Filter(bench_filter::FilterBenchArgs),
-    /// End-to-end load on a router or node on this machine: Check or Insert requests of random
-    /// keys over several connections; one line of keys/s and latency percentiles.
+    /// End-to-end load on a router or node on this machine (or with --redis on RedisBloom, the
+    /// same load): Check or Insert requests of random keys over several connections; one line
+    /// of keys/s and latency percentiles.
     E2e(bench_e2e::E2eBenchArgs),
 }
 
