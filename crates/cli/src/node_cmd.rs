@@ -68,6 +68,10 @@ pub struct NodeArgs {
     /// log holds max(its snapshot's size, this) bytes (0: no byte budget).
     #[arg(long, env = "LEAKBLOOM_SNAPSHOT_LOG_BYTES")]
     pub snapshot_log_bytes: Option<u64>,
+    /// Answer linearizable reads on shard leaders from a lease instead of a ReadIndex round
+    /// (assumes node clocks run at rates within 10 % of each other; see deploy/leakbloom.toml).
+    #[arg(long, env = "LEAKBLOOM_LEASE_READS", num_args = 0..=1, default_missing_value = "true")]
+    pub lease_reads: Option<bool>,
 }
 
 impl NodeArgs {
@@ -121,6 +125,9 @@ impl NodeArgs {
         }
         if let Some(bytes) = self.snapshot_log_bytes {
             config.snapshot_log_bytes = bytes;
+        }
+        if let Some(lease_reads) = self.lease_reads {
+            config.lease_reads = lease_reads;
         }
         config.validate()?;
         Ok(config)

@@ -25,6 +25,7 @@ use tokio::sync::{oneshot, watch};
 use crate::error::{Error, Result};
 use crate::handle::{Counters, Published, NOT_REJOINING};
 use crate::host::Replica;
+use crate::lease::{self, Lease};
 use crate::msg::{Report, Request};
 use crate::node::{GroupNode, Leadership, Output, StateMachine};
 use crate::GroupId;
@@ -62,12 +63,14 @@ struct Read {
     reply: oneshot::Sender<Result<u64>>,
 }
 
-/// A ReadIndex round in flight. It answers the pending reads up to `last` (those that had
-/// arrived when it started): its read index is at least the commit index of that moment.
+/// A ReadIndex round in flight. It answers the pending reads before `upto` (those that had
+/// arrived when it started): its read index is at least the commit index of that moment. On a
+/// leader reading by lease, its completion grants a lease from `started` in `term`.
 struct Round {
     context: Vec<u8>,
     started: Instant,
-    last: u64,
+    term: u64,
+    upto: u64,
 }
 
 /// Sets the replica's `stopped` flag when dropped: the last field of [`Group`], so the node
@@ -106,6 +109,12 @@ pub(crate) struct Group<M> {
     next_round: u64,
     /// Reads whose round completed, by read index, waiting for `applied` to reach it.
     applying: BTreeMap<u64, Vec<Read>>,
+    /// How long a lease lasts, when this replica reads by lease (see [`crate::lease`]).
+    lease_duration: Option<Duration>,
+    /// The lease this replica holds as leader, if any.
+    lease: Option<Lease>,
+    /// A round is due to renew the lease even without pending reads.
+    renew: bool,
     _stopped: StoppedOnDrop,
 }
 
@@ -127,7 +136,9 @@ impl<M: StateMachine> Group<M> {
             stopped,
             counters: counters.clone(),
         };
+        let lease_duration = node.lease_duration(tick);
         let group = Group {
+            lease_duration,
             node,
             publish: Publishers {
                 leadership: leadership_tx,
@@ -142,6 +153,8 @@ impl<M: StateMachine> Group<M> {
             rounds: VecDeque::new(),
             next_round: 1,
             applying: BTreeMap::new(),
+            lease: None,
+            renew: false,
             _stopped: StoppedOnDrop(stopped_tx),
         };
         (group, published)
@@ -243,8 +256,20 @@ impl<M: StateMachine + Send + 'static> Hosted for Group<M> {
             }
             Request::Read(reply) => {
                 let deadline = now + self.tick * READ_TIMEOUT_TICKS;
-                self.pending
-                    .insert(self.next_read, Read { deadline, reply });
+                let read = Read { deadline, reply };
+                if let Some(duration) = self.lease_duration {
+                    let facts = self.node.lease_facts(now);
+                    if let Some(index) = lease::read_point(self.lease, facts) {
+                        self.renew |= lease::renew_due(self.lease, now, duration);
+                        if index <= self.node.applied() {
+                            let _ = read.reply.send(Ok(index));
+                        } else {
+                            self.applying.entry(index).or_default().push(read);
+                        }
+                        return;
+                    }
+                }
+                self.pending.insert(self.next_read, read);
                 self.next_read += 1;
             }
         }
@@ -271,9 +296,9 @@ impl<M: StateMachine + Send + 'static> Hosted for Group<M> {
     /// Starts a ReadIndex round for every pending read unless a round younger than
     /// [`ROUND_RETRY_TICKS`] is in flight.
     fn start_round(&mut self) {
-        let Some(&last) = self.pending.keys().next_back() else {
+        if self.pending.is_empty() && !self.renew {
             return;
-        };
+        }
         // One round in flight at a time, unless it looks dropped: reads pile up meanwhile.
         if let Some(newest) = self.rounds.back() {
             if newest.started.elapsed() < self.tick * ROUND_RETRY_TICKS {
@@ -288,12 +313,14 @@ impl<M: StateMachine + Send + 'static> Hosted for Group<M> {
         }
         let context = self.next_round.to_be_bytes().to_vec();
         self.next_round += 1;
+        self.renew = false;
         self.publish.counters.rounds.fetch_add(1, Ordering::Relaxed);
         self.node.read_index(context.clone());
         self.rounds.push_back(Round {
             context,
             started: Instant::now(),
-            last,
+            term: leadership.term,
+            upto: self.next_read,
         });
     }
 
@@ -328,9 +355,15 @@ impl<M: StateMachine + Send + 'static> Hosted for Group<M> {
             // A round dropped after a leader change or a timeout may still complete: ignore
             // it. Rounds older than this one cover no read it does not: drop them too.
             if let Some(at) = self.rounds.iter().position(|r| r.context == context) {
-                let last = self.rounds[at].last;
+                let round = &self.rounds[at];
+                let upto = round.upto;
+                if let Some(duration) = self.lease_duration {
+                    if self.node.leadership().role == StateRole::Leader {
+                        self.lease = Some(Lease::granted(round.term, round.started, duration));
+                    }
+                }
                 self.rounds.drain(..=at);
-                let later = self.pending.split_off(&(last + 1));
+                let later = self.pending.split_off(&upto);
                 let answered = std::mem::replace(&mut self.pending, later);
                 self.applying
                     .entry(index)
@@ -350,8 +383,9 @@ impl<M: StateMachine + Send + 'static> Hosted for Group<M> {
         if let Some(now) = leadership {
             counters.leader_changes.fetch_add(1, Ordering::Relaxed);
             // Rounds asked of the old leader will not be answered by the new one: their reads
-            // stay pending for a new round.
+            // stay pending for a new round. A lease never outlives a leadership change.
             self.rounds.clear();
+            self.lease = None;
             self.publish.leadership.send_replace(now);
         }
     }

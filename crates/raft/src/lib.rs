@@ -141,6 +141,7 @@ mod error;
 pub mod group;
 mod handle;
 pub mod host;
+pub mod lease;
 pub mod log;
 mod msg;
 pub mod node;

@@ -3,7 +3,7 @@
 //! leader failure and restart from disk.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use leakbloom_raft::sim::Register;
@@ -54,11 +54,27 @@ struct Net {
     handles: Mutex<BTreeMap<NodeId, GroupHandle>>,
     cut: Mutex<BTreeSet<NodeId>>,
     stall: Mutex<BTreeSet<NodeId>>,
+    /// A node whose Raft loop blocks in `send` until it is thawed (set back to `None` and
+    /// `thawed` notified): a frozen node.
+    frozen: Mutex<Option<NodeId>>,
+    thawed: Condvar,
+}
+
+impl Net {
+    fn freeze(&self, node: Option<NodeId>) {
+        *self.frozen.lock().unwrap() = node;
+        self.thawed.notify_all();
+    }
 }
 
 impl Transport for Net {
     fn send(&self, group: GroupId, messages: Vec<Message>) {
         assert_eq!(group, GROUP);
+        let mut frozen = self.frozen.lock().unwrap();
+        while messages.iter().any(|m| Some(m.from) == *frozen) {
+            frozen = self.thawed.wait(frozen).unwrap();
+        }
+        drop(frozen);
         let handles = self.handles.lock().unwrap().clone();
         let cut = self.cut.lock().unwrap().clone();
         let stall = self.stall.lock().unwrap().clone();
@@ -91,6 +107,8 @@ struct Cluster {
     net: Arc<Net>,
     probes: BTreeMap<NodeId, Probe>,
     pollers: BTreeMap<NodeId, Poller>,
+    /// Replicas started from now on read by lease.
+    lease_reads: bool,
 }
 
 const VOTERS: [NodeId; 3] = [1, 2, 3];
@@ -103,6 +121,7 @@ impl Cluster {
             net: Arc::new(Net::default()),
             probes: BTreeMap::new(),
             pollers: BTreeMap::new(),
+            lease_reads: false,
         }
     }
 
@@ -113,6 +132,7 @@ impl Cluster {
         let config = NodeConfig {
             // Small, so a restarted node may need a snapshot and the log gets compacted.
             snapshot_entries: 50,
+            lease_reads: self.lease_reads,
             ..NodeConfig::default()
         };
         let node = GroupNode::new(
@@ -443,6 +463,64 @@ async fn leadership_loss_fails_pending_and_failover_keeps_committing() {
         async || cluster.handle(killed).leadership().leader == Some(next.id()),
     )
     .await;
+    for handle in cluster.live() {
+        handle.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_reads_skip_rounds_and_a_cut_off_leader_stops_before_another_commits() {
+    let mut cluster = Cluster::new();
+    cluster.lease_reads = true;
+    for id in VOTERS {
+        cluster.start(id);
+    }
+    let old = cluster.leader().await;
+    propose(&old, 1).await.unwrap();
+
+    // The first read takes a round and grants a lease; the next ones take none (at most a
+    // renewal in the background).
+    within("a first read", PATIENCE, old.read_index())
+        .await
+        .unwrap();
+    let rounds = old.rounds();
+    for _ in 0..100 {
+        within("a lease read", PATIENCE, old.read_index())
+            .await
+            .unwrap();
+    }
+    let taken = old.rounds() - rounds;
+    assert!(taken <= 2, "100 lease reads took {taken} rounds");
+
+    // Cut the leader off and freeze its loop (it blocks at its next send, before its next
+    // check of the quorum could make it step down), with reads queued on it. The others elect
+    // a leader and commit a write the old one cannot see. Thawed, the old leader must not
+    // answer a single read from its lease: the lease ran out in real time while it was frozen.
+    cluster.net.freeze(Some(old.id()));
+    cluster.net.cut.lock().unwrap().insert(old.id());
+    tokio::time::sleep(TICK * 3).await;
+    let reads: Vec<_> = (0..10)
+        .map(|_| {
+            let old = old.clone();
+            tokio::spawn(async move { (old.read_index().await, Instant::now()) })
+        })
+        .collect();
+    let new = cluster.leader().await;
+    assert_ne!(new.id(), old.id());
+    propose(&new, 2).await.unwrap();
+    let committed = Instant::now();
+    cluster.net.freeze(None);
+    for read in reads {
+        let (read, answered) = within("a read on the old leader", PATIENCE, read)
+            .await
+            .unwrap();
+        assert!(
+            read.is_err() || answered < committed,
+            "the cut-off leader answered a read {:?} after another leader committed",
+            answered - committed
+        );
+    }
+    cluster.net.cut.lock().unwrap().clear();
     for handle in cluster.live() {
         handle.shutdown().await;
     }

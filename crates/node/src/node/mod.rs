@@ -147,6 +147,7 @@ impl Node {
                 snapshot_entries: config.snapshot_entries,
                 snapshot_log_ratio: SNAPSHOT_LOG_RATIO,
                 snapshot_log_bytes: config.snapshot_log_bytes,
+                lease_reads: config.lease_reads,
                 ..NodeConfig::default()
             },
             poller: &poller,

@@ -139,6 +139,9 @@ pub struct NodeConfig {
     /// commands' bytes plus a fixed overhead per entry (see `maybe_compact`). 0 disables the
     /// byte budget.
     pub snapshot_log_bytes: u64,
+    /// Answer linearizable reads on the leader from a lease instead of a ReadIndex round each
+    /// (see [`crate::lease`] for the argument and its clock assumption). Off by default.
+    pub lease_reads: bool,
 }
 
 impl Default for NodeConfig {
@@ -152,6 +155,7 @@ impl Default for NodeConfig {
             max_message_bytes: 1 << 20,
             max_inflight_messages: 256,
             snapshot_log_bytes: 64 << 20,
+            lease_reads: false,
         }
     }
 }
@@ -950,6 +954,22 @@ impl<M: StateMachine> GroupNode<M> {
     /// The index of the last entry in this replica's log (persisted or not).
     pub fn last_index(&self) -> u64 {
         self.raw.raft.raft_log.last_index()
+    }
+
+    /// The facts a lease read is decided on (see [`crate::lease`]).
+    pub fn lease_facts(&self, now: std::time::Instant) -> crate::lease::Facts {
+        crate::lease::Facts {
+            now,
+            role: self.raw.raft.state,
+            term: self.raw.raft.term,
+            transferring: self.raw.raft.lead_transferee.is_some(),
+            commit: self.raw.raft.raft_log.committed,
+        }
+    }
+
+    /// How long a lease lasts with ticks of `tick`, if this replica reads by lease.
+    pub fn lease_duration(&self, tick: std::time::Duration) -> Option<std::time::Duration> {
+        (self.config.lease_reads).then(|| crate::lease::duration(tick, self.config.election_ticks))
     }
 }
 
