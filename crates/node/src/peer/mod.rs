@@ -31,8 +31,10 @@
 //! It goes through the client-streaming `Snapshot` call on a task of its own and on a
 //! connection of its own, so heartbeats never wait behind it. The first chunk carries the
 //! group and the message with its snapshot data taken out; every chunk carries the next
-//! [`SNAPSHOT_CHUNK_BYTES`] of the data, sliced from the message's buffer without copying. The
-//! receiver joins the pieces (refusing more than [`MAX_SNAPSHOT_BYTES`]), puts the data back
+//! [`SNAPSHOT_CHUNK_BYTES`] of the data, sliced from the message's buffer without copying.
+//! Chunks are paced (64 MiB/s a stream) and a node sends at most two streams at once, so a
+//! replica catching up never crowds out the others' appends (`transport.rs`). The receiver
+//! joins the pieces (refusing more than [`MAX_SNAPSHOT_BYTES`]), puts the data back
 //! and steps the message. Whatever happens, the sender then tells its group through
 //! [`GroupHandle::report_snapshot`], as raft-rs requires.
 //!
