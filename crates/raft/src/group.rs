@@ -182,6 +182,21 @@ impl<M: StateMachine> Group<M> {
         }
     }
 
+    /// Holds and publishes a lease (with its round's read index), or none.
+    fn set_lease(&mut self, lease: Option<(Lease, u64)>) {
+        self.lease = lease.map(|(lease, _)| lease);
+        self.publish.counters.lease.set(lease);
+    }
+
+    /// A transfer elects its target at once: no lease from before it may answer again. Called
+    /// after whatever can start one (a tick, a message), before the pass that sends the
+    /// transfer's message.
+    fn end_lease_if_transferring(&mut self, now: Instant) {
+        if self.lease.is_some() && self.node.lease_facts(now).transferring {
+            self.set_lease(None);
+        }
+    }
+
     fn publish_rejoin(&self) {
         let mark = self.node.rejoin().unwrap_or(NOT_REJOINING);
         self.publish.counters.rejoin.store(mark, Ordering::Release);
@@ -231,6 +246,7 @@ impl<M: StateMachine + Send + 'static> Hosted for Group<M> {
 
     fn tick(&mut self, now: Instant) {
         self.node.tick();
+        self.end_lease_if_transferring(now);
         self.expire_reads(now);
     }
 
@@ -239,6 +255,7 @@ impl<M: StateMachine + Send + 'static> Hosted for Group<M> {
         if let Err(error) = self.node.step(message) {
             tracing::trace!(group = self.node.group(), %error, "message refused");
         }
+        self.end_lease_if_transferring(Instant::now());
     }
 
     fn request(&mut self, request: Request, now: Instant) {
@@ -272,6 +289,7 @@ impl<M: StateMachine + Send + 'static> Hosted for Group<M> {
                 self.pending.insert(self.next_read, read);
                 self.next_read += 1;
             }
+            Request::RenewLease => self.renew = true,
         }
     }
 
@@ -358,8 +376,11 @@ impl<M: StateMachine + Send + 'static> Hosted for Group<M> {
                 let round = &self.rounds[at];
                 let upto = round.upto;
                 if let Some(duration) = self.lease_duration {
-                    if self.node.leadership().role == StateRole::Leader {
-                        self.lease = Some(Lease::granted(round.term, round.started, duration));
+                    let facts = self.node.lease_facts(round.started);
+                    let current = facts.term == round.term && !facts.transferring;
+                    if facts.role == StateRole::Leader && current {
+                        let lease = Lease::granted(round.term, round.started, duration);
+                        self.set_lease(Some((lease, index)));
                     }
                 }
                 self.rounds.drain(..=at);
@@ -381,11 +402,14 @@ impl<M: StateMachine + Send + 'static> Hosted for Group<M> {
             }
         }
         if let Some(now) = leadership {
-            counters.leader_changes.fetch_add(1, Ordering::Relaxed);
+            self.publish
+                .counters
+                .leader_changes
+                .fetch_add(1, Ordering::Relaxed);
             // Rounds asked of the old leader will not be answered by the new one: their reads
             // stay pending for a new round. A lease never outlives a leadership change.
             self.rounds.clear();
-            self.lease = None;
+            self.set_lease(None);
             self.publish.leadership.send_replace(now);
         }
     }

@@ -33,6 +33,8 @@ pub(crate) struct Counters {
     pub(crate) rounds: AtomicU64,
     /// The node's rejoin mark, [`NOT_REJOINING`] when it has none.
     pub(crate) rejoin: AtomicU64,
+    /// The lease the replica holds as leader, when it reads by lease.
+    pub(crate) lease: crate::lease::Published,
 }
 
 /// [`Counters::rejoin`] of a replica that is not rejoining.
@@ -182,6 +184,19 @@ impl GroupHandle {
     /// not answered within [`READ_TIMEOUT_TICKS`](crate::group::READ_TIMEOUT_TICKS) (no
     /// leader, or this replica cannot catch up) or the group stops.
     pub async fn read_index(&self) -> Result<u64> {
+        let leadership = self.leadership();
+        if leadership.role == raft::StateRole::Leader {
+            let (now, applied) = (std::time::Instant::now(), self.applied());
+            let lease = &self.counters().lease;
+            if let Some(index) = lease.read_point(now, leadership.term, applied) {
+                if lease.ask_renewal(now) {
+                    // Full: the loop is busy; a read that finds the lease run out renews it.
+                    let renew = (self.shared.group, Request::RenewLease);
+                    let _ = self.shared.inbound.requests.try_send(renew);
+                }
+                return Ok(index);
+            }
+        }
         let (reply, answer) = oneshot::channel();
         self.request(Request::Read(reply), answer).await
     }

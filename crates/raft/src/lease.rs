@@ -26,10 +26,83 @@
 //!
 //! The leader keeps the lease fresh with a round in the background once half of it is used
 //! and reads keep coming; followers never read by lease (they ask the leader by ReadIndex).
+//! The loop publishes the lease ([`Published`]) so that a read on the leader is answered by
+//! its handle at once, without a trip through the loop: with the applied index, once the
+//! granting round's read index is applied (every write acknowledged by this leader was applied
+//! before its acknowledgement, every earlier one is below that read index). The loop withdraws
+//! it before it sends anything that starts a transfer, and on any change of leadership.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use raft::StateRole;
+
+/// A lease as the loop publishes it for [`crate::GroupHandle::read_index`] to answer reads
+/// without a trip through the loop: the holder's term, the read index of the round that
+/// granted it (reads wait until that is applied) and its end. All zero when there is none.
+#[derive(Debug, Default)]
+pub(crate) struct Published {
+    term: AtomicU64,
+    floor: AtomicU64,
+    /// Nanoseconds after [`epoch`]; 0: no lease.
+    until: AtomicU64,
+    /// When the lease is half used (nanoseconds after [`epoch`]): a renewal is due after it.
+    renew_after: AtomicU64,
+    /// A handle asked the loop for a renewal since the lease was published.
+    renew_asked: AtomicBool,
+}
+
+/// The instant published lease ends are counted from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn nanos(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Published {
+    /// Publishes `lease` (granted by a round whose read index was `floor`), or no lease.
+    pub(crate) fn set(&self, lease: Option<(Lease, u64)>) {
+        // Invalid first, so that a reader never combines the old end with the new fields.
+        self.until.store(0, Ordering::Release);
+        if let Some((lease, floor)) = lease {
+            self.term.store(lease.term, Ordering::Release);
+            self.floor.store(floor, Ordering::Release);
+            self.renew_after
+                .store(nanos(lease.until - lease.duration / 2), Ordering::Release);
+            self.renew_asked.store(false, Ordering::Release);
+            self.until
+                .store(nanos(lease.until).max(1), Ordering::Release);
+        }
+    }
+
+    /// Whether a read at `now` should ask the loop to renew the lease: it is half used and no
+    /// read asked yet. Asking twice is harmless, just wasted.
+    pub(crate) fn ask_renewal(&self, now: Instant) -> bool {
+        nanos(now) >= self.renew_after.load(Ordering::Acquire)
+            && !self.renew_asked.swap(true, Ordering::AcqRel)
+    }
+
+    /// The read point a read arriving `now` may use without the loop: `applied`, if a lease
+    /// of the leader's current `term` covers `now` and its round's read index is applied.
+    pub(crate) fn read_point(&self, now: Instant, term: u64, applied: u64) -> Option<u64> {
+        let until = self.until.load(Ordering::Acquire);
+        let (lease_term, floor) = (
+            self.term.load(Ordering::Acquire),
+            self.floor.load(Ordering::Acquire),
+        );
+        // A lease replaced meanwhile is read again by the caller's next read, not mixed.
+        let valid = until != 0
+            && self.until.load(Ordering::Acquire) == until
+            && nanos(now) < until
+            && lease_term == term
+            && applied >= floor;
+        valid.then_some(applied)
+    }
+}
 
 /// The share of an election timeout a lease lasts: margin for clock rate differences.
 const LEASE_SHARE: (u32, u32) = (9, 10);
@@ -45,6 +118,8 @@ pub fn duration(tick: Duration, election_ticks: usize) -> Duration {
 pub struct Lease {
     pub term: u64,
     pub until: Instant,
+    /// How long it lasts from the round that granted it.
+    pub duration: Duration,
 }
 
 impl Lease {
@@ -53,6 +128,7 @@ impl Lease {
         Lease {
             term,
             until: started + duration,
+            duration,
         }
     }
 }
@@ -138,6 +214,29 @@ mod tests {
             };
             assert_eq!(read_point(lease, facts), None, "{facts:?}");
         }
+    }
+
+    #[test]
+    fn a_published_lease_answers_with_the_applied_index_once_its_floor_is_applied() {
+        let start = Instant::now();
+        let published = Published::default();
+        assert_eq!(published.read_point(start, 4, 10), None, "none published");
+        published.set(Some((Lease::granted(4, start, duration(TICK, 10)), 12)));
+        assert_eq!(
+            published.read_point(start, 4, 11),
+            None,
+            "floor not applied"
+        );
+        assert_eq!(published.read_point(start, 4, 12), Some(12));
+        assert_eq!(published.read_point(start, 5, 12), None, "another term");
+        let late = start + Duration::from_millis(900);
+        assert_eq!(published.read_point(late, 4, 12), None, "expired");
+        assert!(!published.ask_renewal(start), "fresh");
+        let half = start + Duration::from_millis(450);
+        assert!(published.ask_renewal(half), "half used");
+        assert!(!published.ask_renewal(half), "asked once");
+        published.set(None);
+        assert_eq!(published.read_point(start, 4, 12), None, "withdrawn");
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub(crate) enum Request {
     Rejoin(NodeId, oneshot::Sender<Result<Vec<u8>>>),
     /// A linearizable read point: answered with an index once it is applied here.
     Read(oneshot::Sender<Result<u64>>),
+    /// Renew the lease reads are answered by (see [`crate::lease`]).
+    RenewLease,
 }
 
 /// Something for a group other than a raft message, never dropped.
