@@ -16,7 +16,7 @@ use leakbloom_proto::v1::{
     CheckRequest, CreateSetRequest, DropSetRequest, GetSetRequest, InsertRequest, ListSetsRequest,
 };
 use leakbloom_testkit::{eventually, within};
-use leakbloom_tests::{random_keys, router_config, scrape, TestNode, TestRouter};
+use leakbloom_tests::{random_keys, router_config, served, TestNode, TestRouter};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
@@ -196,16 +196,6 @@ async fn huge_names_get_a_short_invalid_argument_and_bystanders_never_notice() {
         failures.first()
     );
     assert!(before_stop > 200, "the bystanders made no progress");
-}
-
-/// The count of calls of `rpc` a node served, from its metrics port.
-async fn served(metrics: SocketAddr, rpc: &str) -> u64 {
-    let reply = scrape(metrics, "/metrics").await;
-    let prefix = format!("leakbloom_request_seconds_count{{rpc=\"{rpc}\"}} ");
-    reply
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .map_or(0, |count| count.parse().unwrap())
 }
 
 #[tokio::test]

@@ -112,6 +112,16 @@ pub async fn scrape(addr: SocketAddr, path: &str) -> String {
     reply
 }
 
+/// The count of calls of `rpc` a node served, from its metrics port.
+pub async fn served(metrics: SocketAddr, rpc: &str) -> u64 {
+    let reply = scrape(metrics, "/metrics").await;
+    let prefix = format!("leakbloom_request_seconds_count{{rpc=\"{rpc}\"}} ");
+    reply
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0, |count| count.parse().unwrap())
+}
+
 /// A router on a free loopback port in front of `nodes`, stopped on drop.
 #[derive(Debug)]
 pub struct TestRouter {

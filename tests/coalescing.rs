@@ -1,0 +1,49 @@
+//! Small inserts through a router share node calls, end to end over real gRPC on 127.0.0.1:0:
+//! clients inserting one key each at the same time all get their acknowledgement, every key is
+//! found afterwards, and the node served far fewer `Insert` calls than there were clients
+//! (so it proposed far fewer Raft commands).
+
+use futures_util::future::join_all;
+use leakbloom_client::{Client, Consistency};
+use leakbloom_node::Config;
+use leakbloom_tests::{random_keys, router_config, served, TestNode, TestRouter};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_key_inserts_through_a_router_share_node_calls() {
+    let node = TestNode::start(Config {
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Config::default()
+    })
+    .await;
+    let metrics = node.metrics.unwrap();
+    let router = TestRouter::start(router_config(node.addr)).await;
+    let mut client = Client::connect(&router.addr.to_string()).await.unwrap();
+    client
+        .create_set("leak", 10_000, 1e-6, "sha256")
+        .await
+        .unwrap();
+    let before = served(metrics, "Insert").await;
+
+    let keys = random_keys(21, 200);
+    let acknowledged = join_all(keys.iter().map(|key| {
+        let mut client = client.clone();
+        async move { client.insert("leak", &[*key]).await }
+    }))
+    .await;
+    for answer in acknowledged {
+        assert_eq!(answer.unwrap(), 1);
+    }
+    let inserts = served(metrics, "Insert").await - before;
+    assert!(
+        inserts < 200,
+        "the node served {inserts} Insert calls for 200 single-key inserts"
+    );
+
+    let sets = ["leak".to_string()];
+    let found = client
+        .check(&sets, &keys, Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert!(found[0].present.iter().all(|&present| present));
+    node.stop().await;
+}
