@@ -4,24 +4,12 @@
 //! (so it proposed far fewer Raft commands).
 
 use futures_util::future::join_all;
-use leakbloom_client::{Client, Consistency};
-use leakbloom_node::Config;
-use leakbloom_tests::{random_keys, router_config, served, TestNode, TestRouter};
+use leakbloom_client::Consistency;
+use leakbloom_tests::{node_behind_a_router, random_keys, served};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_single_key_inserts_through_a_router_share_node_calls() {
-    let node = TestNode::start(Config {
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..Config::default()
-    })
-    .await;
-    let metrics = node.metrics.unwrap();
-    let router = TestRouter::start(router_config(node.addr)).await;
-    let mut client = Client::connect(&router.addr.to_string()).await.unwrap();
-    client
-        .create_set("leak", 10_000, 1e-6, "sha256")
-        .await
-        .unwrap();
+    let (node, metrics, _router, mut client) = node_behind_a_router("leak").await;
     let before = served(metrics, "Insert").await;
 
     let keys = random_keys(21, 200);

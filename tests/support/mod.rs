@@ -152,6 +152,24 @@ impl TestRouter {
     }
 }
 
+/// A node that serves metrics (their address is the second value), a router in front of it,
+/// and a client of the router; the cluster has one set, `set`, empty, for 10 000 keys.
+pub async fn node_behind_a_router(set: &str) -> (TestNode, SocketAddr, TestRouter, Client) {
+    let node = TestNode::start(Config {
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Config::default()
+    })
+    .await;
+    let metrics = node.metrics.expect("metrics served");
+    let router = TestRouter::start(router_config(node.addr)).await;
+    let mut client = Client::connect(&router.addr.to_string()).await.unwrap();
+    client
+        .create_set(set, 10_000, 1e-3, "sha256")
+        .await
+        .unwrap();
+    (node, metrics, router, client)
+}
+
 /// A router's config on a free loopback port in front of the node at `node`.
 pub fn router_config(node: SocketAddr) -> leakbloom_router::Config {
     leakbloom_router::Config {

@@ -23,10 +23,11 @@
 //! (hedged elsewhere, or the client gave up) is left out of the next call.
 //!
 //! # Layout
-//! This file: what checks and inserts send and how their replies are shared out (the
-//! [`Coalescer`]'s two kinds of call). `queue.rs`: the mechanism both share (queues per kind,
-//! calls in flight, deadlines, callers gone).
+//! This file: the [`Coalescer`] and its two kinds of call, what each sends and how its reply is
+//! shared out. `queue.rs`: the mechanism both share (queues per kind, calls in flight,
+//! deadlines, callers gone).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -41,7 +42,7 @@ use crate::routing::with_deadline;
 
 mod queue;
 
-use queue::{Call, Queues};
+use queue::{Kind, Queues};
 
 /// Parts of at most this many keys are coalesced; larger ones are batches already.
 pub const SMALL_PART_KEYS: usize = 16;
@@ -55,8 +56,8 @@ pub const MAX_KEYS: usize = 4096;
 /// The queues of every kind of check and insert.
 #[derive(Debug, Default)]
 pub struct Coalescer {
-    checks: Arc<Queues<CheckCall>>,
-    inserts: Arc<Queues<InsertCall>>,
+    checks: Arc<Queues<CheckKind>>,
+    inserts: Arc<Queues<InsertKind>>,
 }
 
 impl Coalescer {
@@ -76,8 +77,7 @@ impl Coalescer {
             sets: sets.to_vec(),
             consistency,
         };
-        let call = CheckCall { client, kind };
-        self.checks.join(call, keys, deadline).await
+        self.checks.join(kind, client, keys, deadline).await
     }
 
     /// Inserts `keys` (a small part) into `set` on `node` through `client`, in a call shared
@@ -95,12 +95,11 @@ impl Coalescer {
             node,
             set: set.to_string(),
         };
-        let call = InsertCall { client, kind };
-        self.inserts.join(call, keys, deadline).await
+        self.inserts.join(kind, client, keys, deadline).await
     }
 }
 
-/// What coalesced checks share: the node, the sets (as asked) and the consistency.
+/// Coalesced checks: of one node, the same sets (as asked) and the same consistency.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct CheckKind {
     node: NodeId,
@@ -108,44 +107,29 @@ struct CheckKind {
     consistency: Consistency,
 }
 
-/// A coalesced check.
-#[derive(Clone, Debug)]
-struct CheckCall {
-    client: LookupClient<Channel>,
-    kind: CheckKind,
-}
-
-impl Call for CheckCall {
-    type Kind = CheckKind;
+impl Kind for CheckKind {
     type Reply = CheckResponse;
     type Answer = CheckResponse;
 
-    fn kind(&self) -> CheckKind {
-        self.kind.clone()
-    }
-
     fn send(
-        mut self,
+        &self,
+        mut client: LookupClient<Channel>,
         keys: Bytes,
         deadline: Instant,
-    ) -> impl std::future::Future<Output = Result<CheckResponse, Status>> + Send + 'static {
+    ) -> impl Future<Output = Result<CheckResponse, Status>> + Send + 'static {
         let request = CheckRequest {
-            sets: self.kind.sets,
+            sets: self.sets.clone(),
             keys,
-            consistency: self.kind.consistency.wire(),
+            consistency: self.consistency.wire(),
         };
         async move {
-            let reply = self.client.check(with_deadline(request, deadline)).await?;
+            let reply = client.check(with_deadline(request, deadline)).await?;
             Ok(reply.into_inner())
         }
     }
 
     /// Each part's own slice of every set's bitmap.
-    fn share(
-        _: &CheckKind,
-        reply: CheckResponse,
-        parts: &[usize],
-    ) -> Vec<Result<CheckResponse, Status>> {
+    fn share(&self, reply: CheckResponse, parts: &[usize]) -> Vec<Result<CheckResponse, Status>> {
         let mut offset = 0;
         parts
             .iter()
@@ -167,55 +151,44 @@ impl Call for CheckCall {
     }
 }
 
-/// What coalesced inserts share: the node and the set.
+/// Coalesced inserts: into one set on one node.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct InsertKind {
     node: NodeId,
     set: String,
 }
 
-/// A coalesced insert.
-#[derive(Clone, Debug)]
-struct InsertCall {
-    client: LookupClient<Channel>,
-    kind: InsertKind,
-}
-
-impl Call for InsertCall {
-    type Kind = InsertKind;
+impl Kind for InsertKind {
     type Reply = u64;
     type Answer = u64;
 
-    fn kind(&self) -> InsertKind {
-        self.kind.clone()
-    }
-
     fn send(
-        mut self,
+        &self,
+        mut client: LookupClient<Channel>,
         keys: Bytes,
         deadline: Instant,
-    ) -> impl std::future::Future<Output = Result<u64, Status>> + Send + 'static {
+    ) -> impl Future<Output = Result<u64, Status>> + Send + 'static {
         let request = InsertRequest {
-            set: self.kind.set,
+            set: self.set.clone(),
             keys,
         };
         async move {
-            let reply = self.client.insert(with_deadline(request, deadline)).await?;
+            let reply = client.insert(with_deadline(request, deadline)).await?;
             Ok(reply.into_inner().keys)
         }
     }
 
     /// Every part its key count when the node acknowledged them all; otherwise every part
     /// fails as a malformed reply does (INTERNAL, not retried).
-    fn share(kind: &InsertKind, acknowledged: u64, parts: &[usize]) -> Vec<Result<u64, Status>> {
+    fn share(&self, acknowledged: u64, parts: &[usize]) -> Vec<Result<u64, Status>> {
         let sent: usize = parts.iter().sum();
         if acknowledged == sent as u64 {
             return parts.iter().map(|&keys| Ok(keys as u64)).collect();
         }
         let status = Status::internal(format!(
             "node {} answered malformed data: acknowledged {acknowledged} keys of {sent} \
-             (a coalesced insert of {} parts)",
-            kind.node,
+             (one call for {} coalesced parts)",
+            self.node,
             parts.len()
         ));
         parts.iter().map(|_| Err(status.clone())).collect()

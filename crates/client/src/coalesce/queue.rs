@@ -1,6 +1,6 @@
 //! The batching mechanism every kind of coalesced call shares: a queue of waiting parts per
 //! kind, the calls of each kind in flight, deadlines, and parts whose caller is gone. What a
-//! call is, and how its reply is shared out among its parts, is the [`Call`]'s.
+//! call sends, and how its reply is shared out among its parts, is the [`Kind`]'s.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -11,43 +11,35 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use leakbloom_cluster::KEY_LEN;
+use leakbloom_proto::v1::lookup_client::LookupClient;
 use tokio::sync::oneshot;
+use tonic::transport::Channel;
 use tonic::Status;
 
 use super::{IN_FLIGHT, MAX_KEYS};
 
-/// One kind of call that small parts share: it knows where and how to send the parts' keys
-/// as one call, and how to share the reply out. A value carries what the call needs (a client,
-/// the request's other fields); parts of one [`Kind`](Call::Kind) may travel in any one call
-/// of that kind, sent with any of their values.
-pub(crate) trait Call: Clone + Send + 'static {
-    /// What parts must have in common to travel together: the node and the request's fields
-    /// other than its keys.
-    type Kind: Clone + Eq + Hash + Send + 'static;
+/// A kind of call that small parts share: what its parts have in common (the node and the
+/// request's fields other than its keys), how their keys are sent as one call, and how its
+/// reply is shared out among them.
+pub(crate) trait Kind: Clone + Eq + Hash + Send + 'static {
     /// The node's reply to a whole call.
     type Reply: Send + 'static;
     /// One part's share of a reply.
     type Answer: Send + 'static;
 
-    /// This call's kind.
-    fn kind(&self) -> Self::Kind;
-
-    /// Sends `keys` (every part's keys, packed, in order) as one call that gives up at
-    /// `deadline`.
+    /// Sends `keys` (every part's keys, packed, in order) through `client` as one call that
+    /// gives up at `deadline`.
     fn send(
-        self,
+        &self,
+        client: LookupClient<Channel>,
         keys: Bytes,
         deadline: Instant,
     ) -> impl Future<Output = Result<Self::Reply, Status>> + Send + 'static;
 
-    /// Each part's answer from the reply to a call of `kind`; the parts are given by their key
-    /// counts, in the order their keys were sent. A failed call's status goes to every part
-    /// without coming here.
-    fn share(
-        kind: &Self::Kind,
-        reply: Self::Reply,
-        parts: &[usize],
-    ) -> Vec<Result<Self::Answer, Status>>;
+    /// Each part's answer from a call's reply; the parts are given by their key counts, in
+    /// the order their keys were sent. A failed call's status goes to every part without
+    /// coming here.
+    fn share(&self, reply: Self::Reply, parts: &[usize]) -> Vec<Result<Self::Answer, Status>>;
 }
 
 /// One waiting part.
@@ -72,41 +64,42 @@ impl<A> Default for Queue<A> {
     }
 }
 
-/// The queues of every kind of one [`Call`].
-pub(crate) struct Queues<C: Call> {
-    queues: Mutex<HashMap<C::Kind, Queue<C::Answer>>>,
+/// The queues of every kind of one type of call.
+pub(crate) struct Queues<K: Kind> {
+    queues: Mutex<HashMap<K, Queue<K::Answer>>>,
 }
 
-impl<C: Call> Default for Queues<C> {
-    fn default() -> Queues<C> {
+impl<K: Kind> Default for Queues<K> {
+    fn default() -> Queues<K> {
         Queues {
             queues: Mutex::new(HashMap::new()),
         }
     }
 }
 
-impl<C: Call> fmt::Debug for Queues<C> {
+impl<K: Kind> fmt::Debug for Queues<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kinds = self.queues.lock().expect("coalescer lock").len();
         f.debug_struct("Queues").field("kinds", &kinds).finish()
     }
 }
 
-impl<C: Call> Queues<C> {
-    /// Sends `keys` (a small part) with `call`, in a call shared with other parts of its kind;
-    /// returns this part's answer, or the call's failure, or DEADLINE_EXCEEDED at `deadline`,
-    /// whichever comes first.
+impl<K: Kind> Queues<K> {
+    /// Sends `keys` (a small part) through `client`, in a call shared with other parts of
+    /// `kind`; returns this part's answer, or the call's failure, or DEADLINE_EXCEEDED at
+    /// `deadline`, whichever comes first.
     pub(crate) async fn join(
         self: &Arc<Self>,
-        call: C,
+        kind: K,
+        client: LookupClient<Channel>,
         keys: Bytes,
         deadline: Instant,
-    ) -> Result<C::Answer, Status> {
+    ) -> Result<K::Answer, Status> {
         let (reply, answer) = oneshot::channel();
         self.queues
             .lock()
             .expect("coalescer lock")
-            .entry(call.kind())
+            .entry(kind.clone())
             .or_default()
             .waiting
             .push(Waiting {
@@ -114,7 +107,7 @@ impl<C: Call> Queues<C> {
                 deadline,
                 reply,
             });
-        self.clone().send(call);
+        self.clone().send(kind, client);
         match tokio::time::timeout_at(deadline.into(), answer).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(Status::unavailable("a coalesced call was dropped")),
@@ -122,10 +115,9 @@ impl<C: Call> Queues<C> {
         }
     }
 
-    /// Sends the queued parts of `call`'s kind as one call if fewer than [`IN_FLIGHT`] are in
-    /// flight; the call's completion sends what queued up meanwhile.
-    fn send(self: Arc<Self>, call: C) {
-        let kind = call.kind();
+    /// Sends the queued parts of `kind` as one call through `client` if fewer than
+    /// [`IN_FLIGHT`] are in flight; the call's completion sends what queued up meanwhile.
+    fn send(self: Arc<Self>, kind: K, client: LookupClient<Channel>) {
         let batch = {
             let mut queues = self.queues.lock().expect("coalescer lock");
             let Some(queue) = queues.get_mut(&kind) else {
@@ -160,8 +152,8 @@ impl<C: Call> Queues<C> {
             // The latest: each part waits no longer than its own deadline (`join`), and one
             // caller's short deadline does not cut the others' call short.
             let deadline = batch.iter().map(|w| w.deadline).max().expect("a batch");
-            let reply = call.clone().send(packed.freeze(), deadline).await;
-            answer_each::<C>(&kind, batch, reply);
+            let reply = kind.send(client.clone(), packed.freeze(), deadline).await;
+            answer_each(&kind, batch, reply);
             {
                 let mut queues = self.queues.lock().expect("coalescer lock");
                 if let Some(queue) = queues.get_mut(&kind) {
@@ -171,7 +163,7 @@ impl<C: Call> Queues<C> {
                     }
                 }
             }
-            self.send(call);
+            self.send(kind, client);
         });
     }
 
@@ -185,15 +177,11 @@ impl<C: Call> Queues<C> {
 
 /// Hands each part of a call its share of the reply, or the call's failure (the same status,
 /// so the same retry decision, for every part).
-fn answer_each<C: Call>(
-    kind: &C::Kind,
-    batch: Vec<Waiting<C::Answer>>,
-    reply: Result<C::Reply, Status>,
-) {
+fn answer_each<K: Kind>(kind: &K, batch: Vec<Waiting<K::Answer>>, reply: Result<K::Reply, Status>) {
     let answers = match reply {
         Ok(reply) => {
             let parts: Vec<usize> = batch.iter().map(|w| w.keys.len() / KEY_LEN).collect();
-            C::share(kind, reply, &parts)
+            kind.share(reply, &parts)
         }
         Err(status) => batch.iter().map(|_| Err(status.clone())).collect(),
     };

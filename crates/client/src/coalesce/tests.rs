@@ -94,6 +94,20 @@ impl FakeNode {
         eventually(what, PATIENCE, async || self.seen().len() >= calls).await;
     }
 
+    /// Inserts keys 0, 1, ... into `set`, one a part, as many parts as go out at once, and
+    /// waits until the node holds their calls: parts inserted next wait behind them.
+    async fn fill(
+        &self,
+        coalescer: &Arc<Coalescer>,
+        set: &str,
+    ) -> Vec<JoinHandle<Result<u64, Status>>> {
+        let first = (0..IN_FLIGHT as u8)
+            .map(|i| self.insert(coalescer, set, &[key(i)], PATIENCE))
+            .collect();
+        self.until_seen(IN_FLIGHT).await;
+        first
+    }
+
     /// Inserts `keys` into `set` through `coalescer` from a task of its own, to give up after
     /// `timeout`.
     fn insert(
@@ -213,7 +227,7 @@ fn key(i: u8) -> Key {
 }
 
 /// Waits until `parts` parts wait in `queues` (the calls before them are held).
-async fn until_waiting<C: Call>(queues: &Queues<C>, parts: usize) {
+async fn until_waiting<K: Kind>(queues: &Queues<K>, parts: usize) {
     let what = format!("{parts} parts wait");
     eventually(what, PATIENCE, async || queues.waiting() == parts).await;
 }
@@ -231,11 +245,11 @@ async fn answers<T>(parts: Vec<JoinHandle<T>>) -> Vec<T> {
 async fn many_single_key_inserts_to_one_node_share_a_call() {
     let node = FakeNode::start(Ack::All, false).await;
     let coalescer = Arc::new(Coalescer::default());
-    let parts: Vec<_> = (0..50)
-        .map(|i| node.insert(&coalescer, "leak", &[key(i)], PATIENCE))
-        .collect();
-    // The first parts go out at once, as calls of their own; the others wait for them.
-    node.until_seen(IN_FLIGHT).await;
+    // The first parts go out at once, as calls of their own; the next 48 wait for them.
+    let mut parts = node.fill(&coalescer, "leak").await;
+    parts.extend(
+        (IN_FLIGHT as u8..50).map(|i| node.insert(&coalescer, "leak", &[key(i)], PATIENCE)),
+    );
     until_waiting(&coalescer.inserts, 50 - IN_FLIGHT).await;
 
     node.open();
@@ -254,10 +268,7 @@ async fn many_single_key_inserts_to_one_node_share_a_call() {
 async fn a_short_acknowledgement_fails_every_coalesced_part() {
     let node = FakeNode::start(Ack::Short, false).await;
     let coalescer = Arc::new(Coalescer::default());
-    let first: Vec<_> = (0..IN_FLIGHT as u8)
-        .map(|i| node.insert(&coalescer, "leak", &[key(i)], PATIENCE))
-        .collect();
-    node.until_seen(IN_FLIGHT).await;
+    let first = node.fill(&coalescer, "leak").await;
     // Three parts of 1, 2 and 3 keys wait, then travel as one call of 6 keys, acknowledged 5.
     let coalesced = vec![
         node.insert(&coalescer, "leak", &[key(10)], PATIENCE),
@@ -369,10 +380,7 @@ async fn a_failed_call_reaches_every_part_with_its_status() {
 async fn a_short_deadline_ends_its_own_part_and_not_the_shared_call() {
     let node = FakeNode::start(Ack::All, false).await;
     let coalescer = Arc::new(Coalescer::default());
-    let first: Vec<_> = (0..IN_FLIGHT as u8)
-        .map(|i| node.insert(&coalescer, "leak", &[key(i)], PATIENCE))
-        .collect();
-    node.until_seen(IN_FLIGHT).await;
+    let first = node.fill(&coalescer, "leak").await;
     let hasty = node.insert(&coalescer, "leak", &[key(10)], Duration::from_millis(100));
     let patient = node.insert(&coalescer, "leak", &[key(11)], PATIENCE);
     until_waiting(&coalescer.inserts, 2).await;
