@@ -16,7 +16,9 @@ use leakbloom_proto::v1::{
     CheckRequest, CreateSetRequest, DropSetRequest, GetSetRequest, InsertRequest, ListSetsRequest,
 };
 use leakbloom_testkit::{eventually, within};
-use leakbloom_tests::{random_keys, router_config, scrape, TestNode, TestRouter};
+use leakbloom_tests::{
+    node_behind_a_router, random_keys, router_config, served, TestNode, TestRouter,
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
@@ -198,30 +200,9 @@ async fn huge_names_get_a_short_invalid_argument_and_bystanders_never_notice() {
     assert!(before_stop > 200, "the bystanders made no progress");
 }
 
-/// The count of calls of `rpc` a node served, from its metrics port.
-async fn served(metrics: SocketAddr, rpc: &str) -> u64 {
-    let reply = scrape(metrics, "/metrics").await;
-    let prefix = format!("leakbloom_request_seconds_count{{rpc=\"{rpc}\"}} ");
-    reply
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .map_or(0, |count| count.parse().unwrap())
-}
-
 #[tokio::test]
 async fn the_router_refuses_oversized_requests_without_forwarding_them() {
-    let node = TestNode::start(Config {
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..Config::default()
-    })
-    .await;
-    let metrics = node.metrics.unwrap();
-    let router = TestRouter::start(router_config(node.addr)).await;
-    let mut client = Client::connect(&router.addr.to_string()).await.unwrap();
-    client
-        .create_set("real", 1000, 1e-3, "sha256")
-        .await
-        .unwrap();
+    let (_node, metrics, router, mut client) = node_behind_a_router("real").await;
     let checks = served(metrics, "Check").await;
     let inserts = served(metrics, "Insert").await;
 

@@ -112,6 +112,16 @@ pub async fn scrape(addr: SocketAddr, path: &str) -> String {
     reply
 }
 
+/// The count of calls of `rpc` a node served, from its metrics port.
+pub async fn served(metrics: SocketAddr, rpc: &str) -> u64 {
+    let reply = scrape(metrics, "/metrics").await;
+    let prefix = format!("leakbloom_request_seconds_count{{rpc=\"{rpc}\"}} ");
+    reply
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0, |count| count.parse().unwrap())
+}
+
 /// A router on a free loopback port in front of `nodes`, stopped on drop.
 #[derive(Debug)]
 pub struct TestRouter {
@@ -140,6 +150,24 @@ impl TestRouter {
         .await;
         TestRouter { addr, _stop: stop }
     }
+}
+
+/// A node that serves metrics (their address is the second value), a router in front of it,
+/// and a client of the router; the cluster has one set, `set`, empty, for 10 000 keys.
+pub async fn node_behind_a_router(set: &str) -> (TestNode, SocketAddr, TestRouter, Client) {
+    let node = TestNode::start(Config {
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Config::default()
+    })
+    .await;
+    let metrics = node.metrics.expect("metrics served");
+    let router = TestRouter::start(router_config(node.addr)).await;
+    let mut client = Client::connect(&router.addr.to_string()).await.unwrap();
+    client
+        .create_set(set, 10_000, 1e-3, "sha256")
+        .await
+        .unwrap();
+    (node, metrics, router, client)
 }
 
 /// A router's config on a free loopback port in front of the node at `node`.

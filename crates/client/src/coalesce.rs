@@ -1,72 +1,70 @@
-//! Coalescing small checks: concurrent small parts bound for the same node (with the same sets
-//! and consistency) travel as one node call, so that many single-key clients cost the nodes
-//! and the router one call per batch instead of one per key.
+//! Coalescing small parts: concurrent small parts bound for the same node travel as one node
+//! call (checks of the same sets with the same consistency; inserts into the same set), so
+//! that many single-key clients cost the nodes and the router one call per batch instead of
+//! one per key, and for inserts one Raft proposal per shard instead of one per key.
 //!
 //! Batching is natural, with no timer: a part goes out at once while fewer than
 //! [`IN_FLIGHT`] calls of its kind are in flight; otherwise it waits in a queue, and when a call
 //! returns, everything queued meanwhile (up to [`MAX_KEYS`]) goes out as the next call. An idle
 //! router adds no delay; a busy one sends fewer, larger calls.
 //!
-//! A node that stops answering holds its [`IN_FLIGHT`] calls until their deadline, and parts
-//! queue behind them; hedging in [`crate::routing`] sends such a part to another
-//! replica after the hedge delay, through that node's queue, and drops the waiting one. A part
-//! whose caller is gone (hedged elsewhere, or the client gave up) is left out of the next call.
+//! Each part gets its own answer: a check part its slice of every set's bitmap; an insert part
+//! its key count, but only when the node acknowledged exactly the sum of the call's parts
+//! (otherwise every part fails with INTERNAL, as a short acknowledgement of a call of its own
+//! does). A failed call's status reaches every part unchanged (code, metadata, a transport
+//! failure's source), so routing retries each part as it would have retried it alone; inserts
+//! are idempotent, so resending a part of a failed shared call is harmless.
+//!
+//! A part never waits past its own deadline; a shared call carries the latest of its parts'
+//! deadlines, so one caller's short deadline does not fail the others' call. A node that stops
+//! answering holds its [`IN_FLIGHT`] calls until their deadline, and parts queue behind them;
+//! hedging in [`crate::routing`] sends such a check part to another replica after the hedge
+//! delay, through that node's queue, and drops the waiting one. A part whose caller is gone
+//! (hedged elsewhere, or the client gave up) is left out of the next call.
+//!
+//! # Layout
+//! This file: the [`Coalescer`] and its two kinds of call, what each sends and how its reply is
+//! shared out. `queue.rs`: the mechanism both share (queues per kind, calls in flight,
+//! deadlines, callers gone).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-use leakbloom_cluster::{Bitmap, Consistency, NodeId, KEY_LEN};
+use bytes::Bytes;
+use leakbloom_cluster::{Bitmap, Consistency, NodeId};
 use leakbloom_proto::v1::lookup_client::LookupClient;
-use leakbloom_proto::v1::{CheckRequest, CheckResponse, SetResult};
-use tokio::sync::oneshot;
+use leakbloom_proto::v1::{CheckRequest, CheckResponse, InsertRequest, SetResult};
 use tonic::transport::Channel;
-use tonic::{Request, Status};
+use tonic::Status;
+
+use crate::routing::with_deadline;
+
+mod queue;
+
+use queue::{Kind, Queues};
 
 /// Parts of at most this many keys are coalesced; larger ones are batches already.
 pub const SMALL_PART_KEYS: usize = 16;
 
-/// Calls in flight per node, sets and consistency before parts queue up.
+/// Calls in flight per kind (node and request fields) before parts queue up.
 pub const IN_FLIGHT: usize = 2;
 
 /// Most keys in one coalesced call.
 pub const MAX_KEYS: usize = 4096;
 
-/// What a coalesced call shares: the node, the sets (as asked) and the consistency.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Kind {
-    node: NodeId,
-    sets: Vec<String>,
-    consistency: Consistency,
-}
-
-/// One waiting part.
-#[derive(Debug)]
-struct Waiting {
-    keys: Bytes,
-    deadline: Instant,
-    reply: oneshot::Sender<Result<CheckResponse, Status>>,
-}
-
-/// The parts of one kind.
-#[derive(Debug, Default)]
-struct Queue {
-    waiting: Vec<Waiting>,
-    in_flight: usize,
-}
-
-/// The queues of every kind.
+/// The queues of every kind of check and insert.
 #[derive(Debug, Default)]
 pub struct Coalescer {
-    queues: Mutex<HashMap<Kind, Queue>>,
+    checks: Arc<Queues<CheckKind>>,
+    inserts: Arc<Queues<InsertKind>>,
 }
 
 impl Coalescer {
     /// Checks `keys` (a small part) of `sets` on `node` through `client`, in a call shared with
-    /// other parts of the same kind. The answer is this part's alone.
+    /// other parts of the same node, sets and consistency. The answer is this part's alone.
     pub async fn check(
-        self: &Arc<Coalescer>,
+        &self,
         client: LookupClient<Channel>,
         node: NodeId,
         sets: &[String],
@@ -74,96 +72,69 @@ impl Coalescer {
         keys: Bytes,
         deadline: Instant,
     ) -> Result<CheckResponse, Status> {
-        let kind = Kind {
+        let kind = CheckKind {
             node,
             sets: sets.to_vec(),
             consistency,
         };
-        let (reply, answer) = oneshot::channel();
-        self.queues
-            .lock()
-            .expect("coalescer lock")
-            .entry(kind.clone())
-            .or_default()
-            .waiting
-            .push(Waiting {
-                keys,
-                deadline,
-                reply,
-            });
-        self.clone().send(kind, client);
-        match tokio::time::timeout_at(deadline.into(), answer).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(Status::unavailable("a coalesced call was dropped")),
-            Err(_) => Err(Status::deadline_exceeded("no answer before the deadline")),
-        }
+        self.checks.join(kind, client, keys, deadline).await
     }
 
-    /// Sends the queued parts of `kind` as one call if fewer than [`IN_FLIGHT`] are in flight;
-    /// the call's completion sends what queued up meanwhile.
-    fn send(self: Arc<Coalescer>, kind: Kind, mut client: LookupClient<Channel>) {
-        let batch = {
-            let mut queues = self.queues.lock().expect("coalescer lock");
-            let Some(queue) = queues.get_mut(&kind) else {
-                return;
-            };
-            // Nobody waits for these any more (answered by a hedge, or abandoned).
-            queue.waiting.retain(|waiting| !waiting.reply.is_closed());
-            if queue.in_flight >= IN_FLIGHT || queue.waiting.is_empty() {
-                if queue.in_flight == 0 {
-                    queues.remove(&kind);
-                }
-                return;
-            }
-            let mut keys = 0;
-            let take = queue
-                .waiting
-                .iter()
-                .take_while(|waiting| {
-                    keys += waiting.keys.len() / KEY_LEN;
-                    keys <= MAX_KEYS
-                })
-                .count()
-                .max(1);
-            queue.in_flight += 1;
-            queue.waiting.drain(..take).collect::<Vec<_>>()
+    /// Inserts `keys` (a small part) into `set` on `node` through `client`, in a call shared
+    /// with other parts for the same node and set. Returns this part's key count once the
+    /// node acknowledged every key of the shared call.
+    pub async fn insert(
+        &self,
+        client: LookupClient<Channel>,
+        node: NodeId,
+        set: &str,
+        keys: Bytes,
+        deadline: Instant,
+    ) -> Result<u64, Status> {
+        let kind = InsertKind {
+            node,
+            set: set.to_string(),
         };
-        tokio::spawn(async move {
-            let mut packed = BytesMut::with_capacity(batch.iter().map(|w| w.keys.len()).sum());
-            for waiting in &batch {
-                packed.extend_from_slice(&waiting.keys);
-            }
-            let deadline = batch.iter().map(|w| w.deadline).max().expect("a batch");
-            let mut request = Request::new(CheckRequest {
-                sets: kind.sets.clone(),
-                keys: packed.freeze(),
-                consistency: kind.consistency.wire(),
-            });
-            request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-            let answer = client.check(request).await.map(|a| a.into_inner());
-            answer_each(batch, answer);
-            {
-                let mut queues = self.queues.lock().expect("coalescer lock");
-                if let Some(queue) = queues.get_mut(&kind) {
-                    queue.in_flight -= 1;
-                    if queue.in_flight == 0 && queue.waiting.is_empty() {
-                        queues.remove(&kind);
-                    }
-                }
-            }
-            self.send(kind, client);
-        });
+        self.inserts.join(kind, client, keys, deadline).await
     }
 }
 
-/// Hands each part of a coalesced call its own slice of the answer (or the call's error).
-fn answer_each(batch: Vec<Waiting>, answer: Result<CheckResponse, Status>) {
-    let mut offset = 0;
-    for waiting in batch {
-        let keys = waiting.keys.len() / KEY_LEN;
-        let own = match &answer {
-            Ok(answer) => Ok(CheckResponse {
-                results: answer
+/// Coalesced checks: of one node, the same sets (as asked) and the same consistency.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct CheckKind {
+    node: NodeId,
+    sets: Vec<String>,
+    consistency: Consistency,
+}
+
+impl Kind for CheckKind {
+    type Reply = CheckResponse;
+    type Answer = CheckResponse;
+
+    fn send(
+        &self,
+        mut client: LookupClient<Channel>,
+        keys: Bytes,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<CheckResponse, Status>> + Send + 'static {
+        let request = CheckRequest {
+            sets: self.sets.clone(),
+            keys,
+            consistency: self.consistency.wire(),
+        };
+        async move {
+            let reply = client.check(with_deadline(request, deadline)).await?;
+            Ok(reply.into_inner())
+        }
+    }
+
+    /// Each part's own slice of every set's bitmap.
+    fn share(&self, reply: CheckResponse, parts: &[usize]) -> Vec<Result<CheckResponse, Status>> {
+        let mut offset = 0;
+        parts
+            .iter()
+            .map(|&keys| {
+                let results = reply
                     .results
                     .iter()
                     .map(|result| SetResult {
@@ -172,47 +143,57 @@ fn answer_each(batch: Vec<Waiting>, answer: Result<CheckResponse, Status>) {
                             .into_bytes()
                             .into(),
                     })
-                    .collect(),
-            }),
-            Err(status) => Err(status.clone()),
+                    .collect();
+                offset += keys;
+                Ok(CheckResponse { results })
+            })
+            .collect()
+    }
+}
+
+/// Coalesced inserts: into one set on one node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct InsertKind {
+    node: NodeId,
+    set: String,
+}
+
+impl Kind for InsertKind {
+    type Reply = u64;
+    type Answer = u64;
+
+    fn send(
+        &self,
+        mut client: LookupClient<Channel>,
+        keys: Bytes,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<u64, Status>> + Send + 'static {
+        let request = InsertRequest {
+            set: self.set.clone(),
+            keys,
         };
-        offset += keys;
-        let _ = waiting.reply.send(own);
+        async move {
+            let reply = client.insert(with_deadline(request, deadline)).await?;
+            Ok(reply.into_inner().keys)
+        }
+    }
+
+    /// Every part its key count when the node acknowledged them all; otherwise every part
+    /// fails as a malformed reply does (INTERNAL, not retried).
+    fn share(&self, acknowledged: u64, parts: &[usize]) -> Vec<Result<u64, Status>> {
+        let sent: usize = parts.iter().sum();
+        if acknowledged == sent as u64 {
+            return parts.iter().map(|&keys| Ok(keys as u64)).collect();
+        }
+        let status = Status::internal(format!(
+            "node {} answered malformed data: acknowledged {acknowledged} keys of {sent} \
+             (one call for {} coalesced parts)",
+            self.node,
+            parts.len()
+        ));
+        parts.iter().map(|_| Err(status.clone())).collect()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_part_gets_its_own_answer() {
-        let (a, mut a_rx) = oneshot::channel();
-        let (b, mut b_rx) = oneshot::channel();
-        let deadline = Instant::now();
-        let batch = vec![
-            Waiting {
-                keys: Bytes::from(vec![0u8; 2 * KEY_LEN]),
-                deadline,
-                reply: a,
-            },
-            Waiting {
-                keys: Bytes::from(vec![0u8; KEY_LEN]),
-                deadline,
-                reply: b,
-            },
-        ];
-        // Keys 0 and 2 present: part a's first key, part b's only key.
-        let answer = CheckResponse {
-            results: vec![SetResult {
-                set: "s".into(),
-                present: Bytes::from_static(&[0b101]),
-            }],
-        };
-        answer_each(batch, Ok(answer));
-        let a = a_rx.try_recv().unwrap().unwrap();
-        let b = b_rx.try_recv().unwrap().unwrap();
-        assert_eq!(&a.results[0].present[..], &[0b01]);
-        assert_eq!(&b.results[0].present[..], &[0b1]);
-    }
-}
+mod tests;

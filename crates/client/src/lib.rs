@@ -29,8 +29,8 @@
 //! - `routing.rs`: [`Routing`], the shard map kept fresh, channels per node, the routed call
 //!   (plan, send, hedge, merge, retry) and calls any node serves; `routed.rs`: the routed
 //!   check and insert.
-//! - `coalesce.rs`: small check parts bound for one node share calls; `hedge.rs`: how long an
-//!   any-replica part waits before it is hedged.
+//! - `coalesce.rs`: small check and insert parts bound for one node share calls; `hedge.rs`:
+//!   how long an any-replica part waits before it is hedged.
 //! - `status.rs`: what a failed call's status means for retrying; `channel.rs`: how every
 //!   connection is configured.
 
@@ -294,7 +294,10 @@ impl Client {
     pub async fn insert_packed(&mut self, set: &str, keys: Bytes) -> Result<u64, Error> {
         if let Some(direct) = &self.direct {
             let deadline = Instant::now() + DIRECT_TIMEOUT;
-            return Ok(direct.routing.insert(set, &keys, deadline).await?);
+            let insert = direct
+                .routing
+                .insert(&direct.coalescer, set, &keys, deadline);
+            return Ok(insert.await?);
         }
         let request = InsertRequest {
             set: set.to_string(),

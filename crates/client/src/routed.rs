@@ -1,7 +1,6 @@
 //! The two routed operations: a check merged from its parts, an insert acknowledged by every
 //! part. Shared by the router process and [`Client::direct`](crate::Client::direct), so both answer the same.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -28,11 +27,7 @@ impl Routing {
     /// Which of `check.sets` (every set when empty) may contain each of its keys (whole keys,
     /// within the batch limit: the caller checked): split by shard over the nodes, merged.
     /// Small parts share node calls with other checks ([`Coalescer`]).
-    pub async fn check(
-        &self,
-        coalescer: &Arc<Coalescer>,
-        check: Check<'_>,
-    ) -> Result<Vec<SetResult>> {
+    pub async fn check(&self, coalescer: &Coalescer, check: Check<'_>) -> Result<Vec<SetResult>> {
         match self.check_once(coalescer, check).await {
             Err(RouteError::SetsChanged(names)) => {
                 // "Every set" meant different sets on different nodes (a set was being
@@ -47,11 +42,7 @@ impl Routing {
         }
     }
 
-    async fn check_once(
-        &self,
-        coalescer: &Arc<Coalescer>,
-        check: Check<'_>,
-    ) -> Result<Vec<SetResult>> {
+    async fn check_once(&self, coalescer: &Coalescer, check: Check<'_>) -> Result<Vec<SetResult>> {
         let Check {
             sets,
             packed,
@@ -116,9 +107,16 @@ impl Routing {
     }
 
     /// Adds the `packed` keys (whole keys, within the batch limit: the caller checked) to
-    /// `set`: each node gets the keys of the shards it leads, in one call. Returns the number
-    /// of keys acknowledged, once every part is.
-    pub async fn insert(&self, set: &str, packed: &Bytes, deadline: Instant) -> Result<u64> {
+    /// `set`: each node gets the keys of the shards it leads, in one call; small parts share
+    /// node calls with other inserts into the set ([`Coalescer`]). Returns the number of keys
+    /// acknowledged, once every part is.
+    pub async fn insert(
+        &self,
+        coalescer: &Coalescer,
+        set: &str,
+        packed: &Bytes,
+        deadline: Instant,
+    ) -> Result<u64> {
         let mut acknowledged = 0u64;
         let batch = Batch {
             packed,
@@ -128,15 +126,16 @@ impl Routing {
         self.route(
             batch,
             |map: &ShardMap, shard| shard.and_then(|shard| map.leader_target(shard)),
-            |mut client, _, part| {
+            |mut client, node, part| async move {
+                if part.len() / KEY_LEN <= SMALL_PART_KEYS {
+                    return coalescer.insert(client, node, set, part, deadline).await;
+                }
                 let request = InsertRequest {
                     set: set.to_string(),
                     keys: part,
                 };
-                async move {
-                    let answer = client.insert(with_deadline(request, deadline)).await?;
-                    Ok(answer.into_inner().keys)
-                }
+                let answer = client.insert(with_deadline(request, deadline)).await?;
+                Ok(answer.into_inner().keys)
             },
             |node, positions, answered| {
                 let sent = positions.len() as u64;

@@ -22,7 +22,7 @@
 //!
 //! The routing itself is the same code a direct client runs: the shard map, the plan of a batch
 //! and the merge of its answers, the retry policy (crate `leakbloom-cluster`), and carrying them
-//! out over gRPC with coalescing of small checks and hedged any-replica reads
+//! out over gRPC with coalescing of small checks and inserts and hedged any-replica reads
 //! (`leakbloom_client::routing`). The router adds validation, deadlines from `grpc-timeout`,
 //! metrics and the server.
 //!
@@ -33,7 +33,6 @@
 //! - [`error`]: the [`Error`] enum and the single conversion into `tonic::Status`.
 //!
 //! # Caveats
-//! - Only checks are coalesced: every small insert is its own node call.
 //! - Set management calls (`CreateSet`, `DropSet`, `ListSets`, `GetSet`) go whole to one node.
 
 pub mod error;

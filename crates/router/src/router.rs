@@ -33,11 +33,12 @@ use crate::error::{check_name, Result};
 /// election (1-2 s) and a node's own proposal retries (up to 5 s).
 pub const DEFAULT_TIMEOUT: Duration = leakbloom_client::DIRECT_TIMEOUT;
 
-/// The router: routing state and the coalescer of small checks. Cheap to share (`Arc`).
+/// The router: routing state and the coalescer of small checks and inserts. Cheap to share
+/// (`Arc`).
 #[derive(Debug)]
 pub struct Router {
     routing: Arc<Routing>,
-    /// Shares node calls between concurrent small checks.
+    /// Shares node calls between concurrent small checks, and between small inserts.
     coalescer: Arc<Coalescer>,
 }
 
@@ -89,14 +90,15 @@ impl Router {
         Ok(CheckResponse { results })
     }
 
-    /// Adds keys to a set: each node gets the keys of the shards it leads, in one call.
+    /// Adds keys to a set: each node gets the keys of the shards it leads, in one call (small
+    /// parts shared with other inserts into the set).
     pub async fn insert(&self, request: InsertRequest, deadline: Instant) -> Result<u64> {
         let map = self.routing.current().await?;
         split_keys(&request.keys, self.routing.max_batch(&map))?;
         check_name(&request.set)?;
         Ok(self
             .routing
-            .insert(&request.set, &request.keys, deadline)
+            .insert(&self.coalescer, &request.set, &request.keys, deadline)
             .await?)
     }
 
