@@ -202,7 +202,7 @@ async fn huge_names_get_a_short_invalid_argument_and_bystanders_never_notice() {
 
 #[tokio::test]
 async fn the_router_refuses_oversized_requests_without_forwarding_them() {
-    let (_node, metrics, router, mut client) = node_behind_a_router("real").await;
+    let (_node, metrics, router, _client) = node_behind_a_router("real").await;
     let checks = served(metrics, "Check").await;
     let inserts = served(metrics, "Insert").await;
 
