@@ -570,7 +570,8 @@ mod tests {
     }
 
     #[test]
-    fn only_key_bytes_8_to_32_matter() {
+    fn only_the_key_bytes_read_matter() {
+        assert_eq!(crate::KEY_BYTES_READ, 8..32);
         let filter = Filter::with_capacity(1000, 1e-3).unwrap();
         let key = key_with(
             0x1234_5678_9abc_def0,

@@ -107,7 +107,12 @@
 
 // The engine's input: a key, 32 uniformly distributed bytes (see above for which bytes do
 // what), as the cluster core defines it.
-use leakbloom_cluster::Key;
+use leakbloom_cluster::{Key, KEY_LEN};
+
+/// The key bytes the filter reads: 8..16 choose the block, 16..32 the bits; bytes 0..8 (the
+/// shard) are never read. Keys equal on these bytes set and test the same bits, so a shard's
+/// log may carry only them (the node's insert command does).
+pub const KEY_BYTES_READ: std::ops::Range<usize> = 8..KEY_LEN;
 
 mod codec;
 mod error;

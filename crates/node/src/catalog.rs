@@ -170,6 +170,15 @@ impl Catalog {
         self.limits.get(&node)
     }
 
+    /// Whether every node of the cluster reported that it applies inserts of key suffixes
+    /// (`NodeLimits.suffixes`, see [`crate::suffix`]): until then nodes propose whole keys,
+    /// which every version applies.
+    pub fn applies_suffixes(&self) -> bool {
+        self.hosted
+            .keys()
+            .all(|node| self.limits.get(node).is_some_and(|limits| limits.suffixes))
+    }
+
     /// Bytes of filter memory node `node` holds for every set and uncollected garbage.
     pub fn used(&self, node: NodeId) -> u64 {
         let hosted = self.hosted.get(&node).copied().unwrap_or(0);
@@ -419,14 +428,42 @@ mod tests {
         Layout::new([1, 2, 3], 4, 2).unwrap()
     }
 
+    /// The limits a node of this version reports.
     fn limits(node: NodeId, filter_memory: u64) -> CatalogCommand {
         CatalogCommand {
             kind: Some(Kind::Limits(NodeLimits {
                 node,
                 filter_memory,
                 max_sets: 10,
+                suffixes: true,
             })),
         }
+    }
+
+    #[test]
+    fn inserts_carry_suffixes_once_every_node_applies_them() {
+        let mut catalog = Catalog::new(&layout());
+        assert!(!catalog.applies_suffixes(), "no node has reported yet");
+        catalog.apply(1, &limits(1, 1 << 30)).unwrap();
+        catalog.apply(2, &limits(2, 1 << 30)).unwrap();
+        // Node 3 still runs a version without the field: it would skip suffixes.
+        let older = CatalogCommand {
+            kind: Some(Kind::Limits(NodeLimits {
+                node: 3,
+                filter_memory: 1 << 30,
+                max_sets: 10,
+                ..NodeLimits::default()
+            })),
+        };
+        catalog.apply(3, &older).unwrap();
+        assert!(!catalog.applies_suffixes(), "node 3 would miss them");
+        // Upgraded, it reports again.
+        catalog.apply(4, &limits(3, 1 << 30)).unwrap();
+        assert!(catalog.applies_suffixes());
+        // The record survives a snapshot.
+        let mut copy = Catalog::new(&layout());
+        copy.restore(&catalog.snapshot()).unwrap();
+        assert!(copy.applies_suffixes());
     }
 
     fn create(name: &str, capacity: u64) -> CatalogCommand {
@@ -574,6 +611,7 @@ mod tests {
                 node: 2,
                 filter_memory: 1 << 30,
                 max_sets: 1,
+                suffixes: true,
             })),
         };
         catalog.apply(6, &small).unwrap();

@@ -15,6 +15,8 @@
 //!   [`set::Partition`] (one filter).
 //! - [`state`]: one shard's state machine; every change is a `Command` applied
 //!   deterministically, in log order; snapshots of the whole shard.
+//! - [`suffix`]: the insert command's keys: each key's bytes 8..32 (the bytes the filter
+//!   reads, 24 a key) as nodes propose them, or whole keys as older versions did.
 //! - [`machine`]: [`state::ShardState`] and the catalog as `leakbloom_raft::StateMachine`s
 //!   (commands and their outcomes as bytes; a filter that cannot be allocated stalls the
 //!   replica instead of panicking).
@@ -54,6 +56,7 @@ pub mod service;
 pub mod set;
 pub mod shard;
 pub mod state;
+pub mod suffix;
 
 pub use config::Config;
 pub use error::{Error, Result};

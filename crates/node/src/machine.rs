@@ -329,6 +329,7 @@ mod tests {
                 set: name.into(),
                 keys: keys.to_vec().into(),
                 generation: 1,
+                ..InsertCommand::default()
             })),
         }
         .encode_to_vec()

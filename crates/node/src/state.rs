@@ -41,9 +41,10 @@
 //!   catalog admits sets against every node's limit before they commit, so this takes a node
 //!   restarted with less memory, or an operating system that refuses what it promised.
 //!   Filters are allocated before any lock is taken: nothing panics while one is held.
-//! - Commands are checked against what the shard can verify: an insert's keys must all
-//!   belong to this shard and name the partition's generation; a create's geometry must be
-//!   valid. Which sets exist is the catalog's to say; the leader checks a command against it
+//! - Commands are checked against what the shard can verify: an insert must name the
+//!   partition's generation, and its keys, when whole, must all belong to this shard (key
+//!   suffixes, the form nodes propose, belong to any shard: [`crate::suffix`]); a create's
+//!   geometry must be valid. Which sets exist is the catalog's to say; the leader checks a command against it
 //!   before proposing.
 
 use std::collections::BTreeMap;
@@ -59,7 +60,7 @@ use crate::error::{Error, Result};
 use crate::memory::Budget;
 use crate::set::{Partition, SetSpec};
 use crate::shard::{shard_of, ShardId};
-use leakbloom_cluster::whole_keys;
+use crate::suffix::{insert_keys, InsertKeys};
 
 /// First bytes of every shard snapshot, so a wrong blob is named as such.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LBSHARD\0";
@@ -275,27 +276,30 @@ impl ShardState {
                 }
             }
             Some(command::Kind::Insert(insert)) => {
-                let keys = whole_keys(&insert.keys)?;
-                let outside = keys
-                    .iter()
-                    .filter(|key| shard_of(key, self.shards) != self.shard)
-                    .count();
-                if outside > 0 {
-                    return Err(Error::Refused(format!(
-                        "{outside} of the insert's {} keys belong to other shards than shard {} \
-                         of {}",
-                        keys.len(),
-                        self.shard,
-                        self.shards
-                    )));
+                let keys = insert_keys(insert)?;
+                // Whole keys name their shard; suffixes cannot be of another shard.
+                if let InsertKeys::Whole(keys) = keys {
+                    let outside = keys
+                        .iter()
+                        .filter(|key| shard_of(key, self.shards) != self.shard)
+                        .count();
+                    if outside > 0 {
+                        return Err(Error::Refused(format!(
+                            "{outside} of the insert's {} keys belong to other shards than \
+                             shard {} of {}",
+                            keys.len(),
+                            self.shard,
+                            self.shards
+                        )));
+                    }
                 }
                 let partition = self
                     .partition(&insert.set)
                     .filter(|p| p.generation == insert.generation)
                     .ok_or_else(|| Error::SetNotFound(insert.set.clone()))?;
-                partition.filter.insert_batch(keys);
+                partition.filter.insert_batch(keys.keys());
                 Ok(Applied::Inserted {
-                    keys: keys.len() as u64,
+                    keys: keys.keys().len() as u64,
                 })
             }
             None => Ok(Applied::Nothing),
@@ -643,13 +647,29 @@ mod tests {
         }
     }
 
+    /// An insert of `keys` as nodes propose it: their suffixes.
     fn insert(name: &str, keys: &[[u8; KEY_LEN]]) -> Command {
+        let all: Vec<u32> = (0..keys.len() as u32).collect();
+        Command {
+            id: 0,
+            kind: Some(command::Kind::Insert(InsertCommand {
+                set: name.into(),
+                suffixes: crate::suffix::gather(keys, &all).into(),
+                generation: GENERATION,
+                ..InsertCommand::default()
+            })),
+        }
+    }
+
+    /// An insert of `keys` as older versions proposed it, and logs still hold it: whole keys.
+    fn insert_whole(name: &str, keys: &[[u8; KEY_LEN]]) -> Command {
         Command {
             id: 0,
             kind: Some(command::Kind::Insert(InsertCommand {
                 set: name.into(),
                 keys: keys.concat().into(),
                 generation: GENERATION,
+                ..InsertCommand::default()
             })),
         }
     }
@@ -791,7 +811,7 @@ mod tests {
         let before = state.snapshot();
         let mut stray = keys(1, 10);
         stray[4][0] = 0x40; // shard 4 of 16
-        let err = state.apply(&insert("s", &stray)).unwrap_err();
+        let err = state.apply(&insert_whole("s", &stray)).unwrap_err();
         assert!(
             matches!(&err, Error::Refused(reason) if reason.contains("1 of the insert's 10 keys")),
             "{err}"
@@ -800,6 +820,67 @@ mod tests {
         // Only the applied index (and so the CRC) moved: a refusal is an entry of the log too.
         let sets = |bytes: &[u8]| bytes[24..bytes.len() - CRC_LEN].to_vec();
         assert!(sets(&before) == sets(&after), "the sets changed");
+    }
+
+    #[test]
+    fn a_log_of_whole_keys_and_one_of_suffixes_give_byte_identical_replicas() {
+        // One replica replays a log an older version wrote (whole keys), the other the log
+        // this version writes (suffixes); a third mixes them, as a log written across an
+        // upgrade does. Their filters must agree bit for bit.
+        let older = replica(3);
+        let newer = replica(3);
+        let mixed = replica(3);
+        for state in [&older, &newer, &mixed] {
+            state.apply_at(1, &create("s", 5000)).unwrap();
+        }
+        let batches = [keys(1, 700), keys(2, 300), keys(3, 1)];
+        for (i, batch) in batches.iter().enumerate() {
+            let index = 2 + i as u64;
+            let whole = older.apply_at(index, &insert_whole("s", batch)).unwrap();
+            let short = newer.apply_at(index, &insert("s", batch)).unwrap();
+            assert_eq!(whole, short, "the same result, keys counted alike");
+            let command = if i % 2 == 0 {
+                insert_whole("s", batch)
+            } else {
+                insert("s", batch)
+            };
+            mixed.apply_at(index, &command).unwrap();
+        }
+        assert_eq!(older.snapshot(), newer.snapshot());
+        assert_eq!(mixed.snapshot(), newer.snapshot());
+        // Whole keys are found, though the log held only their suffixes.
+        let partition = newer.partition("s").unwrap();
+        assert!(batches
+            .iter()
+            .flatten()
+            .all(|k| partition.filter.contains(k)));
+    }
+
+    #[test]
+    fn torn_suffixes_are_refused_and_change_nothing() {
+        let state = replica(3);
+        state.apply_at(1, &create("s", 1000)).unwrap();
+        let before = state.snapshot();
+        let mut torn = insert("s", &keys(1, 3));
+        let Some(command::Kind::Insert(insert)) = &mut torn.kind else {
+            unreachable!()
+        };
+        insert.suffixes.truncate(insert.suffixes.len() - 1);
+        let both = {
+            let mut both = insert_whole("s", &keys(1, 3));
+            let Some(command::Kind::Insert(with_keys)) = &mut both.kind else {
+                unreachable!()
+            };
+            with_keys.suffixes = vec![0; 24].into();
+            both
+        };
+        for (index, command) in [(2, torn), (3, both)] {
+            let err = state.apply_at(index, &command).unwrap_err();
+            assert!(matches!(err, Error::Refused(_)), "{err}");
+        }
+        let sets = |bytes: &[u8]| bytes[24..bytes.len() - CRC_LEN].to_vec();
+        assert!(sets(&before) == sets(&state.snapshot()), "the sets changed");
+        assert_eq!(state.applied(), 3, "refusals are entries of the log too");
     }
 
     #[test]
@@ -847,6 +928,7 @@ mod tests {
                 set: "a".into(),
                 keys: vec![1u8; 33].into(),
                 generation: GENERATION,
+                ..InsertCommand::default()
             })),
         };
         assert!(matches!(

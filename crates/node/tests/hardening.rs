@@ -159,6 +159,14 @@ async fn invalid_proposals_through_the_peer_port_are_refused_and_change_nothing(
         set: "s".into(),
         keys: stray.into(),
         generation,
+        ..InsertCommand::default()
+    }));
+    // Suffixes cut short: no node proposes them.
+    let torn_suffixes = shard_command(command::Kind::Insert(InsertCommand {
+        set: "s".into(),
+        suffixes: vec![1; 25].into(),
+        generation,
+        ..InsertCommand::default()
     }));
     // The set dropped on shard 0 only: before, it vanished from every node, and creating it
     // again left the other shards' keys missing.
@@ -179,6 +187,7 @@ async fn invalid_proposals_through_the_peer_port_are_refused_and_change_nothing(
             insert_stray,
             Code::FailedPrecondition,
         ),
+        ("torn suffixes", torn_suffixes, Code::FailedPrecondition),
         (
             "a drop on one shard",
             drop_one_shard,
@@ -204,6 +213,7 @@ async fn invalid_proposals_through_the_peer_port_are_refused_and_change_nothing(
             node: 99,
             filter_memory: u64::MAX,
             max_sets: 1,
+            suffixes: true,
         })),
     };
     assert!(matches!(

@@ -2,9 +2,10 @@
 //! state machine ([`Machine`]: sets and filters), under message delay, loss, duplication and
 //! reordering, partitions and heals, crashes (losing everything not synced) and restarts,
 //! with a small `snapshot_entries` so that snapshots of real filters are taken, sent and
-//! restored. A client creates a set, then proposes inserts of seeded random keys (and now and
-//! then a command that must be rejected) to the leader, and makes linearizable reads
-//! (ReadIndex: answered once the node's applied index reaches the read index). Invariants:
+//! restored. A client creates a set, then proposes inserts of seeded random keys (as key
+//! suffixes or, the older form, as whole keys: one log holds both), now and then a command
+//! that must be rejected, to the leader, and makes linearizable reads (ReadIndex: answered
+//! once the node's applied index reaches the read index). Invariants:
 //!
 //! 1. Every acknowledged insert's keys are present on every linearizable read asked after the
 //!    acknowledgement, and on every replica at the end.
@@ -50,6 +51,7 @@ use leakbloom_node::machine::{decode_outcome, Machine};
 use leakbloom_node::memory::Budget;
 use leakbloom_node::set::SetSpec;
 use leakbloom_node::state::{Applied, ShardState};
+use leakbloom_node::suffix;
 use leakbloom_node::Result;
 use leakbloom_proto::internal::v1::{command, Command, CreateSetCommand, InsertCommand};
 use leakbloom_raft::sim::{Cluster, ClusterConfig, FaultCounts};
@@ -117,13 +119,29 @@ fn create(id: u64, name: &str, capacity: u64) -> Command {
     command(id, command::Kind::CreateSet(create))
 }
 
+/// An insert of the packed `keys`: as their suffixes (what nodes propose) for odd ids, as
+/// whole keys (what older versions proposed) for even ones and for torn keys, so that one log
+/// holds both forms, as a log written across an upgrade does.
 fn insert(id: u64, set: &str, keys: Vec<u8>) -> Command {
+    let insert = match keys.as_chunks::<KEY_LEN>() {
+        (whole, []) if id % 2 == 1 => {
+            let all: Vec<u32> = (0..whole.len() as u32).collect();
+            InsertCommand {
+                suffixes: suffix::gather(whole, &all).into(),
+                ..InsertCommand::default()
+            }
+        }
+        _ => InsertCommand {
+            keys: keys.into(),
+            ..InsertCommand::default()
+        },
+    };
     command(
         id,
         command::Kind::Insert(InsertCommand {
             set: set.into(),
-            keys: keys.into(),
             generation: GENERATION,
+            ..insert
         }),
     )
 }

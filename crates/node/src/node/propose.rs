@@ -16,7 +16,8 @@ use crate::error::{Error, Result};
 use crate::machine;
 use crate::shard::{shard_of, shard_of_group, ShardId};
 use crate::state::Applied;
-use leakbloom_cluster::{whole_keys, RetryPolicy};
+use crate::suffix::{insert_keys, InsertKeys};
+use leakbloom_cluster::RetryPolicy;
 
 /// How long a proposal keeps retrying retryable failures: longer than an election (1-2 s with
 /// default ticks), so a write survives one leader change.
@@ -172,8 +173,9 @@ impl Node {
     }
 
     /// Checks a command a peer asks this node to propose on `group` (which it leads) against
-    /// what the shard and the catalog say, before it can commit: an insert's keys must belong
-    /// to the shard and its set's generation must be the catalog's visible one; a create must
+    /// what the shard and the catalog say, before it can commit: an insert's keys must be
+    /// whole keys of the shard or whole suffixes, and its set's generation must be the
+    /// catalog's visible one; a create must
     /// be the catalog's entry of that generation; a drop must not hit the catalog's current
     /// generation of the set. Catalog commands are checked when applied. The state machine
     /// checks what it can on its own when applying (see [`crate::state`]); this adds what only
@@ -194,11 +196,13 @@ impl Node {
             .map_err(|e| Error::Refused(format!("the proposal is not a command: {e}")))?;
         match &command.kind {
             Some(command::Kind::Insert(insert)) => {
-                let keys = whole_keys(&insert.keys)?;
-                if keys
-                    .iter()
-                    .any(|key| shard_of(key, self.config.shards) != shard)
-                {
+                let outside = match insert_keys(insert)? {
+                    InsertKeys::Whole(keys) => keys
+                        .iter()
+                        .any(|key| shard_of(key, self.config.shards) != shard),
+                    InsertKeys::FromSuffixes(_) => false,
+                };
+                if outside {
                     return Err(Error::Refused(format!(
                         "the insert holds keys of other shards than shard {shard}"
                     )));

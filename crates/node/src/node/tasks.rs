@@ -167,6 +167,7 @@ impl Node {
             node: self.id(),
             filter_memory: self.budget.limit(),
             max_sets: self.config.max_sets as u64,
+            suffixes: true,
         };
         let mut seen = HashMap::new();
         loop {
