@@ -26,7 +26,7 @@
 //!
 //! The leader keeps the lease fresh with a round in the background once half of it is used
 //! and reads keep coming; followers never read by lease (they ask the leader by ReadIndex).
-//! The loop publishes the lease ([`Published`]) so that a read on the leader is answered by
+//! The loop publishes the lease (`Published`) so that a read on the leader is answered by
 //! its handle at once, without a trip through the loop: with the applied index, once the
 //! granting round's read index is applied (every write acknowledged by this leader was applied
 //! before its acknowledgement, every earlier one is below that read index). The loop withdraws
