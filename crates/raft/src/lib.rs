@@ -77,7 +77,7 @@
 //! Each group's log is bounded in bytes ([`NodeConfig::snapshot_log_bytes`]): once the log
 //! written since its last snapshot (commands plus ~160 bytes an entry) reaches its budget
 //! `B = max(snapshot_log_ratio × last snapshot's size, snapshot_log_bytes)`, the replica
-//! snapshots and compacts (each replica up to 7/32 of `B` sooner, to spread snapshots), and
+//! snapshots and compacts (each replica up to 15/32 of `B` sooner, to spread snapshots), and
 //! [`Store::purge`] frees the log files no group needs once the store's log is over its
 //! purge threshold `P` ([`StoreConfig`], 128 MiB; files of `T` = 16 MiB). With the node's
 //! ratio of 1, a node's data directory (snapshots, log, markers) therefore holds at most
@@ -156,7 +156,7 @@ pub use node::{
     ApplyError, Collected, GroupNode, Leadership, NodeConfig, Output, SnapshotJob, StateMachine,
 };
 pub use poller::{Poller, Transport};
-pub use storage::{GroupStorage, Persist, Store, StoreConfig, WriteBatch};
+pub use storage::{GroupStorage, Persist, SnapshotSlot, Store, StoreConfig, WriteBatch};
 
 /// Identifies a Raft group (one per shard).
 pub type GroupId = u64;

@@ -16,8 +16,8 @@
 //! A replica whose snapshot is due hands out a [`SnapshotJob`] (its
 //! state machine's bytes, copied on the loop). The loop passes it to the node's snapshot
 //! thread, which writes and syncs the file and reports back; the replica then compacts its
-//! log in a later write, and the snapshot thread purges log files no replica needs. The loop
-//! never waits for a snapshot file.
+//! log in a later write, and the snapshot thread purges log files no replica needs, at most
+//! every [`PURGE_INTERVAL`]. The loop never waits for a snapshot file.
 //!
 //! # Why one loop
 //! A thread per replica cost a cross-thread wake-up per request and replica, context
@@ -121,6 +121,7 @@ impl Poller {
                     transport,
                     tick,
                     work,
+                    purges: Purges::default(),
                 };
                 runtime.block_on(lp.run(messages_rx, requests_rx, control_rx));
                 // The loop dropped every replica and the work sender: the snapshot thread
@@ -194,6 +195,24 @@ struct Loop {
     transport: Arc<dyn Transport>,
     tick: Duration,
     work: std::sync::mpsc::Sender<Work>,
+    purges: Purges,
+}
+
+/// The shortest time between two purges of a node's log.
+///
+/// A purge that finds the log over its threshold asks the groups holding its oldest files to
+/// compact, and after nine such purges copies their entries itself (raft-engine's rewrite:
+/// hundreds of MB for large shards, while entry reads, and with them the loop, wait for the
+/// purge). Compactions come one per shard per log budget, so purging after each would count
+/// nine asks in a fraction of a shard's snapshot interval; one purge per interval gives every
+/// shard its own snapshot first, and frees files no later than an interval after they could go.
+pub const PURGE_INTERVAL: Duration = Duration::from_secs(3);
+
+/// When the log was last purged, and the store to purge when a compaction came since.
+#[derive(Default)]
+struct Purges {
+    last: Option<Instant>,
+    pending: Option<Arc<Store>>,
 }
 
 impl Loop {
@@ -223,6 +242,7 @@ impl Loop {
                     for group in self.groups.values_mut() {
                         group.tick(now);
                     }
+                    self.maybe_purge(now);
                 }
                 Some((group, message)) = messages.recv() => self.step(group, message),
                 Some((group, request)) = requests.recv() => {
@@ -268,6 +288,22 @@ impl Loop {
         }
         tracing::debug!("raft loop stopped");
         // Dropping the groups drops every pending reply: their callers get `NotLeader`.
+    }
+
+    /// Has the snapshot thread purge the log if a compaction came since the last purge and
+    /// that was at least [`PURGE_INTERVAL`] ago.
+    fn maybe_purge(&mut self, now: Instant) {
+        let due = self
+            .purges
+            .last
+            .is_none_or(|last| now.duration_since(last) >= PURGE_INTERVAL);
+        if due {
+            if let Some(store) = self.purges.pending.take() {
+                self.purges.last = Some(now);
+                // The snapshot thread lives as long as the loop.
+                let _ = self.work.send(Work::Purge(store));
+            }
+        }
     }
 
     fn control(&mut self, event: Control) {
@@ -346,8 +382,7 @@ impl Loop {
                 }
                 let group = self.groups.get_mut(&id).expect("a group in the pass");
                 if std::mem::take(&mut out.compacted) {
-                    let store = group.replica().store().clone();
-                    let _ = self.work.send(Work::Purge(store));
+                    self.purges.pending = Some(group.replica().store().clone());
                 }
                 group.output(out);
             }

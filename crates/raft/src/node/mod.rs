@@ -117,7 +117,7 @@ pub struct NodeConfig {
     /// Ticks between a leader's heartbeats; must be well below `election_ticks`.
     pub heartbeat_ticks: usize,
     /// Applied entries after which a snapshot is taken and the log compacted; bounds restart
-    /// replay in entries. Each replica adds up to 7/16 of it, by group and node id, so that
+    /// replay in entries. Each replica adds up to 15/32 of it, by group and node id, so that
     /// the replicas of a node (and of a group) do not all snapshot at the same moment.
     pub snapshot_entries: u64,
     /// The entry rule above also waits until the entries applied since the last snapshot hold
@@ -135,7 +135,7 @@ pub struct NodeConfig {
     /// entry count, once the log written since the last snapshot reaches
     /// `max(snapshot_log_ratio × last snapshot's size, snapshot_log_bytes)` bytes, so a
     /// group's log never holds more than that (plus one entry). Each replica snapshots up to
-    /// 7/32 earlier, by group and node id, to spread snapshots. The log is counted as the
+    /// 15/32 earlier, by group and node id, to spread snapshots. The log is counted as the
     /// commands' bytes plus a fixed overhead per entry (see `maybe_compact`). 0 disables the
     /// byte budget.
     pub snapshot_log_bytes: u64,
@@ -756,10 +756,17 @@ impl<M: StateMachine> GroupNode<M> {
     /// Whether [`handle_ready`](Self::handle_ready) has anything to do.
     pub fn has_ready(&self) -> bool {
         self.raw.has_ready()
-            || self.raw.store().snapshot_wanted() && !self.snapshotting
+            || self.snapshot_wanted_now()
             || self.retry_due
             || self.unsaved_commit.is_some()
             || self.compaction.is_some()
+    }
+
+    /// A follower wants a snapshot this replica can take now: none of its own is being written,
+    /// and the store's slot is free (once it is, a tick brings the next pass).
+    fn snapshot_wanted_now(&self) -> bool {
+        let storage = self.raw.store();
+        storage.snapshot_wanted() && !self.snapshotting && storage.store().snapshot_slot_free()
     }
 
     /// The state machine now holds the snapshot at `index`: it is applied, and a stall (of an

@@ -4,8 +4,10 @@
 //! 1. [`GroupNode::persisted`] runs the policy. When a snapshot is due it takes the state
 //!    machine's bytes ([`StateMachine::snapshot`], a copy of its state: for a shard, a memcpy
 //!    of its filters, milliseconds for tens of MB) at its applied index,
-//!    and hands out a [`SnapshotJob`] in [`Output::snapshot`]. One job per replica is in
-//!    flight at a time; the replica goes on applying meanwhile.
+//!    and hands out a [`SnapshotJob`] in [`Output::snapshot`]. One job per node is in flight
+//!    at a time (it holds the store's [`SnapshotSlot`]; a replica whose snapshot is due while
+//!    another's is written asks again at its next pass); the replica goes on applying
+//!    meanwhile.
 //! 2. The host runs the job on another thread ([`SnapshotJob::run`]): it encodes and
 //!    checksums the snapshot and writes its file with `fsync` (the slow part: hundreds of ms
 //!    for a large shard), without touching the log.
@@ -21,7 +23,7 @@ use raft::eraftpb::{Snapshot, SnapshotMetadata};
 
 use super::{GroupNode, Output, StateMachine};
 use crate::error::Result;
-use crate::storage::Store;
+use crate::storage::SnapshotSlot;
 use crate::GroupId;
 
 /// Log bytes an entry takes beyond its command: its index, term and proposal id, and its share
@@ -32,7 +34,8 @@ const ENTRY_LOG_OVERHEAD: u64 = 160;
 
 /// A snapshot a replica took, to be written to its file off the Raft loop.
 pub struct SnapshotJob {
-    store: std::sync::Arc<Store>,
+    /// Released when the job is done or dropped.
+    slot: SnapshotSlot,
     group: GroupId,
     snapshot: Snapshot,
 }
@@ -56,7 +59,8 @@ impl SnapshotJob {
     /// Writes the snapshot's file, synced (blocking: run it off the Raft loop). Returns the
     /// metadata to hand to [`GroupNode::snapshot_written`].
     pub fn run(self) -> Result<SnapshotMetadata> {
-        self.store.write_snapshot_file(self.group, &self.snapshot)?;
+        let store = self.slot.store();
+        store.write_snapshot_file(self.group, &self.snapshot)?;
         Ok(self.snapshot.get_metadata().clone())
     }
 }
@@ -80,13 +84,20 @@ impl<M: StateMachine> GroupNode<M> {
         // Applied entries are committed; a commit index not yet durable is written with the
         // compaction (`stage_compaction`).
         let index = self.applied;
-        let wanted = storage.take_snapshot_wanted() && index > snapshot_index;
-        // 0..=7 by group and node id: spreads the snapshots of a node's replicas (and of a
-        // group's) over time.
-        let spread = (self.group * 7 + self.id * 3) % 8;
+        let wanted = storage.snapshot_wanted() && index > snapshot_index;
+        if !wanted {
+            // Nothing newer to take than the stored snapshot: raft-rs asks again if need be.
+            storage.take_snapshot_wanted();
+        }
+        // 0..=15 by group and node id, a different value for each of 16 groups on a node:
+        // spreads the snapshots of a node's replicas (and of a group's) over the time their
+        // logs take to fill. Keys are uniform hashes, so every shard's log grows at the same
+        // rate: without it, every shard of a node would snapshot in the same moment (a wave
+        // of whole-filter writes that stalls the disk the log syncs on).
+        let spread = (self.group * 7 + self.id * 3) % 16;
         let entries = self.config.snapshot_entries.max(1);
         let ratio_bytes = self.config.snapshot_log_ratio * self.snapshot_bytes as f64;
-        let by_entries = index >= snapshot_index + entries + entries * spread / 16
+        let by_entries = index >= snapshot_index + entries + entries * spread / 32
             && self.applied_bytes as f64 >= ratio_bytes;
         let budget = (ratio_bytes as u64).max(self.config.snapshot_log_bytes);
         let logged = self.applied_bytes + index.saturating_sub(snapshot_index) * ENTRY_LOG_OVERHEAD;
@@ -96,6 +107,11 @@ impl<M: StateMachine> GroupNode<M> {
         if !wanted && !by_entries && !by_bytes {
             return;
         }
+        let Some(slot) = storage.store().snapshot_slot() else {
+            // Another replica's snapshot is being written: this one is taken after it.
+            return;
+        };
+        storage.take_snapshot_wanted();
         let data = self.machine.snapshot();
         let snapshot = storage.snapshot_at(index, data);
         self.applied_bytes = 0;
@@ -111,7 +127,7 @@ impl<M: StateMachine> GroupNode<M> {
             "snapshot taken; writing it in the background"
         );
         out.snapshot = Some(SnapshotJob {
-            store: storage.store().clone(),
+            slot,
             group: self.group,
             snapshot,
         });

@@ -78,4 +78,4 @@ mod terms;
 mod testing;
 
 pub use group::{GroupStorage, Persist, Staged};
-pub use store::{Store, StoreConfig, WriteBatch};
+pub use store::{SnapshotSlot, Store, StoreConfig, WriteBatch};

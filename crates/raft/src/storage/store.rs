@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use raft::eraftpb::Snapshot;
@@ -84,6 +84,30 @@ pub struct Store {
     pub(super) cache: BlockCacheOwner,
     /// The groups' snapshot files.
     pub(super) snapshots: SnapshotFiles,
+    /// A [`SnapshotSlot`] is out: one snapshot is being taken and written.
+    snapshot_busy: AtomicBool,
+}
+
+/// The right to take and write one snapshot: a store hands out one at a time
+/// ([`Store::snapshot_slot`]), and takes it back when this is dropped (the file written, or
+/// the job given up). So a node copies one state machine at a time for its snapshot, not every
+/// shard's at once when their logs fill together (a stall of the Raft loop, and a second
+/// copy of every filter in memory), and its log syncs never queue behind several snapshot
+/// files' writeback.
+#[derive(Debug)]
+pub struct SnapshotSlot(Arc<Store>);
+
+impl SnapshotSlot {
+    /// The store the slot is of.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.0
+    }
+}
+
+impl Drop for SnapshotSlot {
+    fn drop(&mut self) {
+        self.0.snapshot_busy.store(false, Ordering::Release);
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -136,6 +160,7 @@ impl Store {
             purge_lock: RwLock::new(()),
             cache: BlockCacheOwner::new(),
             snapshots,
+            snapshot_busy: AtomicBool::new(false),
         }))
     }
 
@@ -184,6 +209,17 @@ impl Store {
     /// Blocks for the write and fsync (a whole state machine): run it off the Raft loop.
     pub fn write_snapshot_file(&self, group: GroupId, snapshot: &Snapshot) -> Result<()> {
         self.snapshots.write(group, snapshot)
+    }
+
+    /// The store's one [`SnapshotSlot`], unless a snapshot holds it.
+    pub fn snapshot_slot(self: &Arc<Self>) -> Option<SnapshotSlot> {
+        let taken = self.snapshot_busy.swap(true, Ordering::AcqRel);
+        (!taken).then(|| SnapshotSlot(Arc::clone(self)))
+    }
+
+    /// Whether [`snapshot_slot`](Self::snapshot_slot) would hand the slot out now.
+    pub fn snapshot_slot_free(&self) -> bool {
+        !self.snapshot_busy.load(Ordering::Acquire)
     }
 
     /// Frees log files whose entries every group has compacted away. Returns groups that
@@ -299,6 +335,18 @@ mod tests {
             assert_eq!((g.first_index(), g.last_index()), (1, count));
             assert_eq!(g.hard_state().commit, count);
         }
+    }
+
+    #[test]
+    fn a_store_hands_out_one_snapshot_slot_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = store.snapshot_slot().expect("a free slot");
+        assert!(!store.snapshot_slot_free());
+        assert!(store.snapshot_slot().is_none(), "one snapshot at a time");
+        drop(first);
+        assert!(store.snapshot_slot_free());
+        assert!(store.snapshot_slot().is_some(), "free again once dropped");
     }
 
     #[test]
