@@ -95,8 +95,9 @@
 //! ended at 139-158 MB against a bound of 319 MB; before the byte budget they grew with the
 //! log, to 1.44 GB each. Caveats: the bound assumes inserts spread over the shards, as keys
 //! are; a group that stops writing keeps its old entries until raft-engine moves them out
-//! (at the next purge for a few entries, after nine purges for more), and a shard's new
-//! snapshot file exists beside the old one while it is written.
+//! (at the next purge for a few entries, after nine purges for more); a shard's new
+//! snapshot file exists beside the old one while it is written; and the log is purged at most
+//! every 3 s, so files freed meanwhile (3 s of the node's log) wait for the next purge.
 //!
 //! # Caveats
 //! - raft-engine's recovery truncates a damaged newest log file, which would silently drop
