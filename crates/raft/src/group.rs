@@ -191,8 +191,8 @@ impl<M: StateMachine> Group<M> {
     /// A transfer elects its target at once: no lease from before it may answer again. Called
     /// after whatever can start one (a tick, a message), before the pass that sends the
     /// transfer's message.
-    fn end_lease_if_transferring(&mut self, now: Instant) {
-        if self.lease.is_some() && self.node.lease_facts(now).transferring {
+    fn end_lease_if_transferring(&mut self) {
+        if self.lease.is_some() && self.node.lease_facts(Instant::now()).transferring {
             self.set_lease(None);
         }
     }
@@ -246,7 +246,7 @@ impl<M: StateMachine + Send + 'static> Hosted for Group<M> {
 
     fn tick(&mut self, now: Instant) {
         self.node.tick();
-        self.end_lease_if_transferring(now);
+        self.end_lease_if_transferring();
         self.expire_reads(now);
     }
 
@@ -255,7 +255,7 @@ impl<M: StateMachine + Send + 'static> Hosted for Group<M> {
         if let Err(error) = self.node.step(message) {
             tracing::trace!(group = self.node.group(), %error, "message refused");
         }
-        self.end_lease_if_transferring(Instant::now());
+        self.end_lease_if_transferring();
     }
 
     fn request(&mut self, request: Request, now: Instant) {

@@ -174,6 +174,13 @@ impl Cluster {
         self.net.handles.lock().unwrap().values().cloned().collect()
     }
 
+    /// Stops every live replica.
+    async fn shutdown(&self) {
+        for handle in self.live() {
+            handle.shutdown().await;
+        }
+    }
+
     /// The leader every live replica (outside `cut`) agrees on.
     async fn leader(&self) -> GroupHandle {
         eventually(
@@ -271,9 +278,7 @@ async fn elects_commits_and_redirects_followers() {
     // A rejection by the state machine is an answer, not a retryable failure.
     let error = leader.propose(b"short".to_vec()).await.unwrap_err();
     assert!(matches!(error, Error::Rejected(_)), "{error}");
-    for handle in cluster.live() {
-        handle.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,9 +302,7 @@ async fn concurrent_proposals_apply_in_one_order() {
     ids.sort_unstable();
     assert_eq!(ids, (1..=200).collect::<Vec<_>>());
     assert_eq!(results, checksums(&register.ids));
-    for handle in cluster.live() {
-        handle.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,9 +383,7 @@ async fn reads_share_rounds_and_see_acknowledged_writes() {
             handle.id()
         );
     }
-    for handle in cluster.live() {
-        handle.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,9 +464,7 @@ async fn leadership_loss_fails_pending_and_failover_keeps_committing() {
         async || cluster.handle(killed).leadership().leader == Some(next.id()),
     )
     .await;
-    for handle in cluster.live() {
-        handle.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -524,7 +523,5 @@ async fn lease_reads_skip_rounds_and_a_cut_off_leader_stops_before_another_commi
         last_answer.map(|answered| answered - committed)
     );
     cluster.net.cut.lock().unwrap().clear();
-    for handle in cluster.live() {
-        handle.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
