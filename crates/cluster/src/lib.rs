@@ -14,6 +14,9 @@
 //! - [`map`]: the [`ShardMap`] (shard -> replicas and leader hints, node addresses, an
 //!   [`epoch`](ShardMap::epoch)), merged from the nodes' views, and the choice of the node a
 //!   shard's keys go to.
+//! - [`placement`]: which nodes hold each shard's replicas as nodes join, decommission and
+//!   die, and the planner ([`placement::plan`]) that moves replicas there one step at a time,
+//!   spreading replicas and preferred leaders evenly over the active nodes.
 //! - [`plan`]: a batch split by shard and node ([`Plan`]), each part's key positions kept, and
 //!   the answers merged back in request order ([`Merge`]).
 //! - [`retry`]: which failures are retried, the backoff schedule and the deadline
@@ -30,6 +33,7 @@ pub mod bitmap;
 pub mod consistency;
 pub mod key;
 pub mod map;
+pub mod placement;
 pub mod plan;
 pub mod request;
 pub mod retry;
@@ -38,6 +42,7 @@ pub use bitmap::Bitmap;
 pub use consistency::{Consistency, UnknownConsistency};
 pub use key::{shard_of, Key, NodeId, ShardId, KEY_LEN};
 pub use map::{MapError, NodeView, ShardMap, ShardView};
+pub use placement::{Moves, NodeEntry, NodeState, Placement};
 pub use plan::{Merge, MergeError, Plan};
 pub use request::{
     bound_message, check_bits, check_set_count, check_set_name, max_request_bytes, quote,
