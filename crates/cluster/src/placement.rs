@@ -9,15 +9,16 @@
 //! # What is planned, in order
 //! 1. **Repair**: a shard with fewer replicas on live nodes ([`NodeState::live`]) than the
 //!    replication gets a replica on the least-loaded [`Active`](NodeState::Active) node not
-//!    holding it, in place of one on a node that is gone (dead, decommissioned, unknown), or
-//!    added when there is none. The shards with the fewest live replicas go first.
+//!    holding it, in place of one on a node that is gone (dead, decommissioned, joining,
+//!    unknown), or added when there is none. The shards with the fewest live replicas go
+//!    first.
 //! 2. **Shed**: a shard with more replicas than the replication drops one (gone first, then
 //!    decommissioning, then the most loaded active node); a replica on a decommissioning node
 //!    is replaced like a gone one.
 //! 3. **Spread**: while an active node holds two replicas more than another, one replica
-//!    moves from the most loaded node to the least loaded one not holding that shard (a shard
-//!    it does not lead, where there is one). At rest the replicas per active node are within
-//!    one of each other.
+//!    moves from the most loaded node to the least loaded one not holding that shard,
+//!    preferring shards the giving node does not lead. At rest the replicas per active node
+//!    are within one of each other.
 //! 4. **Leaders**: the first replica of a list is the shard's preferred leader. It is moved to
 //!    an active replica whenever it is on a node that is not active; and while an active node
 //!    leads two shards more than another, a few shards per call ([`reorders`]) put another of
@@ -38,11 +39,17 @@
 //! - A list naming a node twice is read as its distinct nodes (a Raft group is a set of
 //!   voters); a settled shard's list is written back without the repeat.
 //! - `replication` 0 is read as 1: the planner never plans a shard down to no replica.
+//! - A replica on a joining node (which should hold nothing) counts as gone, like one on a
+//!   node the catalog does not know.
 //! - With fewer active nodes than the replication, replicas stay where they are (a live one is
 //!   never removed to make room) and new ones are added where a node is free.
-//! - A replacement takes the position of the node it replaces, the leader's too: the new
-//!   replica is the preferred leader while it catches up, and leadership balancing moves it
-//!   later if needed. The node layer should not hand leadership to a replica that lags.
+//! - A replacement takes the position of the node it replaces, the first one too: the new
+//!   replica is then the preferred leader while it still catches up. The node layer should
+//!   not hand leadership to a replica that lags.
+//! - Cost: each membership move scans the shards once per candidate node, each leadership
+//!   chain is a breadth-first search over the active nodes. 4096 shards x 3 replicas on 20
+//!   nodes, one dead: about 150 ms for the first call (16 moves, ~1100 leadership changes),
+//!   6-7 ms for later ones, in the test profile (opt-level 1) on a 2-core machine.
 
 use std::collections::{BTreeMap, BTreeSet};
 
