@@ -27,7 +27,7 @@ use crate::handle::{Counters, Published, NOT_REJOINING};
 use crate::host::Replica;
 use crate::lease::{self, Lease};
 use crate::msg::{Report, Request};
-use crate::node::{GroupNode, Leadership, Output, StateMachine};
+use crate::node::{GroupNode, Leadership, Membership, Output, StateMachine};
 use crate::GroupId;
 
 /// Ticks a ReadIndex round may go unanswered before a second round starts beside it: a round
@@ -86,6 +86,7 @@ impl Drop for StoppedOnDrop {
 /// The publishing ends of a replica's state.
 pub(crate) struct Publishers {
     pub(crate) leadership: watch::Sender<Leadership>,
+    pub(crate) membership: watch::Sender<Membership>,
     pub(crate) stall: watch::Sender<Option<String>>,
     pub(crate) counters: Arc<Counters>,
 }
@@ -123,6 +124,7 @@ impl<M: StateMachine> Group<M> {
     pub(crate) fn new(node: GroupNode<M>, tick: Duration) -> (Group<M>, Published) {
         let (leadership_tx, leadership) = watch::channel(node.leadership());
         let (stall_tx, stall) = watch::channel(node.stalled().map(str::to_string));
+        let (membership_tx, membership) = watch::channel(node.membership());
         let (stopped_tx, stopped) = watch::channel(false);
         let counters = Arc::new(Counters::default());
         counters.applied.store(node.applied(), Ordering::Release);
@@ -132,6 +134,7 @@ impl<M: StateMachine> Group<M> {
         counters.rejoin.store(rejoin, Ordering::Release);
         let published = Published {
             leadership,
+            membership,
             stall,
             stopped,
             counters: counters.clone(),
@@ -142,6 +145,7 @@ impl<M: StateMachine> Group<M> {
             node,
             publish: Publishers {
                 leadership: leadership_tx,
+                membership: membership_tx,
                 stall: stall_tx,
                 counters,
             },
@@ -304,6 +308,7 @@ impl<M: StateMachine + Send + 'static> Hosted for Group<M> {
                 }
                 self.publish_rejoin();
             }
+            Report::Members(members) => self.node.set_members(members),
         }
     }
 
@@ -355,6 +360,14 @@ impl<M: StateMachine + Send + 'static> Hosted for Group<M> {
         let committed = self.node.storage().hard_state().commit;
         counters.committed.store(committed, Ordering::Release);
         self.publish_rejoin();
+        let membership = self.node.membership();
+        self.publish.membership.send_if_modified(|published| {
+            let changed = *published != membership;
+            if changed {
+                *published = membership;
+            }
+            changed
+        });
         let stalled = self.node.stalled();
         self.publish.stall.send_if_modified(|published| {
             let changed = published.as_deref() != stalled;

@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{Error, Result};
 use crate::msg::{Control, Report, Request};
-use crate::node::Leadership;
+use crate::node::{Leadership, Membership};
 use crate::{GroupId, NodeId};
 
 /// The loop's inbound channels, shared by every handle of the node.
@@ -44,6 +44,8 @@ pub(crate) const NOT_REJOINING: u64 = u64::MAX;
 #[derive(Debug)]
 pub(crate) struct Published {
     pub(crate) leadership: watch::Receiver<Leadership>,
+    /// The membership the replica last applied.
+    pub(crate) membership: watch::Receiver<Membership>,
     /// Why the replica is stalled, while it is.
     pub(crate) stall: watch::Receiver<Option<String>>,
     /// Set once the loop dropped the replica (and its store handle).
@@ -226,6 +228,28 @@ impl GroupHandle {
     /// for long. `None` when it applies normally.
     pub fn stalled(&self) -> Option<String> {
         self.shared.published.stall.borrow().clone()
+    }
+
+    /// Sets the replicas the group should have, the preferred leader first (see
+    /// [`GroupNode::set_members`](crate::GroupNode::set_members)): call it on every replica of
+    /// the group; the leader moves the group there, one membership change at a time (adding
+    /// before removing). Never dropped; returns at once.
+    pub fn set_members(&self, members: Vec<NodeId>) {
+        self.report(Report::Members(members));
+    }
+
+    /// The group's membership as this replica last applied it, without entering the loop:
+    /// empty for a new replica that has not received its first snapshot.
+    pub fn membership(&self) -> Membership {
+        self.shared.published.membership.borrow().clone()
+    }
+
+    /// Whether this replica was removed from its group: its applied membership, not empty,
+    /// leaves it out (see [`GroupNode::removed`](crate::GroupNode::removed); a removed
+    /// replica may never learn it, so `false` proves nothing: ask the leader).
+    pub fn removed(&self) -> bool {
+        let membership = self.shared.published.membership.borrow();
+        !membership.is_empty() && !membership.contains(self.shared.id)
     }
 
     /// A receiver of leadership changes, to wait for a leader or follow hints.

@@ -19,23 +19,27 @@
 //!   trait; rebuilding a replica that lost its data from its peers (the [`node`] docs: rejoin
 //!   mark, remove and re-add as a learner, promotion), and stalling a replica whose state
 //!   machine cannot apply an entry for want of a local resource ([`ApplyError::Stalled`]; the
-//!   [`node`] docs, "Stalled replicas"); a leader adding back missing members, promoting
-//!   caught-up learners and handing leadership back to the group's preferred replica (the
-//!   first of its members; [`node::LEADER_TRANSFER_TICKS`]).
+//!   [`node`] docs, "Stalled replicas"); membership changes at run time: the node layer sets
+//!   a group's members ([`GroupNode::set_members`]) and its leader moves the group there one
+//!   simple change at a time, adding before removing, a new replica getting a snapshot (the
+//!   [`node`] docs, "Membership changes"); and handing leadership back to the group's
+//!   preferred replica (the first of its members; [`node::LEADER_TRANSFER_TICKS`]).
 //! - [`host`]: one pass over every replica of a node: collect, one synced write, finish.
 //!   The node's loop and the simulation both run it.
 //! - `sim`, only with the cargo feature `sim` (off by default, so it is no part of the
 //!   production API; this crate's tests turn it on through a dev-dependency on itself): a
 //!   seeded `sim::Network` (delay, loss, duplication, reordering, partitions) and
-//!   `sim::Cluster` (crashes, restarts, lost disks, a logical clock; each node's Ready goes
+//!   `sim::Cluster` (crashes, restarts, lost disks, nodes joining and decommissioned, member
+//!   moves, a logical clock; each node's Ready goes
 //!   through [`host::pass`], and snapshot jobs finish a seeded while later or die with a
 //!   crash); `tests/simulation.rs` here and in `crates/node` run seeds against it and check
 //!   the invariants, and `tests/scripts.rs` plays cluster stories written as golden scripts
 //!   against it (`tests/scripts/*.txt`: a replica rebuilt after losing its disk, leadership
-//!   handed back to the preferred replica).
+//!   handed back to the preferred replica, a member replaced by a new node).
 //! - [`poller`]: the async shell, one per node: [`Poller::start`] runs a thread with one
 //!   `select!` loop that hosts every replica of the node ([`Poller::add`] returns a
-//!   cloneable [`GroupHandle`]: `step`, `propose`, `read_index`, `rejoin`, leadership) and a
+//!   cloneable [`GroupHandle`]: `step`, `propose`, `read_index`, `rejoin`, `set_members`,
+//!   leadership, `membership` and `removed`) and a
 //!   snapshot thread that writes snapshot files and purges the log; the caller supplies a
 //!   [`Transport`]. `group.rs` holds one hosted replica's waiting proposals and batched
 //!   ReadIndex reads, `handle.rs` the handle, `msg.rs` what travels into the loop.
@@ -154,7 +158,8 @@ pub mod storage;
 pub use error::{Error, Result};
 pub use handle::GroupHandle;
 pub use node::{
-    ApplyError, Collected, GroupNode, Leadership, NodeConfig, Output, SnapshotJob, StateMachine,
+    ApplyError, Collected, GroupNode, Leadership, Membership, NodeConfig, Output, SnapshotJob,
+    StateMachine,
 };
 pub use poller::{Poller, Transport};
 pub use storage::{GroupStorage, Persist, SnapshotSlot, Store, StoreConfig, WriteBatch};

@@ -28,6 +28,9 @@ pub(crate) enum Report {
     Snapshot(NodeId, bool),
     /// The leader re-added this rebuilt replica at this index.
     Rejoined(u64),
+    /// The group's members changed (see
+    /// [`GroupNode::set_members`](crate::GroupNode::set_members)).
+    Members(Vec<NodeId>),
 }
 
 /// What the loop itself is told; never dropped, handled before messages and requests.

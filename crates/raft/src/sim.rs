@@ -13,6 +13,12 @@
 //! each tick a rejoining node asks the current leader to re-add it, and the leader's answer
 //! reaches it at once, like a request and reply over a peer RPC that happened to succeed.
 //!
+//! The group's members can change while it runs, as the node layer changes a shard's placement
+//! ([`Cluster::set_members`], told to every replica, as the node layer does): a node can
+//! [`join`](Cluster::join) with an empty replica (a new replica of an existing group, which
+//! waits for the leader to add it and send it a snapshot), and a node that is no longer a
+//! member can be [`decommission`](Cluster::decommission)ed once the leader removed it.
+//!
 //! A crash here closes raft-engine cleanly (its `Drop` runs); the torn tail a real crash
 //! leaves behind is covered by the storage tests.
 //!
@@ -216,8 +222,15 @@ impl Default for ClusterConfig {
 pub struct Cluster<M> {
     config: ClusterConfig,
     dir: PathBuf,
-    /// `None` while crashed.
+    /// Every hosted node; `None` while crashed.
     nodes: BTreeMap<NodeId, Option<GroupNode<M>>>,
+    /// The group's first voters (`1..=nodes`): a rebuilt replica of one of them bootstraps
+    /// with them, a node that joined later with nothing.
+    bootstrap: Vec<NodeId>,
+    /// The replicas the group should have, the preferred leader first.
+    members: Vec<NodeId>,
+    /// Nodes whose disk was lost (see [`lost_disks`](Self::lost_disks)).
+    lost: BTreeSet<NodeId>,
     new_machine: fn() -> M,
     /// The simulated network.
     pub net: Network,
@@ -248,7 +261,11 @@ impl<M: StateMachine> Cluster<M> {
         config: ClusterConfig,
         new_machine: fn() -> M,
     ) -> Result<Cluster<M>> {
+        let bootstrap: Vec<NodeId> = (1..=config.nodes).collect();
         let mut cluster = Cluster {
+            members: bootstrap.clone(),
+            bootstrap,
+            lost: BTreeSet::new(),
             net: Network::new(seed, config.faults.clone()),
             config,
             dir: dir.into(),
@@ -259,16 +276,57 @@ impl<M: StateMachine> Cluster<M> {
             phase: BTreeMap::new(),
             snapshots: Vec::new(),
         };
-        for id in cluster.ids() {
+        for id in cluster.bootstrap.clone() {
             cluster.nodes.insert(id, None);
             cluster.restart(id)?;
         }
         Ok(cluster)
     }
 
-    /// Every node id.
+    /// Every hosted node's id (up or crashed): `1..=nodes` until members change.
     pub fn ids(&self) -> Vec<NodeId> {
-        (1..=self.config.nodes).collect()
+        self.nodes.keys().copied().collect()
+    }
+
+    /// The replicas the group should have, the preferred leader first.
+    pub fn members(&self) -> &[NodeId] {
+        &self.members
+    }
+
+    /// Sets the replicas the group should have (see [`GroupNode::set_members`]) and tells
+    /// every node that is up; a node that restarts is told again.
+    pub fn set_members(&mut self, members: Vec<NodeId>) {
+        for node in self.nodes.values_mut().flatten() {
+            node.set_members(members.clone());
+        }
+        self.members = members;
+    }
+
+    /// Hosts node `id` (not hosted yet) with an empty replica: a new replica of the group,
+    /// which waits until the leader adds it. Make it a member with
+    /// [`set_members`](Self::set_members).
+    pub fn join(&mut self, id: NodeId) -> Result<()> {
+        if self.nodes.contains_key(&id) {
+            return Err(Error::Rejected(format!("node {id} is hosted already")));
+        }
+        self.nodes.insert(id, None);
+        self.restart(id)
+    }
+
+    /// Stops hosting node `id` for good (a node removed from the group): it is dropped with
+    /// its snapshots in flight, and its messages are no longer delivered.
+    pub fn decommission(&mut self, id: NodeId) {
+        self.crash(id);
+        self.nodes.remove(&id);
+        self.phase.remove(&id);
+    }
+
+    /// Nodes that lost their disk at some point (decommissioned since or not). Rebuilding a
+    /// replica removes it and adds it back (see the [`node`](crate::node) docs), and a rejoin
+    /// proposal that commits after a leader change can do so again later: the group may lack
+    /// such a voter for a while, also once the node is no longer a member.
+    pub fn lost_disks(&self) -> Vec<NodeId> {
+        self.lost.iter().copied().collect()
     }
 
     /// Ids of the nodes that are up.
@@ -304,24 +362,29 @@ impl<M: StateMachine> Cluster<M> {
         self.snapshots.retain(|(node, _, _)| *node != id);
     }
 
-    /// Whether every node is up with its replica whole (none rejoining) and the leader counts
-    /// all as voters: only then may a test lose a disk (two lost copies of three is data loss no
-    /// protocol prevents).
+    /// Whether every member is up with its replica whole (none rejoining) and the leader's
+    /// voters are exactly the members: only then may a test lose a disk (two lost copies of
+    /// three is data loss no protocol prevents).
     pub fn is_whole(&self) -> bool {
-        let whole = self
-            .ids()
-            .into_iter()
-            .all(|id| self.node(id).is_some_and(|n| n.rejoin().is_none()));
-        let members = self.leader().map(|leader| {
-            let node = self.node(leader).expect("the leader is up");
-            node.storage().conf_state()
-        });
-        let all = self.config.nodes as usize;
-        whole && members.is_some_and(|conf| conf.voters.len() == all && conf.learners.is_empty())
+        let whole =
+            (self.members.iter()).all(|&id| self.node(id).is_some_and(|n| n.rejoin().is_none()));
+        whole && self.is_settled()
+    }
+
+    /// Whether the leader's applied membership is exactly the members, all voters.
+    pub fn is_settled(&self) -> bool {
+        let Some(leader) = self.leader() else {
+            return false;
+        };
+        let membership = self.node(leader).expect("the leader is up").membership();
+        let mut members = self.members.clone();
+        members.sort_unstable();
+        membership.voters == members && membership.learners.is_empty()
     }
 
     /// Crashes node `id` and wipes its directory, as when its disk is replaced; it stays down
     /// until [`restart`](Self::restart)ed, then rejoins empty and is rebuilt from the others.
+    /// It must be a member: the group rebuilds only its members' replicas.
     pub fn lose_disk(&mut self, id: NodeId) -> Result<()> {
         self.crash(id);
         let dir = self.dir.join(format!("node-{id}"));
@@ -338,12 +401,14 @@ impl<M: StateMachine> Cluster<M> {
         }
         let store = Store::open(&dir)?;
         store.group(GROUP)?.set_rejoin(Some(0))?;
+        self.lost.insert(id);
         Ok(())
     }
 
     /// One millisecond of the simulations' fault schedule, drawn from `rng`: about one crash
     /// (at most `max_down` nodes down at once) and one partition every 2 s, each lasting about
-    /// 0.5-1 s, and now and then a lost disk while the group is whole. Counts go to `counts`.
+    /// 0.5-1 s, and now and then a lost disk (of a member) while the group is whole. Counts go
+    /// to `counts`.
     pub fn inject_faults(
         &mut self,
         rng: &mut StdRng,
@@ -370,7 +435,8 @@ impl<M: StateMachine> Cluster<M> {
             }
         }
         if rng.gen_bool(0.0003) && self.is_whole() {
-            self.lose_disk(ids[rng.gen_range(0..ids.len())])?;
+            let members = &self.members;
+            self.lose_disk(members[rng.gen_range(0..members.len())])?;
             counts.disks_lost += 1;
         }
         if rng.gen_bool(0.0005) {
@@ -386,20 +452,27 @@ impl<M: StateMachine> Cluster<M> {
         Ok(())
     }
 
-    /// (Re)starts node `id` from its directory (a no-op if it is up).
+    /// (Re)starts node `id` from its directory (a no-op if it is up or not hosted), and tells
+    /// it the members.
     pub fn restart(&mut self, id: NodeId) -> Result<()> {
-        if self.node(id).is_some() {
+        if self.node(id).is_some() || !self.nodes.contains_key(&id) {
             return Ok(());
         }
         let store = Store::open(self.dir.join(format!("node-{id}")))?;
         let storage = store.group(GROUP)?;
-        let voters = self.ids();
+        // Only a first voter's empty replica bootstraps (a rebuilt one); a node that joined
+        // later waits for a snapshot.
+        let voters = match self.bootstrap.contains(&id) {
+            true => self.bootstrap.clone(),
+            false => Vec::new(),
+        };
         // A seeded election timeout per start (raft-rs's own draw is not reproducible).
         let mut config = self.config.node.clone();
         config.election_ticks += self.rng.gen_range(0..config.election_ticks.max(1));
         config.max_election_ticks = config.election_ticks + 1;
         self.phase.insert(id, self.rng.gen_range(0..TICK_MS));
-        let node = GroupNode::new(id, storage, &voters, (self.new_machine)(), config)?;
+        let mut node = GroupNode::new(id, storage, &voters, (self.new_machine)(), config)?;
+        node.set_members(self.members.clone());
         self.nodes.insert(id, Some(node));
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! A node's Raft loop hosting one replica per node, with real tokio, real on-disk stores and an in-memory transport: elections
 //! and commits, leader hints, ordering under concurrent proposals, batched linearizable reads,
-//! leader failure and restart from disk.
+//! leader failure and restart from disk, a member replaced through the handles.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex};
@@ -127,6 +127,11 @@ impl Cluster {
 
     /// Starts (or restarts) node `id` from its directory.
     fn start(&mut self, id: NodeId) -> GroupHandle {
+        self.start_with(id, &VOTERS)
+    }
+
+    /// Starts node `id` with `voters` (none: a new replica of the running group).
+    fn start_with(&mut self, id: NodeId, voters: &[NodeId]) -> GroupHandle {
         let store = Store::open(self.dir.path().join(format!("node-{id}"))).unwrap();
         let probe = Probe::default();
         let config = NodeConfig {
@@ -138,7 +143,7 @@ impl Cluster {
         let node = GroupNode::new(
             id,
             store.group(GROUP).unwrap(),
-            &VOTERS,
+            voters,
             probe.clone(),
             config,
         )
@@ -523,5 +528,34 @@ async fn lease_reads_skip_rounds_and_a_cut_off_leader_stops_before_another_commi
         last_answer.map(|answered| answered - committed)
     );
     cluster.net.cut.lock().unwrap().clear();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_members_replaces_a_member_and_the_handles_report_it() {
+    let (mut cluster, handles) = Cluster::start_all();
+    let leader = cluster.leader().await;
+    for id in 1..=3 {
+        propose(&leader, id).await.unwrap();
+    }
+    // A new replica: in no configuration until the leader adds it.
+    let new = cluster.start_with(4, &[]);
+    assert!(new.membership().is_empty());
+    assert!(!new.removed());
+    for handle in cluster.live() {
+        handle.set_members(vec![1, 2, 4]);
+    }
+    let old = handles[&3].clone();
+    eventually("node 3 learns it was removed", PATIENCE, async || {
+        let voters = new.membership().voters;
+        (voters == [1, 2, 4] && old.removed()).then_some(())
+    })
+    .await;
+    cluster.kill(3).await;
+    let leader = cluster.leader().await;
+    propose(&leader, 4).await.unwrap();
+    let register = cluster.converged(leader.applied()).await;
+    assert_eq!(register.ids, vec![1, 2, 3, 4]);
+    assert!(!new.removed());
     cluster.shutdown().await;
 }

@@ -14,9 +14,14 @@
 //!   `heal` restores every link.
 //! - `crash NODE`, `restart NODE`, `lose-disk NODE` (crashed, its directory wiped: it restarts
 //!   empty and rejoins, see `leakbloom_raft::node`'s "Rebuilding a replica").
-//! - `stabilize`: steps until the leader's side of the network has settled (every live node
+//! - `join NODE`: hosts a new node with an empty replica (it waits to be added);
+//!   `members NODE...`: the group's members from now on, the preferred leader first (every
+//!   replica is told; the leader moves the group there); `decommission NODE`: stops hosting a
+//!   node for good.
+//! - `stabilize`: steps until the leader's side of the network has settled (every live member
 //!   there knows the leader, is a voter, has applied the leader's whole log and is not
-//!   rejoining), printing what happened on the way.
+//!   rejoining, and the leader has removed every node that is not a member), printing what
+//!   happened on the way.
 //! - `run MS`: steps MS logical ms, printing what happened.
 //! - `status`: every node's role, term, indexes, membership and the proposals it holds.
 //! - `check`: every live replica holds every acknowledged proposal, all in one order. A failure
@@ -49,6 +54,11 @@ fn rebuild_after_lost_disk() {
 #[test]
 fn leader_handback() {
     tell("leader_handback");
+}
+
+#[test]
+fn replace_a_member() {
+    tell("replace_a_member");
 }
 
 /// The state of one story: the cluster, and what has been seen of it.
@@ -150,6 +160,32 @@ impl Story {
                 cluster.net.heal();
                 self.cut.clear();
                 Ok("network healed".into())
+            }
+            "join" => {
+                let id: NodeId = command.single()?;
+                cluster.join(id).map_err(|e| e.to_string())?;
+                self.rejoin.insert(id, None);
+                Ok(format!(
+                    "node {id} joins with an empty replica: it waits to be added"
+                ))
+            }
+            "members" => {
+                let members: Vec<NodeId> = command.positional()?;
+                if let Some(id) = members.iter().find(|id| !ids.contains(id)) {
+                    return Err(format!("there is no node {id}: join it first"));
+                }
+                cluster.set_members(members.clone());
+                Ok(format!(
+                    "members {}; node {} is the preferred leader",
+                    words(&members),
+                    members.first().ok_or("no members")?
+                ))
+            }
+            "decommission" => {
+                let id = node(command)?;
+                cluster.decommission(id);
+                self.rejoin.remove(&id);
+                Ok(format!("node {id} is no longer hosted"))
             }
             "crash" => {
                 let id = node(command)?;
@@ -320,14 +356,24 @@ impl Story {
         let leading = cluster.node(leader).expect("the leader is up");
         let conf = leading.storage().conf_state();
         let side = |id: &NodeId| self.cut.contains(id) == self.cut.contains(&leader);
-        leading.applied() == leading.last_index()
-            && cluster.live().iter().filter(|id| side(id)).all(|&id| {
-                let node = cluster.node(id).expect("live");
-                node.leadership().leader == Some(leader)
-                    && node.applied() == leading.applied()
-                    && node.rejoin().is_none()
-                    && conf.voters.contains(&id)
-            })
+        let members = cluster.members();
+        let removed = (cluster.ids().iter())
+            .filter(|id| !members.contains(id))
+            .all(|&id| !leading.membership().contains(id));
+        let member = |id: &NodeId| members.contains(id);
+        removed
+            && leading.applied() == leading.last_index()
+            && cluster
+                .live()
+                .iter()
+                .filter(|id| side(id) && member(id))
+                .all(|&id| {
+                    let node = cluster.node(id).expect("live");
+                    node.leadership().leader == Some(leader)
+                        && node.applied() == leading.applied()
+                        && node.rejoin().is_none()
+                        && conf.voters.contains(&id)
+                })
     }
 
     /// One line per node.

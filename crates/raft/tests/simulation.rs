@@ -18,6 +18,20 @@
 //! from the others (re-added as a learner, then promoted), and all of the above must still
 //! hold: nothing acknowledged with its lost copy may disappear.
 //!
+//! The group's members move meanwhile, as placement changes would move them (3 to 5 members,
+//! one move about every 2 s): a fresh node joins with an empty replica, a member is removed,
+//! one is replaced by a fresh node, or the preferred leader (the first member) moves. A node
+//! that is no longer a member is decommissioned (no longer hosted) once the leader and every
+//! member replica that is up leave it out. Also checked, at every step:
+//!
+//! 9. The leader never has fewer than 3 voters (members are never fewer), but for nodes that
+//!    lost their disk (a rebuild removes the replica and adds it back; the node may stop
+//!    being a member, and be decommissioned, meanwhile): each allows one voter fewer.
+//! 10. A majority of the leader's voters are hosted (not decommissioned): the group keeps a
+//!     quorum it can reach once crashes and partitions heal.
+//!
+//! and at the end, that the leader's voters are exactly the members.
+//!
 //! `cargo test` runs [`DEFAULT_SEEDS`] seeds from 0; `LEAKBLOOM_SIM_SEEDS=N` runs N seeds
 //! (from `LEAKBLOOM_SIM_FIRST_SEED`, default 0), `LEAKBLOOM_SIM_SEED=S` replays seed S (a
 //! failing seed prints the command).
@@ -33,13 +47,28 @@ use raft::StateRole;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// Seeds `cargo test` runs by default: every fault shows up in each few seeds, and 200 seeds
-/// take about 15 s in a debug build, inside the crate's ~60 s test budget.
+/// Seeds `cargo test` runs by default: every fault and member move shows up in each few seeds,
+/// and 200 seeds take about 30 s in a debug build, inside the crate's ~2 min test budget.
 const DEFAULT_SEEDS: u64 = 200;
 /// Logical ms of faults and client traffic per seed (about 5 crashes and 5 partitions).
 const FAULT_MS: u64 = 10_000;
 /// Logical ms allowed for the healed cluster to converge; generous against election storms.
 const SETTLE_MS: u64 = 10_000;
+/// Probability per logical ms of a member move: about one every 2 s.
+const MOVE_RATE: f64 = 0.0005;
+/// Bounds on the member count the moves keep to.
+const MIN_MEMBERS: usize = 3;
+const MAX_MEMBERS: usize = 5;
+
+/// Member moves made and nodes decommissioned.
+#[derive(Debug, Default)]
+struct Moves {
+    joins: u64,
+    removals: u64,
+    replacements: u64,
+    leader_moves: u64,
+    decommissioned: u64,
+}
 
 #[derive(Debug, Default)]
 struct Stats {
@@ -49,6 +78,7 @@ struct Stats {
     snapshots_sent: u64,
     failed_proposals: u64,
     reads_checked: u64,
+    moves: Moves,
 }
 
 /// What the client saw, and what the checks compare against.
@@ -167,6 +197,30 @@ impl History {
                 "seed {seed}: node {id} applied a proposal twice"
             );
         }
+        if let Some(leader) = cluster.leader() {
+            let voters = cluster.node(leader).unwrap().membership().voters;
+            // 9. Never fewer than 3 voters, but for members being rebuilt.
+            let rebuilding = (cluster.lost_disks().into_iter())
+                .filter(|id| !voters.contains(id))
+                .count();
+            assert!(
+                voters.len() + rebuilding >= MIN_MEMBERS,
+                "seed {seed} at {} ms: leader {leader} has voters {voters:?} (members {:?}, \
+                 rebuilding {:?})",
+                cluster.now(),
+                cluster.members(),
+                cluster.lost_disks()
+            );
+            // 10. A majority of the voters are hosted.
+            let hosted = cluster.ids();
+            let reachable = voters.iter().filter(|id| hosted.contains(id)).count();
+            assert!(
+                reachable > voters.len() / 2,
+                "seed {seed} at {} ms: leader {leader} has voters {voters:?}, hosted only \
+                 {hosted:?}",
+                cluster.now()
+            );
+        }
         // 5. Reads served once their node applied the read index.
         let applied = |node| cluster.node(node).map(|n| n.applied());
         for read in self.reads.answerable(applied) {
@@ -184,6 +238,67 @@ impl History {
     }
 }
 
+/// Moves the group's members one step at random (see the module docs), between
+/// [`MIN_MEMBERS`] and [`MAX_MEMBERS`]; a fresh node id `next_node` joins when needed.
+fn move_members(
+    cluster: &mut Cluster<Register>,
+    rng: &mut StdRng,
+    next_node: &mut NodeId,
+    moves: &mut Moves,
+) {
+    let mut members = cluster.members().to_vec();
+    let mut join = |cluster: &mut Cluster<Register>| {
+        let id = *next_node;
+        *next_node += 1;
+        cluster.join(id).expect("join");
+        id
+    };
+    match rng.gen_range(0..4) {
+        0 if members.len() < MAX_MEMBERS => {
+            members.push(join(cluster));
+            moves.joins += 1;
+        }
+        1 if members.len() > MIN_MEMBERS => {
+            members.remove(rng.gen_range(0..members.len()));
+            moves.removals += 1;
+        }
+        2 => {
+            let at = rng.gen_range(0..members.len());
+            members[at] = join(cluster);
+            moves.replacements += 1;
+        }
+        3 => {
+            let to = rng.gen_range(1..members.len());
+            members.swap(0, to);
+            moves.leader_moves += 1;
+        }
+        _ => return,
+    }
+    cluster.set_members(members);
+}
+
+/// Decommissions every hosted node that is not a member, once the leader's membership and
+/// every member replica that is up leave it out (a replica that never learnt it was removed
+/// still counts itself in).
+fn decommission_removed(cluster: &mut Cluster<Register>, moves: &mut Moves) {
+    let Some(leader) = cluster.leader() else {
+        return;
+    };
+    let members = cluster.members().to_vec();
+    for id in cluster.ids() {
+        if members.contains(&id) {
+            continue;
+        }
+        let listed = (members.iter().chain([&leader]))
+            .filter_map(|&m| cluster.node(m))
+            .any(|n| n.membership().contains(id));
+        if !listed {
+            cluster.decommission(id);
+            moves.decommissioned += 1;
+        }
+    }
+}
+
 fn run(seed: u64) {
     let dir = scratch();
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
@@ -194,9 +309,7 @@ fn run(seed: u64) {
     config.faults.drop = rng.gen_range(0.0..0.15);
     config.faults.duplicate = rng.gen_range(0.0..0.05);
     config.faults.max_delay = rng.gen_range(1..40);
-    let ids: Vec<NodeId> = (1..=config.nodes).collect();
-    // Up to a majority down at once: the group stalls, and must recover afterwards.
-    let max_down = ids.len() / 2 + 1;
+    let mut next_node: NodeId = config.nodes + 1;
     let mut cluster =
         Cluster::new(seed, dir.path(), config, Register::default).expect("cluster starts");
     let mut history = History::new(seed);
@@ -205,9 +318,21 @@ fn run(seed: u64) {
     let mut quick_restarts: BTreeSet<(u64, NodeId)> = BTreeSet::new();
 
     for _ in 0..FAULT_MS {
+        // Up to a majority down at once: the group stalls, and must recover afterwards.
+        let max_down = cluster.members().len() / 2 + 1;
         cluster
             .inject_faults(&mut rng, max_down, &mut history.stats.faults)
             .expect("faults");
+        if rng.gen_bool(MOVE_RATE) {
+            move_members(
+                &mut cluster,
+                &mut rng,
+                &mut next_node,
+                &mut history.stats.moves,
+            );
+        }
+        decommission_removed(&mut cluster, &mut history.stats.moves);
+        let ids = cluster.ids();
         // A client proposing, and reading from any node, now and then.
         if rng.gen_bool(0.05) {
             let payload = vec![rng.gen::<u8>(); rng.gen_range(0..64)];
@@ -242,7 +367,7 @@ fn run(seed: u64) {
     // Faults stop: heal, restart everyone, let the group converge. A final proposal proves
     // the healed group makes progress; retried under new ids until one is acknowledged.
     cluster.net.heal();
-    for &id in &ids {
+    for id in cluster.ids() {
         cluster.restart(id).expect("restart");
     }
     let final_ids = next_id;
@@ -257,21 +382,24 @@ fn run(seed: u64) {
             }
         }
         history.step(&mut cluster);
-        let applied: BTreeSet<_> = ids
-            .iter()
-            .map(|&id| cluster.node(id).unwrap().applied())
+        decommission_removed(&mut cluster, &mut history.stats.moves);
+        let applied: BTreeSet<_> = (cluster.members().iter())
+            .map(|&id| cluster.node(id).map(|n| n.applied()))
             .collect();
-        if final_acked && applied.len() == 1 {
+        if final_acked && applied.len() == 1 && cluster.is_settled() {
             settled = true;
             break;
         }
     }
+    let ids = cluster.members().to_vec();
     // 6. Progress after healing.
     assert!(
         settled,
         "seed {seed}: the healed cluster did not converge in {SETTLE_MS} ms (nodes: {:?})",
-        ids.iter()
-            .map(|&id| cluster.node(id).unwrap())
+        cluster
+            .ids()
+            .into_iter()
+            .filter_map(|id| cluster.node(id))
             .map(|n| (
                 n.id(),
                 n.applied(),

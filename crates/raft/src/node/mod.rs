@@ -29,6 +29,46 @@
 //! The mark survives restarts. With three replicas, the group runs on the other two meanwhile
 //! (and stops if one of them fails too: two lost copies out of three is data loss).
 //!
+//! # Membership changes
+//! A group's *members* are the replicas it should have, the preferred leader first: the
+//! `voters` given to [`GroupNode::new`], then whatever [`GroupNode::set_members`] says (the
+//! node layer tells every replica of a group when its placement changes; only the leader
+//! acts). On every tick, a leader with no membership change in flight and an entry of its
+//! term committed takes one step towards them (`reconcile_members`), always adding before
+//! removing:
+//!
+//! 1. a member in neither voters nor learners is added as a learner;
+//! 2. a member learner that has replicated up to the last membership change is promoted;
+//! 3. only once every member is a voter, a learner or a voter that is not a member is removed
+//!    (never the last voter). A leader that is not a member first hands leadership to a
+//!    member voter (the first member if it holds the whole log); the new leader removes it.
+//!
+//! So the group never has fewer voters than the smaller of its member count and its voter
+//! count before the move: replacing 3 by 4 in {1, 2, 3} goes {1, 2, 3} + learner 4, then
+//! {1, 2, 3, 4}, then {1, 2, 4}. Leadership follows the first member as before
+//! ([`LEADER_TRANSFER_TICKS`]). A replica learns that it was removed when it applies its removal
+//! ([`GroupNode::removed`]); if the leader stopped sending first, it never does, and the node
+//! layer must ask the leader.
+//!
+//! Why simple changes, one at a time, and not joint consensus (`ConfChangeV2` with several
+//! changes): a single voter change keeps every majority of the old configuration
+//! overlapping every majority of the new one, so each step is safe alone, and the add-first
+//! order already keeps the voter count; a joint configuration would make a replacement one
+//! step instead of three, but adds a second quorum to every commit while joint, an explicit
+//! leave step whose loss must be recovered, and the rejoin protocol relies on simple changes
+//! (a joint one keeps the old progress). Member moves are rare (placement changes), so the
+//! extra round trips cost nothing that matters.
+//!
+//! A **new replica** (storage empty, no voters given) bootstraps nothing: it is in no
+//! configuration, so it neither campaigns nor votes, and it waits until a leader adds it and
+//! sends it a snapshot. It must get a snapshot, not the log from index 1: a group is
+//! bootstrapped with its first voters and no entries, so the log alone does not tell who they
+//! are. Hence a leader whose log still starts at index 1 compacts it (takes a snapshot now,
+//! `first_snapshot_due` in `node/snapshot.rs`) before it adds a replica that is not in the
+//! configuration, and when a learner is there (a leader elected after the add); and a replica
+//! that holds nothing and is new or rejoining drops appends from index 1, so even a leader
+//! that has not compacted yet cannot give it a log without its membership.
+//!
 //! # Stalled replicas
 //! Applying a committed entry is deterministic on its content, but it can need a resource one
 //! replica lacks (a new set's filter memory). Skipping the entry would make that replica
@@ -176,6 +216,42 @@ pub struct Leadership {
     pub term: u64,
 }
 
+/// A group's membership as a replica applied it: voters and learners, each sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// The replicas whose votes and acknowledgements count.
+    pub voters: Vec<NodeId>,
+    /// The replicas that receive the log but do not vote (being added, or rebuilt).
+    pub learners: Vec<NodeId>,
+}
+
+impl Membership {
+    /// Whether `id` is a voter or a learner.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.learners.contains(&id)
+    }
+
+    /// Whether there is no configuration at all (a new replica before its first snapshot).
+    pub fn is_empty(&self) -> bool {
+        self.voters.is_empty() && self.learners.is_empty()
+    }
+}
+
+impl From<&ConfState> for Membership {
+    fn from(conf: &ConfState) -> Membership {
+        // Only simple changes are made, so there is no outgoing half to report.
+        let sorted = |ids: &[NodeId]| {
+            let mut ids = ids.to_vec();
+            ids.sort_unstable();
+            ids
+        };
+        Membership {
+            voters: sorted(&conf.voters),
+            learners: sorted(&conf.learners),
+        }
+    }
+}
+
 /// What one [`GroupNode::handle_ready`] produced. Nothing in it has been sent or answered.
 #[derive(Debug, Default)]
 pub struct Output {
@@ -290,10 +366,13 @@ fn proposal_id(entry: &Entry) -> Option<u64> {
 
 impl<M: StateMachine> GroupNode<M> {
     /// Starts replica `id` of the group stored in `storage`. `voters` are the replicas the
-    /// group should have: a new group is bootstrapped with them, and as leader this replica
-    /// adds back any that went missing and promotes them once caught up. The state machine is
-    /// restored from the stored snapshot, and entries after it are re-applied as raft-rs hands
-    /// them out again.
+    /// group should have (its members, until [`set_members`](Self::set_members) says
+    /// otherwise): a new group is bootstrapped with them, and as leader this replica moves the
+    /// group towards them (see [Membership changes](self#membership-changes)). With no
+    /// `voters` and an empty `storage`, this is a new replica of an existing group: it
+    /// bootstraps nothing and waits, in no configuration (it neither campaigns nor votes),
+    /// until a leader adds it and sends it a snapshot. The state machine is restored from the
+    /// stored snapshot, and entries after it are re-applied as raft-rs hands them out again.
     pub fn new(
         id: NodeId,
         mut storage: GroupStorage,
@@ -302,7 +381,7 @@ impl<M: StateMachine> GroupNode<M> {
         config: NodeConfig,
     ) -> Result<GroupNode<M>> {
         let group = storage.group();
-        if storage.is_empty() {
+        if storage.is_empty() && !voters.is_empty() {
             storage.bootstrap(ConfState {
                 voters: voters.to_vec(),
                 ..Default::default()
@@ -420,6 +499,60 @@ impl<M: StateMachine> GroupNode<M> {
         self.raw.store()
     }
 
+    /// The group's membership as this replica last applied it (the persisted conf state):
+    /// empty for a new replica that has not received its first snapshot.
+    pub fn membership(&self) -> Membership {
+        Membership::from(&self.raw.store().conf_state())
+    }
+
+    /// Whether this replica was removed from its group: its applied membership, not empty,
+    /// leaves it out. A removed replica may never learn it (the leader stops sending to it),
+    /// and a replica being rebuilt is briefly out between the two steps of its re-adding.
+    pub fn removed(&self) -> bool {
+        let membership = self.membership();
+        !membership.is_empty() && !membership.contains(self.id)
+    }
+
+    /// The replicas the group should have, the preferred leader first (see
+    /// [`set_members`](Self::set_members)).
+    pub fn members(&self) -> &[NodeId] {
+        &self.members
+    }
+
+    /// Sets the replicas the group should have, the preferred leader first. Any replica may
+    /// be told (the node layer tells every replica of the group); only a leader acts on it,
+    /// one membership change at a time (see [Membership changes](self#membership-changes)).
+    /// Duplicates and the invalid id 0 are dropped; an empty list means no target: the group
+    /// is left as it is.
+    pub fn set_members(&mut self, members: Vec<NodeId>) {
+        let mut seen = std::collections::BTreeSet::new();
+        let members: Vec<NodeId> = members
+            .into_iter()
+            .filter(|&id| id != 0 && seen.insert(id))
+            .collect();
+        if members != self.members {
+            tracing::info!(
+                group = self.group,
+                node = self.id,
+                ?members,
+                before = ?self.members,
+                "group members changed"
+            );
+            self.members = members;
+        }
+    }
+
+    /// Whether this replica is in no configuration and holds nothing: a new replica waiting
+    /// for its first snapshot, or a rebuilt one whose log is empty. Such a replica takes the
+    /// group's state only from a snapshot, which carries the membership (entries from index 1
+    /// do not: a group is bootstrapped without entries).
+    fn awaits_snapshot(&self) -> bool {
+        let log = &self.raw.raft.raft_log;
+        let conf = self.raw.raft.prs().conf();
+        let unconfigured = conf.voters().ids().is_empty() && conf.learners().is_empty();
+        log.last_index() == 0 && (unconfigured || self.rejoin().is_some())
+    }
+
     /// The rejoin mark (see [Rebuilding a replica](self#rebuilding-a-replica-from-its-peers)):
     /// `None` for a normal replica, `Some(0)` while waiting to be re-added, `Some(index)` until
     /// it has applied `index`.
@@ -428,7 +561,7 @@ impl<M: StateMachine> GroupNode<M> {
     }
 
     /// Advances the logical clock by one tick (elections, heartbeats). A leader also moves the
-    /// group towards its members (adds a missing one back, promotes a learner that caught up)
+    /// group one step towards its members (see [Membership changes](self#membership-changes))
     /// and hands leadership back to the preferred replica (the first member) once it is caught
     /// up. A rejoining replica does not tick: it must not campaign. Neither does a stalled
     /// follower; a stalled leader hands leadership away (see
@@ -463,24 +596,25 @@ impl<M: StateMachine> GroupNode<M> {
         if raft.lead_transferee.is_some() {
             return;
         }
-        let last = raft.raft_log.last_index();
         let conf = self.raw.store().conf_state();
-        let to = conf.voters.iter().copied().find(|&id| {
-            id != self.id
-                && raft
-                    .prs()
-                    .get(id)
-                    .is_some_and(|pr| pr.matched == last && pr.recent_active)
-        });
+        let to = (conf.voters.iter().copied()).find(|&id| id != self.id && self.holds_log(id));
         if let Some(to) = to {
-            tracing::warn!(
-                group = self.group,
-                node = self.id,
-                to,
-                "stalled leader handing leadership away"
-            );
-            self.raw.transfer_leader(to);
+            self.hand_leadership(to, "stalled leader handing leadership away");
         }
+    }
+
+    /// On the leader: starts handing leadership to `to`, saying `why`.
+    fn hand_leadership(&mut self, to: NodeId, why: &str) {
+        tracing::info!(group = self.group, node = self.id, to, "{why}");
+        self.raw.transfer_leader(to);
+    }
+
+    /// On the leader: whether replica `id` holds the whole log and answered recently, so that
+    /// leadership handed to it takes over at once.
+    fn holds_log(&self, id: NodeId) -> bool {
+        let raft = &self.raw.raft;
+        let last = raft.raft_log.last_index();
+        (raft.prs().get(id)).is_some_and(|pr| pr.matched == last && pr.recent_active)
     }
 
     /// Starts an election now instead of waiting for the election timeout. A rejoining replica
@@ -496,7 +630,10 @@ impl<M: StateMachine> GroupNode<M> {
     /// dropped by raft-rs with an error the caller may ignore. Proposals from the network are
     /// dropped (they enter only through [`propose`](Self::propose), where the caller checked
     /// them). A rejoining replica drops vote requests and leadership transfers, and commits
-    /// nothing from heartbeats; a stalled one drops leadership transfers.
+    /// nothing from heartbeats; a stalled one drops leadership transfers. A replica in no
+    /// configuration (a new one) drops vote requests, and one holding nothing that is new or
+    /// rejoining drops appends from index 1: it waits for a snapshot (see
+    /// [Membership changes](self#membership-changes)).
     pub fn step(&mut self, mut message: Message) -> Result<()> {
         let kind = message.get_msg_type();
         let rejoining = self.rejoin().is_some();
@@ -505,8 +642,20 @@ impl<M: StateMachine> GroupNode<M> {
             MessageType::MsgRequestVote | MessageType::MsgRequestPreVote if rejoining => {
                 Some("a rejoining replica does not vote")
             }
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+                if self.membership().is_empty() =>
+            {
+                Some("a replica in no configuration does not vote")
+            }
             MessageType::MsgTimeoutNow if rejoining || self.stall.is_some() => {
                 Some("a rejoining or stalled replica does not take leadership")
+            }
+            MessageType::MsgAppend
+                if message.index == 0 && !message.entries.is_empty() && self.awaits_snapshot() =>
+            {
+                // The leader's log still starts at index 1; it compacts it (see
+                // `maybe_snapshot`) and sends a snapshot instead.
+                Some("a replica without state takes it only from a snapshot")
             }
             MessageType::MsgHeartbeat if rejoining => {
                 // A leader that has not re-added this replica yet sends the commit index of
@@ -618,40 +767,70 @@ impl<M: StateMachine> GroupNode<M> {
         }
     }
 
-    /// On the leader, with no membership change in flight, moves the group one step towards
-    /// its `members` (see [`new`](Self::new)): adds back a missing member as a learner (a
-    /// rejoin whose second step was lost, say, to a leader change), else promotes a member
-    /// learner that has replicated up to the last membership change (the one that added it,
-    /// or a later one).
+    /// On the leader, with no membership change in flight and an entry of its term committed,
+    /// moves the group one step towards its `members` (see
+    /// [Membership changes](self#membership-changes)): adds a missing member as a learner
+    /// (once its log no longer starts at index 1), else promotes a member learner that has
+    /// replicated up to the last membership change (the one that added it, or a later one),
+    /// else, with every member a voter, removes a learner or a voter that is not a member; a
+    /// leader that is not a member hands leadership to one first.
     fn reconcile_members(&mut self) {
         let raft = &self.raw.raft;
-        if raft.state != StateRole::Leader || raft.pending_conf_index > self.applied {
+        if raft.state != StateRole::Leader
+            || self.members.is_empty()
+            || raft.pending_conf_index > self.applied
+            || !raft.commit_to_current_term()
+        {
             return;
         }
         let since = raft.pending_conf_index;
         let conf = self.raw.store().conf_state();
+        let member = |id: &NodeId| self.members.contains(id);
         let missing = self
             .members
             .iter()
             .copied()
             .find(|id| !conf.voters.contains(id) && !conf.learners.contains(id));
+        let caught_up = conf
+            .learners
+            .iter()
+            .copied()
+            .find(|id| member(id) && raft.prs().get(*id).is_some_and(|pr| pr.matched >= since));
+        // Nothing is removed before every member votes.
+        let all_vote = self.members.iter().all(|id| conf.voters.contains(id));
+        let learner = conf.learners.iter().copied().find(|id| !member(id));
+        // Other voters first: the leader goes last, after handing leadership away.
+        let voter = (conf.voters.iter().copied())
+            .filter(|id| !member(id))
+            .min_by_key(|&id| id == self.id);
         let (change, node, what) = if let Some(node) = missing {
-            (
-                ConfChangeType::AddLearnerNode,
-                node,
-                "adding a missing member back as a learner",
-            )
+            if self.raw.store().first_index() <= 1 {
+                // A new replica must get a snapshot, which carries the membership: entries
+                // from index 1 do not. `maybe_snapshot` compacts the log first.
+                return;
+            }
+            let what = "adding a missing member as a learner";
+            (ConfChangeType::AddLearnerNode, node, what)
+        } else if let Some(node) = caught_up {
+            let what = "learner caught up; promoting it to voter";
+            (ConfChangeType::AddNode, node, what)
+        } else if !all_vote {
+            return;
+        } else if let Some(node) = learner {
+            let what = "removing a learner that is not a member";
+            (ConfChangeType::RemoveNode, node, what)
+        } else if let Some(node) = voter {
+            if node == self.id {
+                self.hand_over_to_member();
+                return;
+            }
+            if conf.voters.len() <= 1 {
+                return;
+            }
+            let what = "every member votes; removing a voter that is not a member";
+            (ConfChangeType::RemoveNode, node, what)
         } else {
-            let caught_up = conf.learners.iter().copied().find(|id| {
-                self.members.contains(id)
-                    && raft.prs().get(*id).is_some_and(|pr| pr.matched >= since)
-            });
-            let Some(node) = caught_up else { return };
-            (
-                ConfChangeType::AddNode,
-                node,
-                "learner caught up; promoting it to voter",
-            )
+            return;
         };
         match self
             .raw
@@ -661,6 +840,27 @@ impl<M: StateMachine> GroupNode<M> {
             Err(error) => {
                 tracing::debug!(group = self.group, %error, "membership change not proposed")
             }
+        }
+    }
+
+    /// On a leader that is not a member: hands leadership to a member voter, the first member
+    /// that holds the whole log if one does, else the first one recently active (raft-rs
+    /// catches it up before the handover). raft-rs gives a transfer up after an election
+    /// timeout; the next tick tries again.
+    fn hand_over_to_member(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.lead_transferee.is_some() {
+            return;
+        }
+        let voters = raft.prs().conf().voters();
+        let active = |id: &&NodeId| {
+            voters.contains(**id) && raft.prs().get(**id).is_some_and(|pr| pr.recent_active)
+        };
+        let candidates: Vec<NodeId> = self.members.iter().filter(active).copied().collect();
+        let caught_up = candidates.iter().copied().find(|&id| self.holds_log(id));
+        if let Some(to) = caught_up.or(candidates.first().copied()) {
+            let why = "leader is no longer a member; handing leadership to a member";
+            self.hand_leadership(to, why);
         }
     }
 
@@ -683,20 +883,12 @@ impl<M: StateMachine> GroupNode<M> {
         {
             return;
         }
-        let last = raft.raft_log.last_index();
-        if raft
-            .prs()
-            .get(preferred)
-            .is_some_and(|pr| pr.matched == last && pr.recent_active)
-        {
+        if self.holds_log(preferred) {
             self.ticks_since_transfer = 0;
-            tracing::info!(
-                group = self.group,
-                node = self.id,
-                to = preferred,
-                "handing leadership back to the preferred replica"
+            self.hand_leadership(
+                preferred,
+                "handing leadership back to the preferred replica",
             );
-            self.raw.transfer_leader(preferred);
         }
     }
 
@@ -894,19 +1086,8 @@ impl<M: StateMachine> GroupNode<M> {
                         break;
                     }
                 },
-                EntryType::EntryConfChange => {
-                    let cc = ConfChange::parse_from_bytes(&entry.data)
-                        .expect("a committed conf change must decode");
-                    let conf = self.raw.apply_conf_change(&cc)?;
-                    self.raw.mut_store().set_conf_state(&conf)?;
-                    Some(Ok(entry.index.to_be_bytes().to_vec()))
-                }
-                EntryType::EntryConfChangeV2 => {
-                    let cc = ConfChangeV2::parse_from_bytes(&entry.data)
-                        .expect("a committed conf change must decode");
-                    let conf = self.raw.apply_conf_change(&cc)?;
-                    self.raw.mut_store().set_conf_state(&conf)?;
-                    Some(Ok(entry.index.to_be_bytes().to_vec()))
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    Some(self.apply_conf_change_entry(&entry)?)
                 }
             };
             if entry.get_entry_type() == EntryType::EntryNormal {
@@ -927,6 +1108,54 @@ impl<M: StateMachine> GroupNode<M> {
             }
         }
         Ok(())
+    }
+
+    /// Applies a committed membership change. One that does not decode or that raft-rs refuses
+    /// (removing the last voter, say) changes nothing, alike on every replica: its proposer
+    /// gets [`Error::Rejected`]. Only a failed write is an error.
+    fn apply_conf_change_entry(&mut self, entry: &Entry) -> Result<Result<Vec<u8>>> {
+        let applied = if entry.get_entry_type() == EntryType::EntryConfChange {
+            ConfChange::parse_from_bytes(&entry.data)
+                .map_err(|e| e.to_string())
+                .and_then(|cc| self.raw.apply_conf_change(&cc).map_err(|e| e.to_string()))
+        } else {
+            ConfChangeV2::parse_from_bytes(&entry.data)
+                .map_err(|e| e.to_string())
+                .and_then(|cc| self.raw.apply_conf_change(&cc).map_err(|e| e.to_string()))
+        };
+        match applied {
+            Ok(conf) => {
+                self.raw.mut_store().set_conf_state(&conf)?;
+                let raft = &mut self.raw.raft;
+                if raft.state == StateRole::Leader && !conf.voters.contains(&self.id) {
+                    // A leader applied its own removal (proposed by an earlier leader before
+                    // this one was elected). raft-rs 0.7 keeps it leading, and then panics on
+                    // the next acknowledgement (the leader has no progress of its own): step
+                    // down in the same term; the members elect a leader among themselves.
+                    tracing::info!(
+                        group = self.group,
+                        node = self.id,
+                        "leader applied its own removal; stepping down"
+                    );
+                    let term = raft.term;
+                    raft.become_follower(term, raft::INVALID_ID);
+                }
+                Ok(Ok(entry.index.to_be_bytes().to_vec()))
+            }
+            Err(reason) => {
+                tracing::error!(
+                    group = self.group,
+                    node = self.id,
+                    index = entry.index,
+                    %reason,
+                    "committed membership change not applied"
+                );
+                Ok(Err(Error::Rejected(format!(
+                    "membership change at index {} not applied: {reason}",
+                    entry.index
+                ))))
+            }
+        }
     }
 
     /// Proposes a membership change (e.g. adding a learner); applied when committed. Its
@@ -1437,5 +1666,172 @@ mod tests {
         );
         cluster.node_mut(leader).unwrap().step(forged).unwrap();
         assert_eq!(cluster.node(leader).unwrap().last_index(), before);
+    }
+
+    /// Steps until the leader's voters are exactly the members (no learners) and every
+    /// member holds what the leader holds, checking at every step that the leader never has
+    /// fewer than `floor` voters. Returns every message sent: `(from, to, type)`.
+    fn settle_members(
+        cluster: &mut Cluster<Hungry>,
+        floor: usize,
+    ) -> Vec<(NodeId, NodeId, MessageType)> {
+        let mut sent = Vec::new();
+        for _ in 0..20_000 {
+            for (_, out) in cluster.step().unwrap() {
+                sent.extend(
+                    out.messages
+                        .iter()
+                        .map(|m| (m.from, m.to, m.get_msg_type())),
+                );
+            }
+            let Some(leader) = cluster.leader() else {
+                continue;
+            };
+            let leading = cluster.node(leader).unwrap();
+            let voters = leading.membership().voters;
+            assert!(
+                voters.len() >= floor,
+                "voters {voters:?}, fewer than {floor}"
+            );
+            let caught_up = cluster.members().iter().all(|&id| {
+                cluster.node(id).is_some_and(|n| {
+                    n.applied() == leading.applied()
+                        && n.machine().register == leading.machine().register
+                })
+            });
+            if cluster.is_settled() && caught_up {
+                return sent;
+            }
+        }
+        panic!("members not reached: {:?}", cluster.members());
+    }
+
+    /// Steps until node `id` knows it was removed, decommissions it, then commits `more` and
+    /// checks that the remaining replicas end identical.
+    fn retire(cluster: &mut Cluster<Hungry>, id: NodeId, more: std::ops::Range<u64>) {
+        step_until(cluster, 2_000, |c| c.node(id).unwrap().removed());
+        cluster.decommission(id);
+        commit(cluster, more);
+        step_until(cluster, 2_000, registers_equal);
+    }
+
+    /// The membership of every member as it applied it.
+    fn memberships(cluster: &Cluster<Hungry>) -> Vec<Membership> {
+        (cluster.members().iter())
+            .map(|&id| cluster.node(id).unwrap().membership())
+            .collect()
+    }
+
+    fn membership(voters: &[NodeId]) -> Membership {
+        Membership {
+            voters: voters.to_vec(),
+            learners: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_three_voter_group_grows_to_four_members() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster: Cluster<Hungry> = lossless_cluster(31, dir.path(), 2);
+        // Fewer entries than a snapshot's worth: the leader's log still starts at index 1.
+        commit(&mut cluster, 1..5);
+        let leader = cluster.leader().unwrap();
+        assert_eq!(cluster.node(leader).unwrap().storage().first_index(), 1);
+        cluster.join(4).unwrap();
+        // A new replica is in no configuration: it neither campaigns nor votes, it waits.
+        for _ in 0..500 {
+            cluster.step().unwrap();
+            let new = cluster.node(4).unwrap();
+            assert_eq!(new.leadership().role, StateRole::Follower);
+            assert!(new.membership().is_empty());
+            assert_eq!(new.applied(), 0);
+        }
+        cluster.set_members(vec![1, 2, 3, 4]);
+        let sent = settle_members(&mut cluster, 3);
+        // The leader compacted its log first, so node 4 got a snapshot, with the membership.
+        assert!(sent.contains(&(leader, 4, MessageType::MsgSnapshot)));
+        assert_eq!(memberships(&cluster), vec![membership(&[1, 2, 3, 4]); 4]);
+        assert!(!cluster.node(4).unwrap().removed());
+        commit(&mut cluster, 5..8);
+        step_until(&mut cluster, 2_000, registers_equal);
+        assert_eq!(cluster.node(4).unwrap().machine().register.ids.len(), 7);
+    }
+
+    #[test]
+    fn a_member_is_replaced_adding_before_removing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster: Cluster<Hungry> = lossless_cluster(32, dir.path(), 2);
+        commit(&mut cluster, 1..31);
+        cluster.join(4).unwrap();
+        cluster.set_members(vec![1, 2, 4]);
+        // Never fewer than three voters: 4 is added and promoted before 3 goes.
+        let sent = settle_members(&mut cluster, 3);
+        assert!(sent
+            .iter()
+            .any(|&(_, to, kind)| to == 4 && kind == MessageType::MsgSnapshot));
+        assert_eq!(memberships(&cluster), vec![membership(&[1, 2, 4]); 3]);
+        let held = &cluster.node(4).unwrap().machine().register;
+        assert_eq!(held, &cluster.node(1).unwrap().machine().register);
+        assert_eq!(held.ids, (1..31).collect::<Vec<_>>());
+        // Node 3 applies its removal: it knows it was removed, and can go.
+        retire(&mut cluster, 3, 31..35);
+    }
+
+    #[test]
+    fn a_leader_that_is_no_longer_a_member_hands_over_before_it_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster: Cluster<Hungry> = lossless_cluster(33, dir.path(), 2);
+        commit(&mut cluster, 1..4);
+        let old = cluster.leader().unwrap();
+        let rest: Vec<NodeId> = cluster.ids().into_iter().filter(|&id| id != old).collect();
+        cluster.set_members(rest.clone());
+        let sent = settle_members(&mut cluster, 2);
+        let handover = sent
+            .iter()
+            .position(|&(from, _, kind)| from == old && kind == MessageType::MsgTimeoutNow);
+        assert!(handover.is_some(), "the old leader handed leadership over");
+        assert!(rest.contains(&cluster.leader().unwrap()));
+        assert_eq!(memberships(&cluster), vec![membership(&rest); 2]);
+        retire(&mut cluster, old, 4..6);
+    }
+
+    #[test]
+    fn a_four_voter_group_shrinks_to_three() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ClusterConfig {
+            nodes: 4,
+            faults: Faults {
+                drop: 0.0,
+                duplicate: 0.0,
+                max_delay: 2,
+            },
+            ..ClusterConfig::default()
+        };
+        let mut cluster = Cluster::new(34, dir.path(), config, Hungry::default).unwrap();
+        commit(&mut cluster, 1..4);
+        cluster.set_members(vec![1, 2, 3]);
+        settle_members(&mut cluster, 3);
+        assert_eq!(memberships(&cluster), vec![membership(&[1, 2, 3]); 3]);
+        retire(&mut cluster, 4, 4..6);
+    }
+
+    #[test]
+    fn a_committed_membership_change_that_cannot_apply_is_rejected_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = single(dir.path());
+        node.campaign().unwrap();
+        drain(&mut node);
+        // Removing the only voter: raft-rs refuses to apply it; the group goes on.
+        let change = single_change(ConfChangeType::RemoveNode, 1);
+        node.propose_conf_change(5, change).unwrap();
+        let out = drain(&mut node);
+        assert!(
+            matches!(&out.results[..], [(5, Err(Error::Rejected(_)))]),
+            "{:?}",
+            out.results
+        );
+        assert_eq!(node.membership(), membership(&[1]));
+        node.propose(6, Register::command(6, b"")).unwrap();
+        assert!(drain(&mut node).results[0].1.is_ok());
     }
 }

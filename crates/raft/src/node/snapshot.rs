@@ -67,7 +67,8 @@ impl SnapshotJob {
 
 impl<M: StateMachine> GroupNode<M> {
     /// The snapshot policy: a snapshot is due when a follower wants one newer than the stored
-    /// one, or by entries (`snapshot_entries`, once the log is `snapshot_log_ratio` times the
+    /// one, or a new replica is being added while the log still starts at index 1, or by
+    /// entries (`snapshot_entries`, once the log is `snapshot_log_ratio` times the
     /// last snapshot), or by bytes (the log reached its budget,
     /// `max(snapshot_log_ratio × last snapshot, snapshot_log_bytes)`); see
     /// [`NodeConfig`](super::NodeConfig). A due snapshot goes out as a job.
@@ -84,11 +85,12 @@ impl<M: StateMachine> GroupNode<M> {
         // Applied entries are committed; a commit index not yet durable is written with the
         // compaction (`stage_compaction`).
         let index = self.applied;
-        let wanted = storage.snapshot_wanted() && index > snapshot_index;
-        if !wanted {
+        let asked = storage.snapshot_wanted() && index > snapshot_index;
+        if !asked {
             // Nothing newer to take than the stored snapshot: raft-rs asks again if need be.
             storage.take_snapshot_wanted();
         }
+        let wanted = asked || (self.first_snapshot_due() && index > snapshot_index);
         // 0..=15 by group and node id, a different value for each of 16 groups on a node:
         // spreads the snapshots of a node's replicas (and of a group's) over the time their
         // logs take to fill. Keys are uniform hashes, so every shard's log grows at the same
@@ -131,6 +133,21 @@ impl<M: StateMachine> GroupNode<M> {
             group: self.group,
             snapshot,
         });
+    }
+
+    /// On a leader whose log still starts at index 1 (it never compacted): a replica is being
+    /// added (a learner, or a member missing from the configuration). A new replica can only
+    /// learn the group's membership from a snapshot (the group was bootstrapped without
+    /// entries), and raft-rs sends one only for entries compacted away: so the leader
+    /// compacts now (once in the group's life: its log never starts at 1 again).
+    fn first_snapshot_due(&self) -> bool {
+        let raft = &self.raw.raft;
+        let storage = self.raw.store();
+        if raft.state != raft::StateRole::Leader || storage.first_index() > 1 {
+            return false;
+        }
+        let conf = raft.prs().conf();
+        !conf.learners().is_empty() || self.members.iter().any(|&id| !conf.voters().contains(id))
     }
 
     /// The host wrote the file of this replica's snapshot job (or failed to: the error stops
