@@ -75,7 +75,11 @@ async fn a_node_client_port_lists_only_the_public_services() {
     let node = TestNode::start_default().await;
     assert_eq!(
         listed(node.addr).await.unwrap(),
-        client_port(&["leakbloom.v1.Cluster", "leakbloom.v1.Lookup"])
+        client_port(&[
+            "leakbloom.v1.Cluster",
+            "leakbloom.v1.Lookup",
+            "leakbloom.v1.Nodes"
+        ])
     );
     // Not listed, and not served either.
     let error = peer_status(node.addr).await.unwrap_err();
@@ -84,7 +88,7 @@ async fn a_node_client_port_lists_only_the_public_services() {
 }
 
 #[tokio::test]
-async fn a_router_lists_only_the_lookup_service() {
+async fn a_router_lists_only_the_lookup_and_nodes_services() {
     let node = TestNode::start_default().await;
     let router = leakbloom_router::Server::bind(leakbloom_router::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -105,7 +109,7 @@ async fn a_router_lists_only_the_lookup_service() {
 
     assert_eq!(
         listed(addr).await.unwrap(),
-        client_port(&["leakbloom.v1.Lookup"])
+        client_port(&["leakbloom.v1.Lookup", "leakbloom.v1.Nodes"])
     );
     let error = peer_status(addr).await.unwrap_err();
     assert_eq!(error.code(), Code::Unimplemented, "{error:?}");

@@ -10,6 +10,7 @@ mod bench_redis;
 mod client_cmd;
 mod dev;
 mod node_cmd;
+mod nodes_cmd;
 mod router_cmd;
 
 use anyhow::Result;
@@ -47,7 +48,7 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a node: serves leakbloom.v1.Lookup, health and reflection.
-    Node(node_cmd::NodeArgs),
+    Node(Box<node_cmd::NodeArgs>),
     /// Run a router: serves leakbloom.v1.Lookup by splitting batches over the nodes.
     Router(router_cmd::RouterArgs),
     /// Start a local cluster (3 nodes and a router) with a demo set of synthetic identifiers
@@ -59,6 +60,8 @@ enum Command {
     Insert(client_cmd::InsertArgs),
     /// Print, for each identifier, the sets that may contain it.
     Check(client_cmd::CheckArgs),
+    /// List the cluster's nodes, decommission one.
+    Nodes(nodes_cmd::NodesArgs),
     /// Print an identifier's canonical form and key: CANONICAL, a tab, KEYHEX (lowercase hex).
     Hash(client_cmd::HashArgs),
     /// Benchmarks.
@@ -108,12 +111,13 @@ fn main() -> std::process::ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Node(args) => runtime()?.block_on(node_cmd::run(args)),
+        Command::Node(args) => runtime()?.block_on(node_cmd::run(*args)),
         Command::Router(args) => router_cmd::runtime(&args)?.block_on(router_cmd::run(args)),
         Command::Dev(args) => runtime()?.block_on(dev::run(args)),
         Command::Sets(args) => runtime()?.block_on(client_cmd::sets(args)),
         Command::Insert(args) => runtime()?.block_on(client_cmd::insert(args)),
         Command::Check(args) => runtime()?.block_on(client_cmd::check(args)),
+        Command::Nodes(args) => runtime()?.block_on(nodes_cmd::run(args)),
         Command::Hash(args) => client_cmd::hash(args),
         Command::Bench(BenchArgs {
             which: BenchCommand::Filter(args),

@@ -33,6 +33,14 @@ pub struct NodeArgs {
     /// Prometheus endpoint address (`GET /metrics`, plain HTTP; not served when unset).
     #[arg(long, env = "LEAKBLOOM_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Join a running cluster through any live node's client address, HOST:PORT (instead of
+    /// bootstrapping one with --peers).
+    #[arg(long, env = "LEAKBLOOM_JOIN", conflicts_with = "peers")]
+    pub join: Option<String>,
+    /// Peer address other nodes dial, HOST:PORT (default: this node's entry in --peers, or
+    /// --peer-listen).
+    #[arg(long, env = "LEAKBLOOM_PEER_ADVERTISE")]
+    pub peer_advertise: Option<String>,
     /// Every node's peer address, this one included: ID=HOST:PORT,ID=HOST:PORT,...
     /// (none: a one-node cluster).
     #[arg(long, env = "LEAKBLOOM_PEERS")]
@@ -95,6 +103,12 @@ impl NodeArgs {
         }
         if let Some(metrics_listen) = self.metrics_listen {
             config.metrics_listen = Some(metrics_listen);
+        }
+        if let Some(join) = &self.join {
+            config.join = Some(join.clone());
+        }
+        if let Some(address) = &self.peer_advertise {
+            config.peer_advertise = Some(address.clone());
         }
         if let Some(peers) = &self.peers {
             config.peers = parse_peers(peers)?;

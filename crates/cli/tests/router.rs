@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leakbloom_client::{Client, Consistency, Key};
+use leakbloom_testkit::scratch_on_disk;
 use leakbloom_testkit::wait::blocking::eventually;
-use leakbloom_testkit::{free_port, scratch_on_disk};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use common::{start, wait_until_all_found, Nodes, NODE_SERVING, ROUTER_READY};
+use common::{start, start_router, wait_until_all_found, Nodes, NODE_SERVING};
 
 const NODES: usize = 3;
 
@@ -33,11 +33,7 @@ fn clients_of_the_router_see_no_error_while_any_one_node_is_killed() {
     let cluster = Nodes::new(dir.path(), NODES, 8);
     let listens = cluster.listens.clone();
     let mut nodes: Vec<_> = cluster.start_all().into_iter().map(Some).collect();
-    let router_addr = format!("127.0.0.1:{}", free_port());
-    // One seed is enough: the router learns the other nodes from it.
-    let router =
-        start(&["router", "--listen", &router_addr, "--nodes", &listens[0]].map(String::from));
-    router.wait_for_line(ROUTER_READY);
+    let (router, router_addr) = start_router(&listens[0]);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let sets = vec!["leak".to_string()];

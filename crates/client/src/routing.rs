@@ -36,6 +36,7 @@ use leakbloom_cluster::{
 };
 use leakbloom_proto::v1::cluster_client::ClusterClient;
 use leakbloom_proto::v1::lookup_client::LookupClient;
+use leakbloom_proto::v1::nodes_client::NodesClient;
 use leakbloom_proto::v1::GetShardMapRequest;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
@@ -585,13 +586,43 @@ impl Routing {
         F: Fn(LookupClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        self.any_node_by(deadline, |map, node| self.lookup(map, node), call)
+            .await
+    }
+
+    /// [`any_node`](Self::any_node) for the operators' `Nodes` service.
+    pub async fn any_node_nodes<T, F, Fut>(&self, deadline: Instant, call: F) -> Result<T>
+    where
+        F: Fn(NodesClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let connect = |map: &ShardMap, node: NodeId| {
+            let address = map
+                .addresses
+                .get(&node)
+                .ok_or_else(|| Status::unavailable(format!("node {node}'s address is unknown")))?;
+            Ok(NodesClient::new(self.channel(address)?))
+        };
+        self.any_node_by(deadline, connect, call).await
+    }
+
+    async fn any_node_by<C, T, F, Fut>(
+        &self,
+        deadline: Instant,
+        connect: impl Fn(&ShardMap, NodeId) -> std::result::Result<C, Status>,
+        call: F,
+    ) -> Result<T>
+    where
+        F: Fn(C) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let mut map = self.current().await?;
         let mut retry = self.retry.start(Instant::now(), deadline);
         loop {
             let mut last = None;
             for node in map.any_node_order(self.spread()) {
                 retry.attempt();
-                let answer = match self.lookup(&map, node) {
+                let answer = match connect(&map, node) {
                     Ok(client) => call(client).await,
                     Err(status) => Err(status),
                 };

@@ -76,6 +76,28 @@ impl NodeState {
     pub fn live(self) -> bool {
         matches!(self, NodeState::Active | NodeState::Decommissioning)
     }
+
+    /// Whether a node in this state takes part in the cluster: it holds a replica of the
+    /// cluster's metadata and its limits count (joining, active, decommissioning). A
+    /// decommissioned or dead node does not, and never comes back under its id.
+    pub fn in_cluster(self) -> bool {
+        matches!(
+            self,
+            NodeState::Joining | NodeState::Active | NodeState::Decommissioning
+        )
+    }
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeState::Joining => "joining",
+            NodeState::Active => "active",
+            NodeState::Decommissioning => "decommissioning",
+            NodeState::Decommissioned => "decommissioned",
+            NodeState::Dead => "dead",
+        })
+    }
 }
 
 /// A node and its state, as the catalog records it.

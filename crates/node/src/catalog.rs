@@ -23,9 +23,20 @@
 //!
 //! Applying is deterministic: limits, admissions and refusals depend only on the log.
 //!
+//! # Nodes and placement
+//! The catalog is also the cluster's membership: the node registry (each node's addresses and
+//! [`NodeState`]) and the *placement* (each shard's replicas, the preferred leader first) with
+//! its epoch. A new cluster starts from the bootstrap layout ([`Layout`], epoch 1, every node
+//! active); a node that joins is registered *joining* ([`Kind::Join`]), made active once its
+//! catalog replica caught up, and given replicas by placement changes
+//! ([`Kind::Placement`]), each applied only at the epoch it was planned at, which it raises.
+//! A change that adds a replica to a node is admitted only if the node has the memory for
+//! that shard's partitions of every set, like a set's creation. Placement says where replicas
+//! *should* be; each shard's Raft group moves its membership towards it (add a learner,
+//! promote it once caught up, then remove the replica that left), and nodes create and
+//! delete their replicas to match ([`crate::node`]).
+//!
 //! # Caveats
-//! - Placement is the static layout for now (every node knows which shards it hosts); node
-//!   membership will move into the catalog with the rest of the cluster's metadata.
 //! - A node's limits count once it has reported them: a set is refused (retryably) while a
 //!   node hosting its partitions has not.
 
@@ -40,9 +51,13 @@ use leakbloom_proto::internal::v1::{
 use leakbloom_raft::{GroupId, NodeId};
 use prost::Message as _;
 
+use leakbloom_cluster::placement::NodeState;
+use leakbloom_proto::internal::v1::{NodeRecord, PlacementChange, ShardPlacement};
+
 use crate::cluster::Layout;
 use crate::error::{Error, Result};
 use crate::set::SetSpec;
+use crate::shard::ShardId;
 
 /// The catalog's Raft group id: above every shard id (shards are `u32`).
 pub const CATALOG_GROUP: GroupId = 1 << 32;
@@ -109,11 +124,54 @@ pub enum Outcome {
     Done,
 }
 
+/// A node state as the wire carries it (`leakbloom.v1.NodeState`).
+pub fn state_to_proto(state: NodeState) -> i32 {
+    use leakbloom_proto::v1::NodeState as Wire;
+    let wire = match state {
+        NodeState::Joining => Wire::Joining,
+        NodeState::Active => Wire::Active,
+        NodeState::Decommissioning => Wire::Decommissioning,
+        NodeState::Decommissioned => Wire::Decommissioned,
+        NodeState::Dead => Wire::Dead,
+    };
+    wire as i32
+}
+
+/// A node state from the wire; `None` for unspecified or unknown values.
+pub fn state_from_proto(value: i32) -> Option<NodeState> {
+    use leakbloom_proto::v1::NodeState as Wire;
+    Some(match Wire::try_from(value).ok()? {
+        Wire::Joining => NodeState::Joining,
+        Wire::Active => NodeState::Active,
+        Wire::Decommissioning => NodeState::Decommissioning,
+        Wire::Decommissioned => NodeState::Decommissioned,
+        Wire::Dead => NodeState::Dead,
+        Wire::Unspecified => return None,
+    })
+}
+
+/// A node as the catalog records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Where other nodes reach its peer port; empty until the node reported it.
+    pub peer_address: String,
+    /// Where clients reach its client port; empty until the node reported it.
+    pub client_address: String,
+    /// Where it is in its life in the cluster.
+    pub state: NodeState,
+}
+
 /// The catalog's contents (see the [module docs](self)).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Catalog {
-    /// Shards each node hosts: its share of every set's partitions.
-    hosted: BTreeMap<NodeId, u64>,
+    /// The node registry.
+    members: BTreeMap<NodeId, Member>,
+    /// Each shard's replicas, the preferred leader first.
+    placement: Vec<Vec<NodeId>>,
+    /// Grows with every placement change.
+    epoch: u64,
+    /// Replicas per shard the cluster keeps.
+    replication: u32,
     limits: BTreeMap<NodeId, NodeLimits>,
     sets: BTreeMap<String, Entry>,
     /// Dropped generations whose partitions may still exist, with their geometry.
@@ -124,13 +182,25 @@ pub struct Catalog {
 impl Catalog {
     /// An empty catalog of a cluster laid out as `layout`.
     pub fn new(layout: &Layout) -> Catalog {
-        let hosted = layout
+        let members = layout
             .nodes()
             .iter()
-            .map(|&node| (node, layout.hosted(node).len() as u64))
+            .map(|&node| {
+                let member = Member {
+                    peer_address: String::new(),
+                    client_address: String::new(),
+                    state: NodeState::Active,
+                };
+                (node, member)
+            })
             .collect();
         Catalog {
-            hosted,
+            members,
+            placement: (0..layout.shards())
+                .map(|shard| layout.replicas(shard))
+                .collect(),
+            epoch: layout.epoch(),
+            replication: layout.replication(),
             limits: BTreeMap::new(),
             sets: BTreeMap::new(),
             garbage: BTreeMap::new(),
@@ -174,20 +244,69 @@ impl Catalog {
     /// (`NodeLimits.suffixes`, see [`crate::suffix`]): until then nodes propose whole keys,
     /// which every version applies.
     pub fn applies_suffixes(&self) -> bool {
-        self.hosted
-            .keys()
-            .all(|node| self.limits.get(node).is_some_and(|limits| limits.suffixes))
+        self.live()
+            .all(|node| self.limits.get(&node).is_some_and(|limits| limits.suffixes))
     }
 
     /// Bytes of filter memory node `node` holds for every set and uncollected garbage.
     pub fn used(&self, node: NodeId) -> u64 {
-        let hosted = self.hosted.get(&node).copied().unwrap_or(0);
+        self.partition_bytes()
+            .saturating_mul(self.hosted(node).len() as u64)
+    }
+
+    /// Bytes of filter memory one shard's partitions of every set and uncollected garbage
+    /// take: what a node needs to receive a replica.
+    pub fn partition_bytes(&self) -> u64 {
         self.sets
             .values()
             .map(|entry| &entry.geometry)
             .chain(self.garbage.values())
-            .map(|geometry| geometry.memory_bytes().saturating_mul(hosted))
+            .map(|geometry| geometry.memory_bytes())
             .fold(0u64, u64::saturating_add)
+    }
+
+    /// The node registry, by id.
+    pub fn members(&self) -> &BTreeMap<NodeId, Member> {
+        &self.members
+    }
+
+    /// Nodes that take part in the cluster (joining, active or decommissioning): the
+    /// catalog group's members, and the nodes whose limits count.
+    pub fn live(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members
+            .iter()
+            .filter(|(_, member)| member.state.in_cluster())
+            .map(|(&node, _)| node)
+    }
+
+    /// Each shard's replicas, the preferred leader first.
+    pub fn placement(&self) -> &[Vec<NodeId>] {
+        &self.placement
+    }
+
+    /// The replicas of `shard` (empty for a shard the cluster does not have).
+    pub fn replicas(&self, shard: ShardId) -> &[NodeId] {
+        self.placement
+            .get(shard as usize)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// The shards node `node` should hold a replica of, ascending.
+    pub fn hosted(&self, node: NodeId) -> Vec<ShardId> {
+        (0..self.placement.len() as ShardId)
+            .filter(|&shard| self.replicas(shard).contains(&node))
+            .collect()
+    }
+
+    /// The placement epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Replicas per shard the cluster keeps.
+    pub fn replication(&self) -> u32 {
+        self.replication
     }
 
     /// Applies `command` committed at log index `index`. Deterministic; a refusal leaves the
@@ -202,14 +321,152 @@ impl Catalog {
                 self.garbage.remove(&(set.name.clone(), set.generation));
                 Ok(Outcome::Done)
             }
+            Some(Kind::Join(record)) => self.join(record),
+            Some(Kind::NodeState(record)) => self.set_state(record),
+            Some(Kind::Placement(change)) => self.change_placement(change),
             None => Ok(Outcome::Done),
         };
         self.applied = index;
         outcome
     }
 
+    /// Registers a new node as joining, or records a known node's addresses.
+    fn join(&mut self, record: &NodeRecord) -> Result<Outcome> {
+        if record.node == 0 {
+            return Err(Error::Membership("node id 0 is reserved by Raft".into()));
+        }
+        match self.members.get_mut(&record.node) {
+            Some(member) if !member.state.in_cluster() => Err(Error::Membership(format!(
+                "node {} was {} and left the cluster: start the node with a new id and an \
+                 empty data directory",
+                record.node, member.state
+            ))),
+            Some(member) => {
+                if !record.peer_address.is_empty() {
+                    member.peer_address.clone_from(&record.peer_address);
+                }
+                if !record.client_address.is_empty() {
+                    member.client_address.clone_from(&record.client_address);
+                }
+                Ok(Outcome::Done)
+            }
+            None => {
+                let member = Member {
+                    peer_address: record.peer_address.clone(),
+                    client_address: record.client_address.clone(),
+                    state: NodeState::Joining,
+                };
+                self.members.insert(record.node, member);
+                Ok(Outcome::Done)
+            }
+        }
+    }
+
+    /// Moves a node to another state, if that move exists: joining to active, active to
+    /// decommissioning, decommissioning to decommissioned once no shard places a replica on
+    /// it, and any live state to dead.
+    fn set_state(&mut self, record: &NodeRecord) -> Result<Outcome> {
+        let to = state_from_proto(record.state)
+            .ok_or_else(|| Error::Membership(format!("unknown node state {}", record.state)))?;
+        let holds = !self.hosted(record.node).is_empty();
+        let member = self
+            .members
+            .get_mut(&record.node)
+            .ok_or(Error::UnknownNode { node: record.node })?;
+        let from = member.state;
+        use NodeState::*;
+        let allowed = match (from, to) {
+            _ if from == to => true,
+            (Joining, Active) | (Active, Decommissioning) => true,
+            (Decommissioning, Decommissioned) => !holds,
+            (Joining | Active | Decommissioning, Dead) => true,
+            _ => false,
+        };
+        if !allowed {
+            return Err(Error::Membership(format!(
+                "node {} is {} and cannot become {}{}",
+                record.node,
+                from,
+                to,
+                if holds {
+                    " while it holds replicas"
+                } else {
+                    ""
+                }
+            )));
+        }
+        member.state = to;
+        Ok(Outcome::Done)
+    }
+
+    /// Applies a placement change planned at the current epoch (see the [module
+    /// docs](self)); refused whole if any shard's new list is invalid or puts a replica on a
+    /// node without the memory for it.
+    fn change_placement(&mut self, change: &PlacementChange) -> Result<Outcome> {
+        if change.epoch != self.epoch {
+            return Err(Error::Membership(format!(
+                "placement changed since epoch {} (now {}): plan again",
+                change.epoch, self.epoch
+            )));
+        }
+        let mut placement = self.placement.clone();
+        for shard in &change.shards {
+            let Some(slot) = placement.get_mut(shard.shard as usize) else {
+                return Err(Error::Membership(format!(
+                    "shard {} does not exist (the cluster has {})",
+                    shard.shard,
+                    self.placement.len()
+                )));
+            };
+            let mut distinct = shard.replicas.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            if distinct.len() != shard.replicas.len() || distinct.is_empty() {
+                return Err(Error::Membership(format!(
+                    "shard {} needs distinct replicas, got {:?}",
+                    shard.shard, shard.replicas
+                )));
+            }
+            for node in &shard.replicas {
+                let placeable = self
+                    .members
+                    .get(node)
+                    .is_some_and(|member| member.state.in_cluster());
+                if !placeable && !slot.contains(node) {
+                    return Err(Error::Membership(format!(
+                        "shard {}: node {node} cannot take a replica (not a live node)",
+                        shard.shard
+                    )));
+                }
+            }
+            slot.clone_from(&shard.replicas);
+        }
+        let per_shard = self.partition_bytes();
+        for (&node, member) in &self.members {
+            if !member.state.in_cluster() {
+                continue;
+            }
+            let before = self.hosted(node).len() as u64;
+            let after = placement.iter().filter(|r| r.contains(&node)).count() as u64;
+            if after <= before {
+                continue;
+            }
+            let limit = self.limits.get(&node).map_or(0, |l| l.filter_memory);
+            let needed = per_shard.saturating_mul(after);
+            if needed > limit {
+                return Err(Error::Membership(format!(
+                    "node {node} would need {needed} bytes of filter memory for {after} \
+                     replicas but its limit is {limit}"
+                )));
+            }
+        }
+        self.placement = placement;
+        self.epoch += 1;
+        Ok(Outcome::Done)
+    }
+
     fn set_limits(&mut self, limits: &NodeLimits) -> Result<Outcome> {
-        if !self.hosted.contains_key(&limits.node) {
+        if !self.members.contains_key(&limits.node) {
             return Err(Error::UnknownNode { node: limits.node });
         }
         self.limits.insert(limits.node, *limits);
@@ -235,24 +492,26 @@ impl Catalog {
         }
         // Every node's limits count, so that a node hosting nothing yet reports them too
         // before the cluster fills.
-        for &node in self.hosted.keys() {
+        for node in self.live() {
             if !self.limits.contains_key(&node) {
                 return Err(Error::NodeLimitsUnknown { node });
             }
         }
         let max_sets = self
-            .limits
-            .values()
+            .live()
+            .filter_map(|node| self.limits.get(&node))
             .map(|limits| limits.max_sets)
             .min()
             .unwrap_or(0);
         if self.sets.len() as u64 >= max_sets {
             return Err(Error::TooManySets { max: max_sets });
         }
-        for (&node, &hosted) in &self.hosted {
+        for node in self.live() {
             let limit = self.limits[&node].filter_memory;
             let used = self.used(node);
-            let needed = geometry.memory_bytes().saturating_mul(hosted);
+            let needed = geometry
+                .memory_bytes()
+                .saturating_mul(self.hosted(node).len() as u64);
             if used.saturating_add(needed) > limit {
                 return Err(Error::MemoryLimit {
                     name: spec.name.clone(),
@@ -311,6 +570,26 @@ impl Catalog {
                     ..CreateSetCommand::default()
                 })
                 .collect(),
+            members: self
+                .members
+                .iter()
+                .map(|(&node, member)| NodeRecord {
+                    node,
+                    peer_address: member.peer_address.clone(),
+                    client_address: member.client_address.clone(),
+                    state: state_to_proto(member.state),
+                })
+                .collect(),
+            placement: self
+                .placement
+                .iter()
+                .enumerate()
+                .map(|(shard, replicas)| ShardPlacement {
+                    shard: shard as u32,
+                    replicas: replicas.clone(),
+                })
+                .collect(),
+            epoch: self.epoch,
         };
         let mut bytes = SNAPSHOT_MAGIC.to_vec();
         bytes.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
@@ -367,8 +646,44 @@ impl Catalog {
             .iter()
             .map(|limits| (limits.node, *limits))
             .collect();
+        // Snapshots written before membership changes carry neither: the bootstrap layout's.
+        let (members, placement, epoch) = if snapshot.epoch == 0 {
+            (self.members.clone(), self.placement.clone(), self.epoch)
+        } else {
+            let members = snapshot
+                .members
+                .iter()
+                .map(|record| {
+                    let state = state_from_proto(record.state).ok_or_else(|| {
+                        format!("catalog snapshot: node {} has no state", record.node)
+                    })?;
+                    let member = Member {
+                        peer_address: record.peer_address.clone(),
+                        client_address: record.client_address.clone(),
+                        state,
+                    };
+                    Ok((record.node, member))
+                })
+                .collect::<std::result::Result<_, String>>()?;
+            if snapshot.placement.len() != self.placement.len() {
+                return Err(format!(
+                    "catalog snapshot places {} shards but the cluster has {}",
+                    snapshot.placement.len(),
+                    self.placement.len()
+                ));
+            }
+            let placement = snapshot
+                .placement
+                .iter()
+                .map(|shard| shard.replicas.clone())
+                .collect();
+            (members, placement, snapshot.epoch)
+        };
         *self = Catalog {
-            hosted: std::mem::take(&mut self.hosted),
+            members,
+            placement,
+            epoch,
+            replication: self.replication,
             limits,
             sets,
             garbage,
@@ -675,5 +990,126 @@ mod tests {
             assert_eq!(target, restored);
         }
         assert!(restored.restore(&bytes[..10]).is_err());
+    }
+
+    fn join(node: NodeId, peer: &str) -> CatalogCommand {
+        CatalogCommand {
+            kind: Some(Kind::Join(NodeRecord {
+                node,
+                peer_address: peer.into(),
+                client_address: format!("client-{node}"),
+                ..NodeRecord::default()
+            })),
+        }
+    }
+
+    fn state(node: NodeId, state: NodeState) -> CatalogCommand {
+        CatalogCommand {
+            kind: Some(Kind::NodeState(NodeRecord {
+                node,
+                state: state_to_proto(state),
+                ..NodeRecord::default()
+            })),
+        }
+    }
+
+    fn move_shard(epoch: u64, shard: u32, replicas: &[NodeId]) -> CatalogCommand {
+        CatalogCommand {
+            kind: Some(Kind::Placement(PlacementChange {
+                epoch,
+                shards: vec![ShardPlacement {
+                    shard,
+                    replicas: replicas.to_vec(),
+                }],
+            })),
+        }
+    }
+
+    #[test]
+    fn a_node_joins_takes_a_replica_and_is_decommissioned() {
+        let mut catalog = catalog(1 << 30);
+        assert_eq!(catalog.epoch(), 1);
+        assert_eq!(catalog.replicas(0), [1, 2]);
+        catalog.apply(10, &join(4, "h4:7061")).unwrap();
+        assert_eq!(catalog.members()[&4].state, NodeState::Joining);
+        // A joining node counts for limits: no set until it reports them.
+        assert!(matches!(
+            catalog.apply(11, &create("s", 10)),
+            Err(Error::NodeLimitsUnknown { node: 4 })
+        ));
+        catalog.apply(12, &limits(4, 1 << 30)).unwrap();
+        catalog.apply(13, &state(4, NodeState::Active)).unwrap();
+        catalog.apply(14, &create("s", 1000)).unwrap();
+        // Shard 0 moves from node 2 to node 4: one step, at the epoch it was planned at.
+        catalog.apply(15, &move_shard(1, 0, &[1, 4])).unwrap();
+        assert_eq!((catalog.replicas(0), catalog.epoch()), (&[1, 4][..], 2));
+        assert!(matches!(
+            catalog.apply(16, &move_shard(1, 1, &[4, 3])),
+            Err(Error::Membership(m)) if m.contains("epoch 1")
+        ));
+        assert!(matches!(
+            catalog.apply(17, &move_shard(2, 1, &[4, 4])),
+            Err(Error::Membership(m)) if m.contains("distinct")
+        ));
+        assert!(matches!(
+            catalog.apply(18, &move_shard(2, 9, &[1])),
+            Err(Error::Membership(m)) if m.contains("does not exist")
+        ));
+        // Decommissioning: done only once nothing is placed on it.
+        catalog
+            .apply(19, &state(4, NodeState::Decommissioning))
+            .unwrap();
+        assert!(catalog
+            .apply(20, &state(4, NodeState::Decommissioned))
+            .is_err());
+        assert!(
+            catalog.apply(21, &move_shard(2, 0, &[1, 9])).is_err(),
+            "not a node"
+        );
+        catalog.apply(22, &move_shard(2, 0, &[1, 2])).unwrap();
+        catalog
+            .apply(23, &state(4, NodeState::Decommissioned))
+            .unwrap();
+        assert_eq!(catalog.live().collect::<Vec<_>>(), [1, 2, 3]);
+        // Gone is gone: the id cannot join again, nor take a replica.
+        assert!(matches!(
+            catalog.apply(24, &join(4, "h4:7061")),
+            Err(Error::Membership(m)) if m.contains("new id")
+        ));
+        assert!(catalog.apply(25, &move_shard(3, 0, &[1, 4])).is_err());
+        assert!(catalog.apply(26, &state(4, NodeState::Active)).is_err());
+    }
+
+    #[test]
+    fn a_move_needs_the_memory_on_the_new_node() {
+        // The set `create` makes.
+        let spec = SetSpec::new("a", 1_000_000, 1e-3, "sha256").unwrap();
+        let partition = spec.partition_geometry(4).unwrap().memory_bytes();
+        // Room for 3 partitions per node; node 3 holds 2 (shards 1 and 2).
+        let mut catalog = catalog(3 * partition);
+        catalog.apply(1, &create("a", 1_000_000)).unwrap();
+        assert_eq!(catalog.hosted(3).len(), 2);
+        // Shard 0 ([1, 2]) onto node 3 too: 3 partitions, fits.
+        catalog.apply(2, &move_shard(1, 0, &[1, 3])).unwrap();
+        // Another one would need 4.
+        assert!(matches!(
+            catalog.apply(3, &move_shard(2, 3, &[1, 3])),
+            Err(Error::Membership(m)) if m.contains("filter memory")
+        ));
+    }
+
+    #[test]
+    fn membership_survives_snapshots() {
+        let mut catalog = catalog(1 << 30);
+        catalog.apply(10, &join(4, "h4:7061")).unwrap();
+        catalog.apply(11, &join(1, "h1:7061")).unwrap();
+        catalog.apply(12, &limits(4, 1 << 30)).unwrap();
+        catalog.apply(13, &state(4, NodeState::Active)).unwrap();
+        catalog.apply(14, &move_shard(1, 3, &[4, 1])).unwrap();
+        let mut restored = Catalog::new(&layout());
+        restored.restore(&catalog.snapshot()).unwrap();
+        assert_eq!(restored, catalog);
+        assert_eq!(restored.members()[&1].peer_address, "h1:7061");
+        assert_eq!(restored.replicas(3), [4, 1]);
     }
 }

@@ -1,8 +1,9 @@
-//! Static cluster layout: which nodes exist, which of them hold each shard's replicas, and the
-//! record of it a node keeps in its data directory.
+//! The bootstrap layout: which nodes a new cluster has, which of them hold each shard's
+//! replicas at first, and the record a node keeps in its data directory.
 //!
-//! Membership is fixed at bootstrap (node ids and peer addresses from the config, the
-//! StatefulSet seed-list style). Replicas are placed round-robin over the nodes sorted by id:
+//! A cluster starts from its `--peers` (node ids and peer addresses, the StatefulSet
+//! seed-list style); from then on the catalog holds the nodes and the placement, which move as
+//! nodes join and leave ([`crate::catalog`]). Replicas start round-robin over the nodes sorted by id:
 //! shard `s` lives on nodes `(s + i) mod N` for `i` in `0..replication`, so every node hosts
 //! about `shards * replication / N` replicas and any node computes the same map from the same
 //! config.
@@ -10,7 +11,8 @@
 //! On first start a node writes [`RECORD_FILE`] (node id, shard count, replication, peers) to
 //! its data directory; later starts compare the config against it and refuse to run on a
 //! mismatch, since a changed shard count would put keys into other shards than the ones that
-//! hold them, and a changed membership would make replicas vote in groups they are not part of.
+//! hold them. A node that joined records that it did (its `peers` are then only the nodes it
+//! found when it joined).
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -81,10 +83,9 @@ impl Layout {
         self.shards
     }
 
-    /// The placement epoch of this layout, which every shard map carries: the nodes and each
-    /// shard's replicas are fixed when the cluster is created, so the one placement there is
-    /// has epoch 1. A placement change (a node joining or leaving) must raise it, so clients
-    /// can tell a newer map from an older one.
+    /// The placement epoch of this layout, which every shard map carries: 1, the first
+    /// placement. Every change of it in the catalog raises the epoch, so clients can tell a
+    /// newer map from an older one.
     pub fn epoch(&self) -> u64 {
         1
     }
@@ -117,6 +118,10 @@ pub struct Record {
     /// The data directory's format ([`FORMAT`]); records written before it had one are 1.
     #[serde(default = "first_format")]
     pub format: u32,
+    /// The node joined a running cluster (`--join`): `peers` are the nodes it found then, and
+    /// the catalog, not the config, says which nodes there are now.
+    #[serde(default)]
+    pub joined: bool,
     /// The node this directory belongs to.
     pub id: NodeId,
     /// Shard count.
@@ -128,6 +133,35 @@ pub struct Record {
 }
 
 impl Record {
+    /// The recorded peers by node id.
+    pub fn peers_by_id(&self) -> Result<BTreeMap<NodeId, String>, ConfigError> {
+        self.peers
+            .iter()
+            .map(|(id, address)| {
+                let id = id.parse().map_err(|_| {
+                    ConfigError::Invalid(format!("{RECORD_FILE} names a node {id:?}, not an id"))
+                })?;
+                Ok((id, address.clone()))
+            })
+            .collect()
+    }
+
+    /// Reads the record in `dir`, if there is one.
+    pub fn read(dir: &Path) -> Result<Option<Record>, ConfigError> {
+        let path = dir.join(RECORD_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).map(Some).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "{} is unreadable ({e}); it records how this data directory was \
+                     created: restore it, or start with an empty --data-dir",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error("cannot read", &path, e)),
+        }
+    }
+
     /// Reads the record in `dir`, or writes `self` there when there is none (first start).
     /// Fails with a message that says what differs and what to do when they disagree.
     pub fn check_or_create(&self, dir: &Path) -> Result<(), ConfigError> {
@@ -141,20 +175,9 @@ impl Record {
     /// `Ok(false)` when there is none (a new data directory). Fails with a message that says
     /// what differs and what to do when they disagree.
     pub fn check(&self, dir: &Path) -> Result<bool, ConfigError> {
-        let path = dir.join(RECORD_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let stored: Record = toml::from_str(&text).map_err(|e| {
-                    ConfigError::Invalid(format!(
-                        "{} is unreadable ({e}); it records how this data directory was \
-                         created: restore it, or start with an empty --data-dir",
-                        path.display()
-                    ))
-                })?;
-                self.compare(&stored, &path).map(|()| true)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_error("cannot read", &path, e)),
+        match Record::read(dir)? {
+            Some(stored) => self.compare(&stored, &dir.join(RECORD_FILE)).map(|()| true),
+            None => Ok(false),
         }
     }
 
@@ -199,8 +222,9 @@ impl Record {
                  --shards, or create a new cluster with empty data directories",
             );
         }
-        let fixed = "membership is fixed when a cluster is created: start with the original \
-                     --replication and --peers";
+        let fixed = "a bootstrapped node keeps the --replication and --peers it was created \
+                     with (new nodes join with --join): start with the original --replication \
+                     and --peers";
         if stored.replication != self.replication {
             return mismatch(
                 "replication =",
@@ -209,7 +233,16 @@ impl Record {
                 fixed,
             );
         }
-        if stored.peers.keys().ne(self.peers.keys()) {
+        if stored.joined != self.joined {
+            return mismatch(
+                "--join",
+                if stored.joined { "set" } else { "unset" }.to_string(),
+                if self.joined { "set" } else { "unset" }.to_string(),
+                "a node bootstrapped with --peers keeps its --peers; a node that joined keeps \
+                 --join",
+            );
+        }
+        if !self.joined && stored.peers.keys().ne(self.peers.keys()) {
             let ids = |r: &Record| r.peers.keys().cloned().collect::<Vec<_>>().join(",");
             return mismatch("node ids", ids(stored), ids(self), fixed);
         }
@@ -270,6 +303,7 @@ mod tests {
     fn record(id: NodeId, shards: u32) -> Record {
         Record {
             format: FORMAT,
+            joined: false,
             id,
             shards,
             replication: 3,

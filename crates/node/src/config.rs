@@ -101,6 +101,14 @@ pub struct Config {
     pub advertise: Option<String>,
     /// Address of the Prometheus endpoint (`GET /metrics`, plain HTTP). None: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// Join a running cluster through this node's client address (`HOST:PORT`, any live
+    /// node, or a name resolving to several) instead of bootstrapping one from `peers`. A node
+    /// restarted with the data directory it joined with is the same node: it does not join
+    /// again.
+    pub join: Option<String>,
+    /// The peer address other nodes dial (`HOST:PORT`). None: `peer_listen` when it names a
+    /// host, else this node's entry in `peers`.
+    pub peer_advertise: Option<String>,
     /// Every node of the cluster (this one included) by id: `ID=HOST:PORT` peer addresses,
     /// comma separated. Empty: a one-node cluster of this node at `peer_listen`.
     #[serde(deserialize_with = "deserialize_peers")]
@@ -150,6 +158,8 @@ impl Default for Config {
             peer_listen: DEFAULT_PEER_LISTEN.parse().expect("valid default address"),
             advertise: None,
             metrics_listen: None,
+            join: None,
+            peer_advertise: None,
             peers: BTreeMap::new(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             replication: None,
@@ -194,6 +204,18 @@ impl Config {
             BTreeMap::from([(self.id, self.peer_listen.to_string())])
         } else {
             self.peers.clone()
+        }
+    }
+
+    /// The peer address to advertise when the peer API is bound at `bound`: `peer_advertise`,
+    /// else this node's entry in `peers`, else `bound` (which must then name a host).
+    pub fn peer_advertised(&self, bound: SocketAddr) -> String {
+        if let Some(address) = &self.peer_advertise {
+            return address.clone();
+        }
+        match self.peers.get(&self.id) {
+            Some(address) => address.clone(),
+            None => bound.to_string(),
         }
     }
 
@@ -245,6 +267,7 @@ impl Config {
         let layout = self.layout()?;
         Ok(Record {
             format: FORMAT,
+            joined: self.join.is_some(),
             id: self.id,
             shards: self.shards,
             replication: layout.replication(),

@@ -110,6 +110,21 @@ pub enum Error {
         /// The node.
         node: NodeId,
     },
+    /// A node or placement change the cluster cannot make now; the message says why and what
+    /// to do.
+    #[error("{0}")]
+    Membership(String),
+    /// A node asked to join under an id another live node uses.
+    #[error(
+        "node id {node} is already used by the node at {address}: give the new node another \
+         --id (or, if it is that node, start it with its own data directory)"
+    )]
+    NodeIdInUse {
+        /// The id.
+        node: NodeId,
+        /// The peer address the cluster records for it.
+        address: String,
+    },
     /// This node's replica cannot apply a committed command for want of memory; it stops
     /// applying (the other replicas go on) and retries until it can.
     #[error("shard {shard} replica on this node is stalled: {reason}")]
@@ -204,7 +219,10 @@ impl From<Error> for Status {
             Error::SetExists { .. } => Code::AlreadyExists,
             Error::MemoryLimit { .. } | Error::TooManySets { .. } => Code::ResourceExhausted,
             Error::NodeLimitsUnknown { .. } | Error::Stalled { .. } => Code::Unavailable,
-            Error::UnknownNode { .. } | Error::Refused(_) => Code::FailedPrecondition,
+            Error::UnknownNode { .. } | Error::Refused(_) | Error::Membership(_) => {
+                Code::FailedPrecondition
+            }
+            Error::NodeIdInUse { .. } => Code::AlreadyExists,
             Error::Filter(leakbloom_filter::Error::Alloc { .. }) => Code::ResourceExhausted,
             Error::Filter(_) => Code::InvalidArgument,
             Error::Unavailable { .. } => Code::Unavailable,

@@ -4,11 +4,15 @@
 //!
 //! # Layout
 //! - [`shard`]: key → shard (key bytes 0..8, multiply-shift).
-//! - [`cluster`]: the static layout (nodes, replica placement) and the record of it kept in the
-//!   data directory, which makes a node refuse to start with another shard count.
+//! - [`cluster`]: the bootstrap layout (nodes, replica placement of a new cluster) and the
+//!   record kept in the data directory, which makes a node refuse to start with another shard
+//!   count.
 //! - [`catalog`]: the cluster catalog, a Raft group of its own on every node: which sets
 //!   exist (parameters, geometry, generation, creating or active), dropped generations not yet
-//!   collected, and each node's limits; one entry creates or drops a set everywhere.
+//!   collected, each node's limits, the node registry and the placement (each shard's
+//!   replicas) with its epoch; one entry creates or drops a set everywhere, or moves replicas.
+//! - [`join`]: what a node started with `--join` does before it opens: register with the
+//!   cluster and take its shape.
 //! - [`memory`]: a node's filter memory limit (by default half of what the process can get)
 //!   and the [`memory::Budget`] its replicas reserve from.
 //! - [`set`]: set names and parameters ([`set::SetSpec`]) and a set's per-shard
@@ -23,7 +27,9 @@
 //! - [`node`]: the operations ([`Node::check`], [`Node::insert`], set management through the
 //!   catalog): validate, split by shard, commit one command per touched shard through its
 //!   leader, read from the applied state after a ReadIndex barrier (or at once for
-//!   any-replica reads); the health summary ([`node::Health`]).
+//!   any-replica reads); the health summary ([`node::Health`]); membership (replicas created
+//!   and deleted as the placement changes, the placement loop on the catalog's leader, join,
+//!   list and decommission).
 //! - [`peer`]: the peer gRPC service (Raft messages batched per destination, snapshots in
 //!   chunks, forwarded proposals and checks) and [`peer::Peers`], its client side and the Raft
 //!   transport.
@@ -37,8 +43,9 @@
 //! - [`config`]: the typed [`Config`].
 //!
 //! # Caveats
-//! - Membership is static: nodes and replication are fixed at bootstrap (no adding or removing
-//!   nodes yet).
+//! - Nodes join (`--join`) and are decommissioned; a node that dies is not yet replaced by
+//!   itself (its replicas stay placed on it until it returns or an operator decommissions it
+//!   with `--force`).
 //! - The peer port has no authentication; keep it on a private network. Commands are checked
 //!   (by the leader against the catalog, by the state machine on their content), but a peer
 //!   can still speak Raft itself.
@@ -50,6 +57,7 @@ pub mod cluster;
 pub mod config;
 mod discovery;
 pub mod error;
+pub mod join;
 pub mod node;
 pub mod server;
 pub mod service;

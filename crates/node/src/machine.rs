@@ -247,6 +247,7 @@ pub fn encode_catalog_outcome(outcome: &Result<catalog::Outcome>) -> Vec<u8> {
         Err(Error::TooManySets { max }) => CatalogOutcome::TooManySets(*max),
         Err(Error::NodeLimitsUnknown { node }) => CatalogOutcome::LimitsUnknown(*node),
         Err(Error::UnknownNode { node }) => CatalogOutcome::UnknownNode(*node),
+        Err(Error::Membership(message)) => CatalogOutcome::Membership(message.clone()),
         Err(other) => CatalogOutcome::Other(other.to_string()),
     };
     CatalogResult {
@@ -290,6 +291,7 @@ pub fn decode_catalog_outcome(bytes: &[u8]) -> Result<catalog::Outcome> {
         Some(CatalogOutcome::TooManySets(max)) => Err(Error::TooManySets { max }),
         Some(CatalogOutcome::LimitsUnknown(node)) => Err(Error::NodeLimitsUnknown { node }),
         Some(CatalogOutcome::UnknownNode(node)) => Err(Error::UnknownNode { node }),
+        Some(CatalogOutcome::Membership(message)) => Err(Error::Membership(message)),
         Some(CatalogOutcome::Other(message)) => Err(Error::Replica {
             shard: u32::MAX,
             reason: format!("catalog: {message}"),

@@ -59,9 +59,9 @@ impl Metrics {
                 IntGaugeVec::new(Opts::new(*name, *help), &["shard"]).expect("valid metric");
             let shards = (0..node.config().shards)
                 .filter_map(|shard| Some((shard.to_string(), node.group(shard)?)))
-                .chain([("catalog".to_string(), node.catalog_group())]);
+                .chain([("catalog".to_string(), node.catalog_group().clone())]);
             for (shard, group) in shards {
-                let value = i64::try_from(value(group)).unwrap_or(i64::MAX);
+                let value = i64::try_from(value(&group)).unwrap_or(i64::MAX);
                 gauge.with_label_values(&[&shard]).set(value);
             }
             state

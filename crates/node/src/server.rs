@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use leakbloom_net::server::{Port, Settings};
 use leakbloom_proto::v1::cluster_server::ClusterServer;
 use leakbloom_proto::v1::lookup_server::LookupServer;
+use leakbloom_proto::v1::nodes_server::NodesServer;
 use leakbloom_raft::GroupId;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -24,7 +25,7 @@ use crate::error::Error;
 use crate::metrics::{self, Metrics};
 use crate::node::{Health, Node};
 use crate::peer::{Local, PeerService, Peers, Slot};
-use crate::service::{ClusterService, LookupService};
+use crate::service::{ClusterService, LookupService, NodesService};
 
 /// How often the node looks for sets over their capacity (to warn in the log).
 const CAPACITY_WATCH: Duration = Duration::from_secs(30);
@@ -163,13 +164,16 @@ impl Server {
         }
         let address = config.advertised(listener.local_addr().expect("a bound listener"));
         config.advertise = Some(address.clone());
+        let peer_address = config.peer_advertised(peer_addr);
+        config.peer_advertise = Some(peer_address.clone());
+        crate::join::prepare(&mut config, &peer_address, &address).await?;
         let record = config.record().map_err(Error::from)?;
         let new_directory = !record.check(&config.data_dir).map_err(Error::from)?;
         let slot = Arc::new(Slot::new(config.id, address, new_directory));
         let peer = PeerServing::start(peer_listener, slot.clone(), config.connection_timeouts());
         let opened = async {
             let peers = Arc::new(Peers::new(config.id, config.members()));
-            let held_elsewhere = if new_directory {
+            let held_elsewhere = if new_directory && config.join.is_none() {
                 discover(&config, &peers).await
             } else {
                 Vec::new()
@@ -255,7 +259,8 @@ impl Server {
         let port = port
             .reflection(leakbloom_proto::PUBLIC_DESCRIPTOR_SET)
             .add_service(lookup)
-            .add_service(ClusterServer::new(ClusterService::new(self.node.clone())));
+            .add_service(ClusterServer::new(ClusterService::new(self.node.clone())))
+            .add_service(NodesServer::new(NodesService::new(self.node.clone())));
 
         tracing::info!(
             node = self.node.id(),
@@ -273,11 +278,15 @@ impl Server {
         let capacity = tokio::spawn(self.node.clone().watch_capacity(CAPACITY_WATCH));
         // Limits reported to the catalog; interrupted set changes finished.
         let maintain = tokio::spawn(self.node.clone().maintain());
+        let host = tokio::spawn(self.node.clone().host());
+        let place = tokio::spawn(self.node.clone().place());
         let client = client.await;
         let peer = self.peer.stop().await;
         rebuild.abort();
         capacity.abort();
         maintain.abort();
+        host.abort();
+        place.abort();
         health_task.abort();
         if let Some(task) = metrics_task {
             task.abort();

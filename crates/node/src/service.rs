@@ -1,5 +1,6 @@
 //! The client-port gRPC services: `leakbloom.v1.Lookup` unpacks requests, calls [`Node`] and
-//! packs replies; `leakbloom.v1.Cluster` tells routers the shard map.
+//! packs replies; `leakbloom.v1.Cluster` tells routers the shard map and registers joining
+//! nodes; `leakbloom.v1.Nodes` lists and decommissions nodes.
 //! Errors become `tonic::Status` in exactly one place, `impl From<Error> for Status`.
 
 use std::sync::Arc;
@@ -8,10 +9,12 @@ use std::time::Instant;
 use leakbloom_cluster::Consistency;
 use leakbloom_proto::v1::cluster_server::Cluster;
 use leakbloom_proto::v1::lookup_server::Lookup;
+use leakbloom_proto::v1::nodes_server::Nodes;
 use leakbloom_proto::v1::{
-    CheckRequest, CheckResponse, CreateSetRequest, DropSetRequest, DropSetResponse, GetSetRequest,
-    GetShardMapRequest, InsertRequest, InsertResponse, ListSetsRequest, ListSetsResponse, SetInfo,
-    ShardMap,
+    CheckRequest, CheckResponse, CreateSetRequest, DecommissionNodeRequest, DropSetRequest,
+    DropSetResponse, GetSetRequest, GetShardMapRequest, InsertRequest, InsertResponse, JoinRequest,
+    JoinResponse, ListNodesRequest, ListNodesResponse, ListSetsRequest, ListSetsResponse, NodeInfo,
+    SetInfo, ShardMap,
 };
 use tonic::{Request, Response, Status};
 
@@ -135,5 +138,43 @@ impl Cluster for ClusterService {
         _request: Request<GetShardMapRequest>,
     ) -> Result<Response<ShardMap>, Status> {
         Ok(Response::new(self.node.shard_map().await))
+    }
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let answer = self.node.join(request.into_inner()).await?;
+        Ok(Response::new(answer))
+    }
+}
+
+/// The operators' view of the nodes (`leakbloom nodes`).
+#[derive(Debug, Clone)]
+pub struct NodesService {
+    node: Arc<Node>,
+}
+
+impl NodesService {
+    /// Serves `node`'s view of the nodes.
+    pub fn new(node: Arc<Node>) -> NodesService {
+        NodesService { node }
+    }
+}
+
+#[tonic::async_trait]
+impl Nodes for NodesService {
+    async fn list_nodes(
+        &self,
+        _request: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        let nodes = self.node.list_nodes().await?;
+        Ok(Response::new(ListNodesResponse { nodes }))
+    }
+
+    async fn decommission_node(
+        &self,
+        request: Request<DecommissionNodeRequest>,
+    ) -> Result<Response<NodeInfo>, Status> {
+        let request = request.into_inner();
+        let info = self.node.decommission(request.node, request.force).await?;
+        Ok(Response::new(info))
     }
 }

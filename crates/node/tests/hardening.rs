@@ -49,7 +49,7 @@ async fn leader_of(cluster: &Cluster, group: GroupId) -> NodeId {
         async || {
             cluster.running.iter().find_map(|(&id, r)| {
                 let handle = if group == CATALOG_GROUP {
-                    r.node.catalog_group()
+                    r.node.catalog_group().clone()
                 } else {
                     r.node
                         .group(group as u32)

@@ -123,7 +123,7 @@ impl Local for TestLocal {
             node: self.id,
             state: State::Serving.into(),
             committed: replica.iter().map(|r| (r.group(), r.committed())).collect(),
-            address: String::new(),
+            ..StatusResponse::default()
         }
     }
 }

@@ -93,7 +93,11 @@ mod tests {
         assert_eq!(
             files(super::PUBLIC_DESCRIPTOR_SET),
             [
-                file("leakbloom/v1/cluster.proto", "leakbloom.v1", &["Cluster"]),
+                file(
+                    "leakbloom/v1/cluster.proto",
+                    "leakbloom.v1",
+                    &["Cluster", "Nodes"]
+                ),
                 file("leakbloom/v1/lookup.proto", "leakbloom.v1", &["Lookup"]),
             ]
         );
@@ -113,6 +117,12 @@ mod tests {
                     "leakbloom/internal/v1/peer.proto",
                     "leakbloom.internal.v1",
                     &["Peer"]
+                ),
+                // For NodeState, which the catalog's commands record.
+                file(
+                    "leakbloom/v1/cluster.proto",
+                    "leakbloom.v1",
+                    &["Cluster", "Nodes"]
                 ),
                 file("leakbloom/v1/lookup.proto", "leakbloom.v1", &["Lookup"]),
             ]

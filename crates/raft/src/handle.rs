@@ -244,6 +244,18 @@ impl GroupHandle {
         self.shared.published.membership.borrow().clone()
     }
 
+    /// Whether this replica is a voter of its group as it last applied its membership (not a
+    /// learner, not new, not removed): the replica holds the group's state. Cheap enough for
+    /// every read.
+    pub fn is_voter(&self) -> bool {
+        self.shared
+            .published
+            .membership
+            .borrow()
+            .voters
+            .contains(&self.shared.id)
+    }
+
     /// Whether this replica was removed from its group: its applied membership, not empty,
     /// leaves it out (see [`GroupNode::removed`](crate::GroupNode::removed); a removed
     /// replica may never learn it, so `false` proves nothing: ask the leader).

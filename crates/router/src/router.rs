@@ -23,6 +23,7 @@ use leakbloom_client::routing::{Observer, Routing};
 use leakbloom_client::Check;
 use leakbloom_cluster::{check_bits, check_set_count, split_keys, Consistency, Key, ShardMap};
 use leakbloom_proto::v1::lookup_client::LookupClient;
+use leakbloom_proto::v1::nodes_client::NodesClient;
 use leakbloom_proto::v1::{CheckRequest, CheckResponse, InsertRequest};
 use tonic::transport::Channel;
 use tonic::{Request, Status};
@@ -110,6 +111,15 @@ impl Router {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         Ok(self.routing.any_node(deadline, call).await?)
+    }
+
+    /// [`any_node`](Self::any_node) for the operators' `Nodes` service.
+    pub async fn any_node_nodes<T, F, Fut>(&self, deadline: Instant, call: F) -> Result<T>
+    where
+        F: Fn(NodesClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        Ok(self.routing.any_node_nodes(deadline, call).await?)
     }
 }
 

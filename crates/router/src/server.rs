@@ -1,4 +1,4 @@
-//! Serving a router: `leakbloom.v1.Lookup` with `grpc.health.v1` and server reflection (v1 and
+//! Serving a router: `leakbloom.v1.Lookup` and `leakbloom.v1.Nodes` with `grpc.health.v1` and server reflection (v1 and
 //! v1alpha, for grpcurl 1.8) of those only, on the client address (a
 //! [`leakbloom_net::server::Port`]), and optionally Prometheus metrics.
 
@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use leakbloom_net::server::{Port, Settings};
 use leakbloom_proto::v1::lookup_server::LookupServer;
+use leakbloom_proto::v1::nodes_server::NodesServer;
 use tokio::net::TcpListener;
 
 use crate::metrics::{self, Metrics};
 use crate::router::Router;
-use crate::service::RouterService;
+use crate::service::{RouterNodes, RouterService};
 
 /// How a router runs.
 #[derive(Clone, Debug)]
@@ -141,13 +142,15 @@ impl Server {
         let refresh = tokio::spawn(router.clone().run_refresh(ready));
 
         // A request larger than the batch limit needs is refused before it is read.
+        let nodes = NodesServer::new(RouterNodes::new(router.clone(), self.config.timeout));
         let lookup = LookupServer::new(RouterService::new(router, metrics, self.config.timeout))
             .max_decoding_message_size(leakbloom_cluster::max_request_bytes(self.config.max_batch))
             .max_encoding_message_size(leakbloom_cluster::MAX_REPLY_BYTES);
-        // Only Lookup of the public services, and reflection of those only.
+        // Lookup and Nodes of the public services, and reflection of those only.
         let port = port
             .reflection(leakbloom_proto::PUBLIC_DESCRIPTOR_SET)
-            .add_service(lookup);
+            .add_service(lookup)
+            .add_service(nodes);
 
         tracing::info!(
             listen = %local_addr,

@@ -1,5 +1,5 @@
 //! The router's `leakbloom.v1.Lookup` service: the same contract as a node's, served by
-//! routing. Errors become `tonic::Status` in one place, `impl From<Error> for Status`.
+//! routing; and its `leakbloom.v1.Nodes`, which any node answers. Errors become `tonic::Status` in one place, `impl From<Error> for Status`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 
 use leakbloom_proto::v1::lookup_client::LookupClient;
 use leakbloom_proto::v1::lookup_server::Lookup;
+use leakbloom_proto::v1::nodes_server::Nodes;
 use leakbloom_proto::v1::{
-    CheckRequest, CheckResponse, CreateSetRequest, DropSetRequest, DropSetResponse, GetSetRequest,
-    InsertRequest, InsertResponse, ListSetsRequest, ListSetsResponse, SetInfo,
+    CheckRequest, CheckResponse, CreateSetRequest, DecommissionNodeRequest, DropSetRequest,
+    DropSetResponse, GetSetRequest, InsertRequest, InsertResponse, ListNodesRequest,
+    ListNodesResponse, ListSetsRequest, ListSetsResponse, NodeInfo, SetInfo,
 };
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -142,5 +144,51 @@ impl Lookup for RouterService {
             async move { client.get_set(request).await }
         })
         .await
+    }
+}
+
+/// The operators' `leakbloom.v1.Nodes` service on a router: each call is answered by any node.
+#[derive(Debug, Clone)]
+pub struct RouterNodes {
+    router: Arc<Router>,
+    timeout: Duration,
+}
+
+impl RouterNodes {
+    /// Serves through `router`; calls without a client deadline get `timeout`.
+    pub fn new(router: Arc<Router>, timeout: Duration) -> RouterNodes {
+        RouterNodes { router, timeout }
+    }
+}
+
+#[tonic::async_trait]
+impl Nodes for RouterNodes {
+    async fn list_nodes(
+        &self,
+        request: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        let deadline = deadline(&request, self.timeout);
+        let answer = self
+            .router
+            .any_node_nodes(deadline, |mut client| async move {
+                client.list_nodes(ListNodesRequest {}).await
+            })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn decommission_node(
+        &self,
+        request: Request<DecommissionNodeRequest>,
+    ) -> Result<Response<NodeInfo>, Status> {
+        let deadline = deadline(&request, self.timeout);
+        let request = request.into_inner();
+        let answer = self
+            .router
+            .any_node_nodes(deadline, |mut client| async move {
+                client.decommission_node(request).await
+            })
+            .await?;
+        Ok(Response::new(answer))
     }
 }

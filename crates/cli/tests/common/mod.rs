@@ -108,6 +108,15 @@ pub fn start_one_node(data: &Path) -> (Proc, String) {
     (node, addr)
 }
 
+/// Starts a router on a free port of 127.0.0.1 in front of the node at `seed` (one node is
+/// enough: it learns the others); returns it once it can route, with its address.
+pub fn start_router(seed: &str) -> (Proc, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let router = start(&["router", "--listen", &addr, "--nodes", seed].map(String::from));
+    router.wait_for_line(ROUTER_READY);
+    (router, addr)
+}
+
 /// The address that follows `marker` in `line` (`listen=127.0.0.1:4000 ...`).
 pub fn address_after(line: &str, marker: &str) -> String {
     let at = line.find(marker).expect("the marker is in the line") + marker.len();

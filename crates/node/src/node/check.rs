@@ -177,7 +177,7 @@ impl Node {
         shard: ShardId,
         request: ShardCheckRequest,
     ) -> Result<ShardCheckResponse> {
-        let mut candidates = self.layout.replicas(shard);
+        let mut candidates = self.placed(shard);
         if let Some(leader) = self.leader_of(shard) {
             candidates.retain(|&node| node != leader);
             candidates.insert(0, leader);

@@ -12,6 +12,9 @@
 //!   leader's reconciler that finishes creations and drops a crash interrupted.
 //! - `tasks.rs`: what runs beside the servers: rebuilding replicas, reporting this node's
 //!   limits to the catalog, the capacity watch, the health summary.
+//! - `members.rs`: membership: replicas started and deleted as the catalog's placement
+//!   changes, the placement loop on the catalog's leader, and joining, listing and
+//!   decommissioning nodes.
 //!
 //! # Writes
 //! [`Node::insert`] splits the keys by shard and proposes one `Insert` command per touched
@@ -37,7 +40,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -45,7 +48,7 @@ use leakbloom_proto::internal::v1::{
     status_response, ShardCheckRequest, ShardCheckResponse, StatusResponse,
 };
 use leakbloom_proto::v1::{NodeAddress, ShardMap, ShardReplicas};
-use leakbloom_raft::{GroupHandle, GroupId, NodeConfig, NodeId, Poller, Transport};
+use leakbloom_raft::{GroupHandle, GroupId, NodeConfig, NodeId, Poller, Store, Transport};
 use raft::StateRole;
 
 use crate::catalog::{CatalogState, CATALOG_GROUP};
@@ -60,11 +63,13 @@ use crate::state::ShardState;
 
 mod check;
 mod insert;
+mod members;
 mod open;
 mod propose;
 mod sets;
 mod tasks;
 
+pub use members::JOIN_TIMEOUT;
 pub use propose::PROPOSE_TIMEOUT;
 pub use tasks::Health;
 
@@ -82,7 +87,7 @@ const SNAPSHOT_LOG_RATIO: f64 = 1.0;
 const SHARD_MAP_STATUS_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// This node's replica of one shard.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Replica {
     state: Arc<ShardState>,
     handle: GroupHandle,
@@ -100,14 +105,20 @@ struct CatalogReplica {
 #[derive(Debug)]
 pub struct Node {
     config: Config,
+    /// The layout the cluster was bootstrapped with (the catalog's first placement).
     layout: Layout,
     peers: Arc<Peers>,
     /// The Raft loop hosting every replica of this node.
     poller: Poller,
+    /// The log store every replica of this node keeps its log in.
+    store: Arc<Store>,
+    /// What every replica is started with.
+    node_config: NodeConfig,
     /// This node's filter memory, shared by its shard replicas.
     budget: Arc<Budget>,
-    /// Indexed by shard; `None` where this node holds no replica.
-    replicas: Vec<Option<Replica>>,
+    /// Indexed by shard; `None` where this node holds no replica. Replicas come and go as the
+    /// placement changes ([`members`]).
+    replicas: RwLock<Vec<Option<Replica>>>,
     catalog: CatalogReplica,
     /// Last leader learned for each shard not hosted here (0: unknown).
     leaders: Vec<AtomicU64>,
@@ -128,13 +139,21 @@ impl Node {
         // A record means the replicas were created before: one found empty lost its data. So
         // does one of a new data directory whose peers hold its group's data (a wiped disk).
         let existed = record.check(&config.data_dir)?;
-        let rebuildable = layout.replication() > 1;
+        let joined = config.join.is_some();
+        let rebuildable = layout.replication() > 1 || joined;
         let (store, store_lost) = open::open_store(&config.data_dir, rebuildable)?;
         let poller = Poller::start(
             &format!("n{}", config.id),
             peers.clone() as Arc<dyn Transport>,
             Duration::from_millis(config.tick_ms),
         );
+        let node_config = NodeConfig {
+            snapshot_entries: config.snapshot_entries,
+            snapshot_log_ratio: SNAPSHOT_LOG_RATIO,
+            snapshot_log_bytes: config.snapshot_log_bytes,
+            lease_reads: config.lease_reads,
+            ..NodeConfig::default()
+        };
         let opening = open::Opening {
             id: config.id,
             store: &store,
@@ -143,35 +162,50 @@ impl Node {
             held_elsewhere,
             rebuildable,
             data_dir: &config.data_dir,
-            node_config: NodeConfig {
-                snapshot_entries: config.snapshot_entries,
-                snapshot_log_ratio: SNAPSHOT_LOG_RATIO,
-                snapshot_log_bytes: config.snapshot_log_bytes,
-                lease_reads: config.lease_reads,
-                ..NodeConfig::default()
-            },
+            node_config: node_config.clone(),
             poller: &poller,
         };
-        let budget = Budget::new(config.filter_memory_limit());
-        let mut replicas = Vec::with_capacity(config.shards as usize);
-        for shard in 0..config.shards {
-            let voters = layout.replicas(shard);
-            if !voters.contains(&config.id) {
-                replicas.push(None);
-                continue;
-            }
-            let state = Arc::new(ShardState::new(shard, config.shards, budget.clone()));
-            let handle =
-                opening.replica(GroupId::from(shard), &voters, Machine::new(state.clone()))?;
-            replicas.push(Some(Replica { state, handle }));
-        }
+        // The catalog first: it says which shards this node holds (a joined node's catalog
+        // replica starts empty and is added to the group by its leader).
         let state = Arc::new(CatalogState::new(&layout));
+        // A new cluster's groups are bootstrapped with the layout's voters. Every other replica
+        // starts without members to move its group towards: a leader acting on a stale
+        // placement would move replicas back; the hosting loop tells each replica its members
+        // once the catalog is current (`members.rs`).
+        let fresh = !existed && !joined;
+        let catalog_members = if fresh {
+            layout.nodes().to_vec()
+        } else {
+            Vec::new()
+        };
         let handle = opening.replica(
             CATALOG_GROUP,
-            layout.nodes(),
+            &catalog_members,
             CatalogMachine::new(state.clone()),
         )?;
         let catalog = CatalogReplica { state, handle };
+        let budget = Budget::new(config.filter_memory_limit());
+        let stored = store.groups();
+        let mut replicas = Vec::with_capacity(config.shards as usize);
+        for shard in 0..config.shards {
+            let group = GroupId::from(shard);
+            // A fresh bootstrap holds the layout's replicas; later, what the catalog places
+            // here and what the store still holds (a replica being moved away).
+            let placed = if fresh {
+                layout.replicas(shard)
+            } else {
+                catalog.state.read(|c| c.replicas(shard).to_vec())
+            };
+            let held = existed && stored.contains(&group);
+            if !placed.contains(&config.id) && !held {
+                replicas.push(None);
+                continue;
+            }
+            let voters = if fresh { placed } else { Vec::new() };
+            let state = Arc::new(ShardState::new(shard, config.shards, budget.clone()));
+            let handle = opening.replica(group, &voters, Machine::new(state.clone()))?;
+            replicas.push(Some(Replica { state, handle }));
+        }
         if !existed {
             record.create(&config.data_dir)?;
         }
@@ -199,8 +233,10 @@ impl Node {
             layout,
             peers,
             poller,
+            store,
+            node_config,
             budget,
-            replicas,
+            replicas: RwLock::new(replicas),
             catalog,
             leaders,
         })
@@ -227,13 +263,13 @@ impl Node {
     }
 
     /// This node's replica state of `shard`, if it hosts one (for tests and diagnostics).
-    pub fn shard(&self, shard: ShardId) -> Option<&Arc<ShardState>> {
-        self.replica(shard).map(|r| &r.state)
+    pub fn shard(&self, shard: ShardId) -> Option<Arc<ShardState>> {
+        self.replica(shard).map(|r| r.state)
     }
 
     /// This node's Raft handle of `shard`, if it hosts a replica.
-    pub fn group(&self, shard: ShardId) -> Option<&GroupHandle> {
-        self.replica(shard).map(|r| &r.handle)
+    pub fn group(&self, shard: ShardId) -> Option<GroupHandle> {
+        self.replica(shard).map(|r| r.handle)
     }
 
     /// This node's copy of the catalog.
@@ -247,32 +283,37 @@ impl Node {
     }
 
     /// This node's handle of `group` (a shard's or the catalog's), if it hosts a replica.
-    fn handle(&self, group: GroupId) -> Option<&GroupHandle> {
+    fn handle(&self, group: GroupId) -> Option<GroupHandle> {
         if group == CATALOG_GROUP {
-            return Some(&self.catalog.handle);
+            return Some(self.catalog.handle.clone());
         }
         self.group(ShardId::try_from(group).ok()?)
     }
 
     /// Every group this node hosts a replica of, with its handle: shards, then the catalog.
-    fn handles(&self) -> impl Iterator<Item = (GroupId, &GroupHandle)> {
-        self.replicas
+    fn handles(&self) -> Vec<(GroupId, GroupHandle)> {
+        let replicas = self.replicas.read().expect("replicas lock poisoned");
+        replicas
             .iter()
             .enumerate()
-            .filter_map(|(shard, r)| Some((shard as GroupId, &r.as_ref()?.handle)))
-            .chain([(CATALOG_GROUP, &self.catalog.handle)])
+            .filter_map(|(shard, r)| Some((shard as GroupId, r.as_ref()?.handle.clone())))
+            .chain([(CATALOG_GROUP, self.catalog.handle.clone())])
+            .collect()
     }
 
-    fn replica(&self, shard: ShardId) -> Option<&Replica> {
-        self.replicas.get(shard as usize)?.as_ref()
+    fn replica(&self, shard: ShardId) -> Option<Replica> {
+        let replicas = self.replicas.read().expect("replicas lock poisoned");
+        replicas.get(shard as usize)?.clone()
     }
 
-    /// This node's replica of `shard` if it may answer reads: hosted, not being rebuilt from
-    /// peers (its state is incomplete until it has caught up) and not stalled (it stopped
-    /// applying). Reads of other shards go to another replica.
-    fn serving(&self, shard: ShardId) -> Option<&Replica> {
-        self.replica(shard)
-            .filter(|r| r.handle.rejoin_mark().is_none() && r.handle.stalled().is_none())
+    /// This node's replica of `shard` if it may answer reads: hosted, a member of its group
+    /// with the group's state (not joining it or being rebuilt from peers: its state is
+    /// incomplete until it has caught up) and not stalled (it stopped applying). Reads of
+    /// other shards go to another replica.
+    fn serving(&self, shard: ShardId) -> Option<Replica> {
+        self.replica(shard).filter(|r| {
+            r.handle.rejoin_mark().is_none() && r.handle.stalled().is_none() && r.handle.is_voter()
+        })
     }
 
     /// Stops every local replica and the node's Raft loop, and waits until the store is
@@ -287,7 +328,7 @@ impl Node {
             Some(replica) => leader_seen(self.id(), &replica.handle),
             None => match self.leaders[shard as usize].load(Ordering::Relaxed) {
                 // Unknown: ask the preferred leader, which answers or hints.
-                0 => self.layout.replicas(shard).first().copied(),
+                0 => self.placed(shard).first().copied(),
                 leader => Some(leader),
             },
         }
@@ -307,7 +348,11 @@ impl Node {
     /// every peer's `Status` for them, briefly; silent peers keep their last known address),
     /// each shard's replicas and its leader with the term it was seen in (0 for a hint).
     pub async fn shard_map(&self) -> ShardMap {
-        let others = self.layout.nodes().iter().filter(|&&id| id != self.id());
+        let (members, placement, epoch) = self.catalog.state.read(|c| {
+            let members: Vec<NodeId> = c.live().collect();
+            (members, c.placement().to_vec(), c.epoch())
+        });
+        let others = members.iter().filter(|&&id| id != self.id());
         let answers = join_all(others.map(|&id| async move {
             tokio::time::timeout(SHARD_MAP_STATUS_TIMEOUT, self.peers.status(id))
                 .await
@@ -323,8 +368,7 @@ impl Node {
                     addresses.insert(id, address);
                 }
             }
-            self.layout
-                .nodes()
+            members
                 .iter()
                 .map(|&id| NodeAddress {
                     id,
@@ -342,7 +386,7 @@ impl Node {
                     None => (self.leaders[shard as usize].load(Ordering::Relaxed), 0),
                 };
                 ShardReplicas {
-                    replicas: self.layout.replicas(shard),
+                    replicas: placement.get(shard as usize).cloned().unwrap_or_default(),
                     leader,
                     term,
                 }
@@ -350,9 +394,9 @@ impl Node {
             .collect();
         ShardMap {
             node: self.id(),
-            epoch: self.layout.epoch(),
+            epoch,
             shards: self.config.shards,
-            replication: self.layout.replication(),
+            replication: self.catalog.state.read(|c| c.replication()),
             max_batch: self.config.max_batch as u64,
             nodes,
             shard_replicas,
@@ -377,7 +421,7 @@ impl Local for Node {
     }
 
     fn replica(&self, group: GroupId) -> Option<GroupHandle> {
-        self.handle(group).cloned()
+        self.handle(group)
     }
 
     async fn admit(&self, group: GroupId, command: &[u8]) -> Result<()> {
@@ -394,9 +438,17 @@ impl Local for Node {
             state: status_response::State::Serving.into(),
             committed: self
                 .handles()
-                .map(|(group, handle)| (group, handle.committed()))
+                .iter()
+                .map(|(group, handle)| (*group, handle.committed()))
                 .collect(),
             address: self.config.advertise.clone().unwrap_or_default(),
+            members: self.led_members(),
+            filter_bytes: self.budget.used(),
+            lag: self
+                .handles()
+                .iter()
+                .map(|(_, handle)| handle.committed().saturating_sub(handle.applied()))
+                .sum(),
         }
     }
 }

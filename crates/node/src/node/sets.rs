@@ -50,6 +50,9 @@ impl Node {
         let handle = &self.catalog.handle;
         let reason = if handle.rejoin_mark().is_some() {
             "its replica on this node is being rebuilt from its peers".to_string()
+        } else if handle.membership().is_empty() {
+            "this node joined the cluster a moment ago and its replica has not caught up yet"
+                .to_string()
         } else if let Some(reason) = handle.stalled() {
             format!("its replica on this node is stalled: {reason}")
         } else {

@@ -86,6 +86,7 @@ impl Node {
     /// What is wrong with this node's replicas now (nothing: it can serve).
     pub fn health(&self) -> Vec<Health> {
         self.handles()
+            .into_iter()
             .flat_map(|(group, handle)| {
                 let stalled = handle
                     .stalled()
@@ -109,6 +110,7 @@ impl Node {
         loop {
             let waiting: Vec<GroupId> = self
                 .handles()
+                .into_iter()
                 .filter(|(_, handle)| handle.rejoin_mark() == Some(0))
                 .map(|(group, _)| group)
                 .collect();
@@ -123,11 +125,13 @@ impl Node {
     /// Asks the replicas of `group` on other nodes, the known leader first, to re-add this
     /// node's replica, following leader hints; records the answer on the replica.
     async fn ask_rejoin(&self, group: GroupId) {
-        let handle = self.handle(group).expect("rebuilding a hosted replica");
+        let Some(handle) = self.handle(group) else {
+            return;
+        };
         let members = if group == CATALOG_GROUP {
-            self.layout.nodes().to_vec()
+            self.catalog.state.read(|c| c.live().collect())
         } else {
-            self.layout.replicas(group as u32)
+            self.placed(group as u32)
         };
         let mut candidates: Vec<NodeId> = members
             .into_iter()
@@ -187,6 +191,9 @@ impl Node {
                         tracing::debug!(%error, "limits not reported yet; retrying");
                     }
                 }
+            }
+            if let Err(error) = self.report_addresses().await {
+                tracing::debug!(%error, "addresses not reported yet; retrying");
             }
             self.reconcile(&mut seen).await;
             tokio::time::sleep(MAINTAIN_EVERY).await;

@@ -215,8 +215,8 @@ impl Local for Slot {
             None => StatusResponse {
                 node: self.id,
                 state: self.starting.into(),
-                committed: Default::default(),
                 address: self.address.clone(),
+                ..StatusResponse::default()
             },
         }
     }

@@ -80,6 +80,29 @@ struct Link {
     queue: OnceLock<mpsc::Sender<(GroupId, Message)>>,
 }
 
+impl Link {
+    /// The link from node `from` to `node` at `address`, not connected yet. An address that
+    /// is not a valid URI is logged now, and every call over the link fails saying so.
+    fn new(from: NodeId, node: NodeId, address: String) -> Link {
+        let clients = clients(&address).map_err(|error| {
+            tracing::error!(
+                node = from,
+                peer = node,
+                address,
+                %error,
+                "invalid peer address: every call to this node will fail; fix the peers setting"
+            );
+            format!("its peer address {address:?} is not a valid URI ({error})")
+        });
+        Link {
+            node,
+            address,
+            clients,
+            queue: OnceLock::new(),
+        }
+    }
+}
+
 /// The node the transport reports back to, set after construction.
 #[derive(Default)]
 struct LocalSlot(RwLock<Option<Weak<dyn Local>>>);
@@ -115,7 +138,8 @@ impl LocalSlot {
 pub struct Peers {
     id: NodeId,
     runtime: Handle,
-    links: BTreeMap<NodeId, Link>,
+    /// By node; replaced when a node's address changes, added when a node joins.
+    links: RwLock<BTreeMap<NodeId, Arc<Link>>>,
     local: Arc<LocalSlot>,
     /// Destinations without an address, already warned about.
     warned: Mutex<BTreeSet<NodeId>>,
@@ -125,8 +149,8 @@ pub struct Peers {
 
 impl std::fmt::Debug for Peers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let addresses: BTreeMap<NodeId, &str> = self
-            .links
+        let links = self.links.read().expect("peer links lock poisoned");
+        let addresses: BTreeMap<NodeId, &str> = links
             .values()
             .map(|link| (link.node, link.address.as_str()))
             .collect();
@@ -154,32 +178,12 @@ impl Peers {
         let runtime = Handle::current();
         let links = addresses
             .into_iter()
-            .map(|(node, address)| {
-                let address: String = address.into();
-                let clients = clients(&address).map_err(|error| {
-                    tracing::error!(
-                        node = id,
-                        peer = node,
-                        address,
-                        %error,
-                        "invalid peer address: every call to this node will fail; fix the peers \
-                         setting"
-                    );
-                    format!("its peer address {address:?} is not a valid URI ({error})")
-                });
-                let link = Link {
-                    node,
-                    address,
-                    clients,
-                    queue: OnceLock::new(),
-                };
-                (node, link)
-            })
+            .map(|(node, address)| (node, Arc::new(Link::new(id, node, address.into()))))
             .collect();
         Peers {
             id,
             runtime,
-            links,
+            links: RwLock::new(links),
             local: Arc::default(),
             warned: Mutex::default(),
             snapshot_streams: Arc::new(Semaphore::new(SNAPSHOT_STREAMS)),
@@ -199,8 +203,27 @@ impl Peers {
     }
 
     /// The configured peer address of `node`, for logs and hints.
-    pub fn address(&self, node: NodeId) -> Option<&str> {
-        self.links.get(&node).map(|link| link.address.as_str())
+    pub fn address(&self, node: NodeId) -> Option<String> {
+        self.link(node).map(|link| link.address.clone())
+    }
+
+    /// Sets the peer address of `node` (a node that joined, or moved): later calls and
+    /// messages go there. Messages queued for the old address are still delivered there.
+    pub fn set_address(&self, node: NodeId, address: &str) {
+        if node == self.id || address.is_empty() || self.address(node).as_deref() == Some(address) {
+            return;
+        }
+        tracing::info!(node = self.id, peer = node, address, "peer address learned");
+        let link = Arc::new(Link::new(self.id, node, address.to_string()));
+        self.links
+            .write()
+            .expect("peer links lock poisoned")
+            .insert(node, link);
+    }
+
+    fn link(&self, node: NodeId) -> Option<Arc<Link>> {
+        let links = self.links.read().expect("peer links lock poisoned");
+        links.get(&node).cloned()
     }
 
     /// Proposes `command` (an encoded `Command`) to node `node`'s replica of `group`, which
@@ -336,7 +359,7 @@ impl Peers {
     where
         F: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let Some(link) = self.links.get(&node) else {
+        let Some(link) = self.link(node) else {
             return Err(Error::Unavailable {
                 shard,
                 leader: None,
@@ -493,7 +516,7 @@ impl Transport for Peers {
                 // raft-rs never addresses its own node; nothing to deliver.
                 continue;
             }
-            let Some(link) = self.links.get(&to) else {
+            let Some(link) = self.link(to) else {
                 self.undeliverable(group, &message, "the node has no configured peer address");
                 continue;
             };
@@ -505,9 +528,9 @@ impl Transport for Peers {
                 }
             };
             if message.get_msg_type() == MessageType::MsgSnapshot {
-                self.send_snapshot(link, clients, group, message);
+                self.send_snapshot(&link, clients, group, message);
             } else {
-                self.enqueue(link, clients, group, message);
+                self.enqueue(&link, clients, group, message);
             }
         }
     }
@@ -726,7 +749,7 @@ mod tests {
             .unwrap();
         let _entered = runtime.enter();
         let peers = Peers::new(1, [(1, "127.0.0.1:7062"), (2, "bad address:x")]);
-        assert_eq!(peers.address(2), Some("bad address:x"));
+        assert_eq!(peers.address(2).as_deref(), Some("bad address:x"));
         assert_eq!(peers.address(3), None);
         let error = runtime
             .block_on(peers.propose(2, 4, Bytes::new()))
