@@ -33,9 +33,9 @@ pub struct NodeArgs {
     /// Prometheus endpoint address (`GET /metrics`, plain HTTP; not served when unset).
     #[arg(long, env = "LEAKBLOOM_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Join a running cluster through any live node's client address, HOST:PORT (instead of
-    /// bootstrapping one with --peers).
-    #[arg(long, env = "LEAKBLOOM_JOIN", conflicts_with = "peers")]
+    /// Join a running cluster through any live node's client address, HOST:PORT (ignored by
+    /// the nodes --peers lists, which bootstrap the cluster).
+    #[arg(long, env = "LEAKBLOOM_JOIN")]
     pub join: Option<String>,
     /// Peer address other nodes dial, HOST:PORT (default: this node's entry in --peers, or
     /// --peer-listen).

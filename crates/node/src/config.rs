@@ -101,10 +101,11 @@ pub struct Config {
     pub advertise: Option<String>,
     /// Address of the Prometheus endpoint (`GET /metrics`, plain HTTP). None: not served.
     pub metrics_listen: Option<SocketAddr>,
-    /// Join a running cluster through this node's client address (`HOST:PORT`, any live
-    /// node, or a name resolving to several) instead of bootstrapping one from `peers`. A node
-    /// restarted with the data directory it joined with is the same node: it does not join
-    /// again.
+    /// Join a running cluster through this client address (`HOST:PORT`: any live node, or a
+    /// name resolving to several) unless `peers` lists this node: then it is one of the nodes
+    /// that bootstrap the cluster, and `join` is ignored (so every pod of a StatefulSet can be
+    /// given both). A node restarted with the data directory it joined with is the same node:
+    /// it does not join again.
     pub join: Option<String>,
     /// The peer address other nodes dial (`HOST:PORT`). None: `peer_listen` when it names a
     /// host, else this node's entry in `peers`.
@@ -288,7 +289,7 @@ impl Config {
                     .into(),
             ));
         }
-        if !self.peers.is_empty() && !self.peers.contains_key(&self.id) {
+        if self.join.is_none() && !self.peers.is_empty() && !self.peers.contains_key(&self.id) {
             return Err(ConfigError::Invalid(format!(
                 "peers lists nodes {:?} but not this node's id {}: list every node, this one \
                  included",

@@ -164,6 +164,10 @@ impl Server {
         }
         let address = config.advertised(listener.local_addr().expect("a bound listener"));
         config.advertise = Some(address.clone());
+        if config.peers.contains_key(&config.id) {
+            // One of the nodes that bootstrap the cluster: it does not join.
+            config.join = None;
+        }
         let peer_address = config.peer_advertised(peer_addr);
         config.peer_advertise = Some(peer_address.clone());
         crate::join::prepare(&mut config, &peer_address, &address).await?;
