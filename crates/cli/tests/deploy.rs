@@ -1,25 +1,33 @@
 //! The Kubernetes base in deploy/base, run without Kubernetes: the test reads the manifests,
 //! checks that they agree with the node config they mount (ports, probes, peers, data path), and
 //! starts real `leakbloom` processes with exactly the command, arguments and environment of the
-//! StatefulSet's and the Deployment's containers, standing in for Kubernetes as follows.
+//! StatefulSet's and the Deployment's containers: the StatefulSet's pods bootstrap a cluster, a
+//! router serves it, and a pod added by `kubectl scale` (the next ordinal) joins it and is given
+//! replicas. The test stands in for Kubernetes as follows.
 //!
 //! | in a pod (from the manifests)                   | here                                     |
 //! |-------------------------------------------------|------------------------------------------|
 //! | the image's `/usr/local/bin/leakbloom`          | the binary cargo built                   |
 //! | the environment: the container's `env`          | the same, and nothing else               |
 //! | `POD_NAME` (downward API `metadata.name`)       | `leakbloom-node-i` for node pod i        |
-//! | `$(VAR)` in `args`                              | expanded from that environment           |
+//! | `$(VAR)` in `args` and in `env` values          | expanded from that environment (in `env`,|
+//! |                                                 | from the variables listed before it)     |
 //! | ConfigMap `leakbloom-config` at /etc/leakbloom  | a directory of the pod's, holding a copy |
 //! |                                                 | of deploy/base/leakbloom.toml in which   |
-//! |                                                 | only the three rows below are applied    |
-//! | pod network: `0.0.0.0` (the pod's own address)  | node pod i: 127.0.0.{i+2}; the router:   |
-//! |                                                 | 127.0.0.5 (Linux routes 127/8 to lo, so  |
-//! |                                                 | the manifests' fixed ports stay)         |
-//! | DNS: `leakbloom-node-j.leakbloom-node` in a     | 127.0.0.{j+2}                            |
-//! | HOST:PORT                                       |                                          |
+//! |                                                 | only the four rows below are applied     |
+//! | pod network: `0.0.0.0` (the pod's own address)  | node pod i: 127.0.0.{i+2} (pods 0 to 2,  |
+//! |                                                 | and pod 3, the scale-up, at 127.0.0.5);  |
+//! |                                                 | the router: 127.0.1.2 (Linux routes      |
+//! |                                                 | 127/8 to lo, so the manifests' fixed     |
+//! |                                                 | ports stay)                              |
+//! | DNS: `leakbloom-node-j.leakbloom-node` in a     | 127.0.0.{j+2}, the scale-up's j included |
+//! | HOST:PORT (config, args, env values)            |                                          |
 //! | the PersistentVolume at /var/lib/leakbloom      | a temporary directory per pod            |
 //! | DNS: the headless Service `leakbloom-node` in a | 127.0.0.2, one of its records (the       |
-//! | HOST:PORT (the router's seed, in its args)      | router discovers the other nodes)        |
+//! | HOST:PORT (the router's seed, in its args; the  | router discovers the other nodes; a      |
+//! | nodes' `join`, in the config)                   | joining pod may ask any live node)       |
+//! | `kubectl scale statefulset/leakbloom-node`      | starting pod `replicas` (the next        |
+//! | `--replicas=N+1`                                | ordinal) like the others                 |
 //! | the `emptyDir` at /tmp                          | the machine's /tmp                       |
 //! | the kubelet's gRPC readiness probe              | grpc.health.v1 Check of the probe's      |
 //! |                                                 | service on the probe's port              |
@@ -41,6 +49,7 @@ use std::time::Duration;
 
 use leakbloom_node::Config;
 use leakbloom_testkit::process::Stream;
+use leakbloom_testkit::wait::blocking;
 use leakbloom_testkit::{eventually, scratch_on_disk, Proc};
 use serde_yaml::Value;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -54,13 +63,20 @@ const DOCKERFILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/Dock
 /// allows for large data directories.
 const SERVING_WITHIN: Duration = Duration::from_secs(90);
 
-/// Both tests use the same pod IPs and ports: one at a time.
+/// How long a pod added by a scale-up may take to be given replicas: a join is one catalog
+/// commit, and each move a snapshot of a nearly empty shard (seconds).
+const REPLICAS_WITHIN: Duration = Duration::from_secs(90);
+
+/// The tests use the same pod IPs and ports: one at a time.
 static NETWORK: Mutex<()> = Mutex::new(());
 
 /// Node pod `ordinal`'s IP.
 fn node_ip(ordinal: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, 2 + u8::try_from(ordinal).unwrap())
 }
+
+/// The router pod's IP: apart from every node pod's.
+const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 1, 2);
 
 /// `path` (dot-separated keys and sequence indices) in `value`; panics naming it if absent.
 fn at<'a>(value: &'a Value, path: &str) -> &'a Value {
@@ -242,20 +258,35 @@ fn container_env(container: &Value, pod_name: &str) -> Vec<(String, String)> {
     let Some(env) = container["env"].as_sequence() else {
         return Vec::new();
     };
-    env.iter()
-        .map(|var| {
-            let value = match var["value"].as_str() {
-                Some(value) => value.to_string(),
-                None => match text(var, "valueFrom.fieldRef.fieldPath") {
-                    "metadata.name" => pod_name.to_string(),
-                    other => {
-                        panic!("the test stands in for fieldRef metadata.name only, not {other}")
-                    }
-                },
-            };
-            (text(var, "name").to_string(), value)
-        })
-        .collect()
+    let mut set: Vec<(String, String)> = Vec::new();
+    for var in env {
+        let value = match var["value"].as_str() {
+            Some(value) => expand(value, &set),
+            None => match text(var, "valueFrom.fieldRef.fieldPath") {
+                "metadata.name" => pod_name.to_string(),
+                other => {
+                    panic!("the test stands in for fieldRef metadata.name only, not {other}")
+                }
+            },
+        };
+        set.push((text(var, "name").to_string(), value));
+    }
+    set
+}
+
+/// `text` with each `$(VAR)` of `env` replaced by its value; asserts that none is left
+/// (Kubernetes would pass on a reference to a variable it does not know, or one set later, as
+/// it is).
+fn expand(text: &str, env: &[(String, String)]) -> String {
+    let mut expanded = text.to_string();
+    for (name, value) in env {
+        expanded = expanded.replace(&format!("$({name})"), value);
+    }
+    assert!(
+        !expanded.contains("$("),
+        "{text}: refers to a variable the container does not set before it"
+    );
+    expanded
 }
 
 /// `command` and `args` with `$(VAR)` expanded from `env`, the way Kubernetes does, and the
@@ -271,16 +302,7 @@ fn command_line(container: &Value, env: &[(String, String)]) -> Vec<String> {
     );
     let mut line = vec![common::BIN.to_string()];
     for arg in strings(container, "args") {
-        let mut expanded = arg.clone();
-        for (name, value) in env {
-            expanded = expanded.replace(&format!("$({name})"), value);
-        }
-        assert!(
-            !expanded.contains("$("),
-            "{arg}: refers to a variable the container does not set (Kubernetes would pass it \
-             on as it is)"
-        );
-        line.push(expanded);
+        line.push(expand(&arg, env));
     }
     line
 }
@@ -463,18 +485,37 @@ impl Nodes {
             port(metrics).to_string()
         );
 
-        // The peers: one per replica, built from the ordinals, on the peer port.
-        let peers: BTreeMap<u64, String> = (0..replicas)
+        // The peers (the nodes that bootstrap): the first pods, built from the ordinals, on the
+        // peer port; every later pod joins through the headless Service on the client port.
+        let pod_host = |j: usize| format!("{}-{j}.{service}", text(&sts, "metadata.name"));
+        let bootstrap = config.peers.len();
+        let peers: BTreeMap<u64, String> = (0..bootstrap)
             .map(|j| {
-                let host = format!("{}-{j}.{service}", text(&sts, "metadata.name"));
-                (
-                    j as u64 + 1,
-                    format!("{host}:{}", config.peer_listen.port()),
-                )
+                let address = format!("{}:{}", pod_host(j), config.peer_listen.port());
+                (j as u64 + 1, address)
             })
             .collect();
-        assert_eq!(config.peers, peers, "peers = the StatefulSet's pods");
-        assert_eq!(config.replication, Some(replicas as u32));
+        assert_eq!(config.peers, peers, "peers = the StatefulSet's first pods");
+        assert!(replicas >= bootstrap, "every pod in peers exists");
+        assert_eq!(config.replication, Some(bootstrap as u32));
+        let join = format!("{service}:{}", config.listen.port());
+        assert_eq!(config.join.as_deref(), Some(join.as_str()), "join");
+        // A pod that joins is not in peers: it advertises its own name under the Service.
+        assert_eq!(config.advertise, None, "advertise is set per pod");
+        assert_eq!(config.peer_advertise, None, "peer_advertise is set per pod");
+        let later = replicas;
+        let env = container_env(node, &format!("{}-{later}", text(&sts, "metadata.name")));
+        let var = |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        let advertised = [
+            ("LEAKBLOOM_ADVERTISE", config.listen.port()),
+            ("LEAKBLOOM_PEER_ADVERTISE", config.peer_listen.port()),
+        ];
+        for (name, number) in advertised {
+            assert_eq!(
+                var(name),
+                Some(format!("{}:{number}", pod_host(later)).as_str())
+            );
+        }
 
         // The data directory is the PersistentVolume.
         let claim = &seq(&sts, "spec.volumeClaimTemplates")[0];
@@ -502,9 +543,9 @@ impl Nodes {
         format!("{}-{ordinal}", text(&self.statefulset, "metadata.name"))
     }
 
-    /// Pod and Service names to pod IPs.
+    /// Pod and Service names to pod IPs: the StatefulSet's pods and the next one (a scale-up).
     fn dns(&self) -> Dns {
-        let mut names: Vec<(String, Ipv4Addr)> = (0..self.replicas)
+        let mut names: Vec<(String, Ipv4Addr)> = (0..=self.replicas)
             .map(|j| (format!("{}.{}", self.pod_name(j), self.service), node_ip(j)))
             .collect();
         names.push((self.service.clone(), node_ip(0)));
@@ -531,7 +572,10 @@ impl Nodes {
         std::fs::write(config_dir.join(&self.config_key), config).unwrap();
 
         let node = container(&self.statefulset);
-        let env = container_env(node, &name);
+        let env: Vec<(String, String)> = container_env(node, &name)
+            .into_iter()
+            .map(|(var, value)| (var, pod_network(&value)))
+            .collect();
         let args: Vec<String> = command_line(node, &env)
             .into_iter()
             .map(|arg| pod_network(&arg).replace(&self.config_dir, config_dir.to_str().unwrap()))
@@ -668,6 +712,35 @@ fn addr(pod: &Pod) -> String {
     pod.addr.to_string()
 }
 
+/// `leakbloom sets create leak` (the set every test uses) at `addr`; its output.
+fn create_set(addr: &str) -> String {
+    common::stdout_of(&[
+        "sets",
+        "create",
+        "leak",
+        "--capacity",
+        "100000",
+        "--fpr",
+        "1e-4",
+        "--addr",
+        addr,
+    ])
+}
+
+/// `leakbloom insert` of `emails` into the set `leak` at `addr`; its output.
+fn insert(addr: &str, emails: &[&str]) -> String {
+    let mut args = vec!["insert", "--addr", addr, "--set", "leak", "--kind", "email"];
+    args.extend_from_slice(emails);
+    common::stdout_of(&args)
+}
+
+/// `leakbloom check` of `emails` at `addr`; its output.
+fn check(addr: &str, emails: &[&str]) -> String {
+    let mut args = vec!["check", "--addr", addr, "--kind", "email"];
+    args.extend_from_slice(emails);
+    common::stdout_of(&args)
+}
+
 #[test]
 fn statefulset_pods_form_a_cluster() {
     let _network = NETWORK.lock().unwrap_or_else(|e| e.into_inner());
@@ -678,40 +751,14 @@ fn statefulset_pods_form_a_cluster() {
     let pods = nodes.start_all(dir.path(), &runtime);
     let (first, last) = (&pods[0], &pods[pods.len() - 1]);
 
-    let created = common::stdout_of(&[
-        "sets",
-        "create",
-        "leak",
-        "--capacity",
-        "100000",
-        "--fpr",
-        "1e-4",
-        "--addr",
-        &addr(first),
-    ]);
+    let created = create_set(&addr(first));
     assert!(created.starts_with("leak\tcapacity=100000"), "{created}");
-    let inserted = common::stdout_of(&[
-        "insert",
-        "--addr",
-        &addr(first),
-        "--set",
-        "leak",
-        "--kind",
-        "email",
-        "alice@example.com",
-        "bob@example.org",
-    ]);
+    let inserted = insert(&addr(first), &["alice@example.com", "bob@example.org"]);
     assert_eq!(inserted, "inserted 2 of 2 identifiers into leak\n");
-    let checked = common::stdout_of(&[
-        "check",
-        "--addr",
+    let checked = check(
         &addr(last),
-        "--kind",
-        "email",
-        "alice@example.com",
-        "bob@example.org",
-        "carol@example.net",
-    ]);
+        &["alice@example.com", "bob@example.org", "carol@example.net"],
+    );
     assert_eq!(
         checked,
         "alice@example.com\tleak\nbob@example.org\tleak\ncarol@example.net\t-\n"
@@ -732,6 +779,79 @@ fn statefulset_pods_form_a_cluster() {
     );
     assert!(http_get(last.metrics, &nodes.metrics_path).contains("leakbloom_keys_checked_total 3"));
 
+    for pod in pods {
+        pod.terminate(nodes.grace);
+    }
+}
+
+/// One node as `leakbloom nodes list --json` shows it.
+#[derive(Debug)]
+struct Listed {
+    id: u64,
+    address: String,
+    state: String,
+    replicas: u64,
+}
+
+/// `leakbloom nodes list --json --addr addr`.
+fn nodes_list(addr: &str) -> Vec<Listed> {
+    let listed = common::stdout_of(&["nodes", "list", "--json", "--addr", addr]);
+    let json: serde_json::Value = serde_json::from_str(&listed).expect("nodes list --json");
+    json.as_array()
+        .expect("a list of nodes")
+        .iter()
+        .map(|node| Listed {
+            id: node["id"].as_u64().expect("an id"),
+            address: node["address"].as_str().expect("an address").to_string(),
+            state: node["state"].as_str().expect("a state").to_string(),
+            replicas: node["replicas"].as_u64().expect("a replica count"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_pod_added_by_scaling_up_joins_and_takes_replicas() {
+    let _network = NETWORK.lock().unwrap_or_else(|e| e.into_inner());
+    let base = Base::load();
+    let nodes = Nodes::load(&base);
+    let dir = scratch_on_disk();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut pods = nodes.start_all(dir.path(), &runtime);
+    let first = addr(&pods[0]);
+    create_set(&first);
+    insert(&first, &["alice@example.com"]);
+
+    // `kubectl scale statefulset/leakbloom-node --replicas=N+1`: the next ordinal starts with
+    // the same command, config and environment as the others.
+    let ordinal = nodes.replicas;
+    let added = nodes.start(ordinal, &dir.path().join(nodes.pod_name(ordinal)));
+    runtime.block_on(added.wait_serving(&nodes.health_service));
+    let id = ordinal as u64 + 1;
+    let expected = (nodes.replicas + 1) as u64;
+    let what = format!("node {id} active with replicas, {expected} nodes active");
+    blocking::eventually(what, REPLICAS_WITHIN, || {
+        let listed = nodes_list(&first);
+        let active = listed.iter().filter(|n| n.state == "active").count() as u64;
+        match listed.iter().find(|n| n.id == id) {
+            Some(joined)
+                if active == expected && joined.state == "active" && joined.replicas > 0 =>
+            {
+                // It registered the address it advertises (its name under the Service).
+                assert_eq!(
+                    joined.address,
+                    addr(&added),
+                    "node {id}'s advertised address"
+                );
+                Ok(())
+            }
+            _ => Err(format!("{listed:?}; its log:\n{}", added.proc.log())),
+        }
+    });
+    // It answers through the cluster like the others.
+    let checked = check(&addr(&added), &["alice@example.com", "carol@example.net"]);
+    assert_eq!(checked, "alice@example.com\tleak\ncarol@example.net\t-\n");
+
+    pods.push(added);
     for pod in pods {
         pod.terminate(nodes.grace);
     }
@@ -778,66 +898,34 @@ fn router_deployment_serves_the_cluster() {
     let dir = scratch_on_disk();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let pods = nodes.start_all(dir.path(), &runtime);
-    common::stdout_of(&[
-        "sets",
-        "create",
-        "leak",
-        "--capacity",
-        "100000",
-        "--fpr",
-        "1e-4",
-        "--addr",
-        &addr(&pods[0]),
-    ]);
+    create_set(&addr(&pods[0]));
 
-    let ip = node_ip(nodes.replicas);
     let env = container_env(router, "leakbloom-router-0");
     let line: Vec<String> = command_line(router, &env)
         .iter()
-        .map(|arg| nodes.dns().resolve(arg).replace("0.0.0.0", &ip.to_string()))
+        .map(|arg| {
+            let arg = nodes.dns().resolve(arg);
+            arg.replace("0.0.0.0", &ROUTER_IP.to_string())
+        })
         .collect();
     let router_pod = Pod::start(
         "leakbloom-router".to_string(),
-        SocketAddr::from((ip, listen.port())),
-        SocketAddr::from((ip, metrics.port())),
+        SocketAddr::from((ROUTER_IP, listen.port())),
+        SocketAddr::from((ROUTER_IP, metrics.port())),
         &line,
         &env,
     );
     runtime.block_on(router_pod.wait_serving(&ready_service));
     let through = addr(&router_pod);
 
-    let inserted = common::stdout_of(&[
-        "insert",
-        "--addr",
-        &through,
-        "--set",
-        "leak",
-        "--kind",
-        "email",
-        "alice@example.com",
-    ]);
+    let inserted = insert(&through, &["alice@example.com"]);
     assert_eq!(inserted, "inserted 1 of 1 identifiers into leak\n");
-    common::stdout_of(&[
-        "insert",
-        "--addr",
-        &addr(&pods[1]),
-        "--set",
-        "leak",
-        "--kind",
-        "email",
-        "bob@example.org",
-    ]);
+    insert(&addr(&pods[1]), &["bob@example.org"]);
     for target in [&through, &addr(&pods[2])] {
-        let checked = common::stdout_of(&[
-            "check",
-            "--addr",
+        let checked = check(
             target,
-            "--kind",
-            "email",
-            "alice@example.com",
-            "bob@example.org",
-            "carol@example.net",
-        ]);
+            &["alice@example.com", "bob@example.org", "carol@example.net"],
+        );
         assert_eq!(
             checked, "alice@example.com\tleak\nbob@example.org\tleak\ncarol@example.net\t-\n",
             "through {target}"
