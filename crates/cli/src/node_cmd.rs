@@ -80,6 +80,10 @@ pub struct NodeArgs {
     /// (assumes node clocks run at rates within 10 % of each other; see deploy/leakbloom.toml).
     #[arg(long, env = "LEAKBLOOM_LEASE_READS", num_args = 0..=1, default_missing_value = "true")]
     pub lease_reads: Option<bool>,
+    /// Milliseconds a node may stay unreachable before it is marked dead and its replicas are
+    /// re-created on the others (default 5 minutes).
+    #[arg(long, env = "LEAKBLOOM_DEAD_AFTER_MS")]
+    pub dead_after_ms: Option<u64>,
 }
 
 impl NodeArgs {
@@ -142,6 +146,9 @@ impl NodeArgs {
         }
         if let Some(lease_reads) = self.lease_reads {
             config.lease_reads = lease_reads;
+        }
+        if let Some(ms) = self.dead_after_ms {
+            config.dead_after_ms = ms;
         }
         config.validate()?;
         Ok(config)

@@ -10,11 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leakbloom_client::{Client, Key};
+use leakbloom_proto::v1::cluster_client::ClusterClient;
+use leakbloom_proto::v1::GetShardMapRequest;
 use leakbloom_testkit::scratch_on_disk;
 use leakbloom_testkit::wait::blocking::eventually;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use common::{run, start, wait_until_all_found, Nodes, NODE_SERVING};
+use common::{run, start, wait_until_all_found, Nodes, CATCH_UP, NODE_SERVING};
 
 const NODES: usize = 3;
 const SHARDS: u32 = 4;
@@ -37,23 +39,26 @@ fn acknowledged_inserts_survive_a_killed_leader() {
             .await
             .unwrap();
     });
-    // Shard 0's leader: the node whose log names itself its leader at the highest term (its
-    // preferred leader, node 1, usually; whoever won the election otherwise).
-    let term_led = |log: &str| {
-        log.lines()
-            .filter(|l| {
-                l.contains("leadership changed")
-                    && l.contains("group=0")
-                    && l.contains("role=Leader")
-            })
-            .filter_map(|l| l.rsplit_once("term=")?.1.trim().parse::<u64>().ok())
-            .max()
-    };
-    let killed = (0..NODES)
-        .filter_map(|i| Some((term_led(&procs[i].as_ref().unwrap().log())?, i)))
-        .max()
-        .map(|(_, i)| i)
-        .expect("some node logged leading shard 0");
+    // Shard 0's leader, as the nodes' shard map says (its preferred replica, node 1, usually;
+    // whoever won the election otherwise).
+    let leader = runtime.block_on(async {
+        let mut cluster = ClusterClient::connect(format!("http://{}", nodes.listens[0]))
+            .await
+            .unwrap();
+        leakbloom_testkit::eventually("shard 0 has a leader", CATCH_UP, async || {
+            let map = cluster
+                .get_shard_map(GetShardMapRequest {})
+                .await
+                .map_err(|status| status.to_string())?
+                .into_inner();
+            match map.shard_replicas[0].leader {
+                0 => Err("no leader known yet".to_string()),
+                leader => Ok(leader),
+            }
+        })
+        .await
+    });
+    let killed = usize::try_from(leader - 1).unwrap();
     let survivor = (killed + 1) % NODES;
 
     // Stream inserts through a surviving node; remember what was acknowledged.

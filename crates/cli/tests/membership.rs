@@ -4,7 +4,9 @@
 //! killed with SIGKILL in the middle of a move and restarted, and then nodes 5 and 4 are
 //! decommissioned with `leakbloom nodes decommission --wait` and stopped. No check and no
 //! insert may fail at the client, every acknowledged key is found at the end, and after each
-//! step the replicas per node are within one of even.
+//! step the replicas per node are within one of even. And a node that dies is marked dead
+//! after the configured time, its replicas are re-created on the others, and when it comes
+//! back it is told it was replaced and serves nothing.
 
 mod common;
 
@@ -201,4 +203,64 @@ fn the_cluster_scales_three_to_five_to_three_under_load() {
             wait_until_all_found(addr, &format!("node {}", i + 1), "leak", &keys).await;
         }
     });
+}
+
+#[test]
+fn a_dead_node_is_replaced_and_told_so_when_it_returns() {
+    let dir = scratch_on_disk();
+    let nodes = Nodes::new(dir.path(), 3, SHARDS);
+    let dead_after = ["--dead-after-ms", "3000"];
+    let bootstrapped: Vec<_> = (0..3).map(|i| start(&nodes.args(i, &dead_after))).collect();
+    for node in &bootstrapped {
+        node.wait_for_line(NODE_SERVING);
+    }
+    let (_router, router_addr) = start_router(&nodes.listens[0]);
+    let (mut args4, _) = joining(4, dir.path(), &nodes.listens[0]);
+    args4.extend(dead_after.map(String::from));
+    let node4 = start(&args4);
+    node4.wait_for_line(NODE_SERVING);
+    wait_balanced(&router_addr, &[1, 2, 3, 4]);
+    let keys: Vec<Key> = {
+        let mut rng = StdRng::seed_from_u64(11);
+        (0..2000).map(|_| rng.gen()).collect()
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut client = Client::connect(&router_addr).await.unwrap();
+        client
+            .create_set("leak", 100_000, 1e-6, "sha256")
+            .await
+            .unwrap();
+        client.insert("leak", &keys).await.unwrap();
+    });
+
+    // Node 4 dies: after 3 s it is dead and the three others hold every replica again.
+    node4.kill();
+    eventually("node 4 marked dead", SETTLE, || {
+        let nodes = list(&router_addr);
+        match nodes.iter().find(|n| n.id == 4) {
+            Some(node) if node.state == "dead" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    wait_balanced(&router_addr, &[1, 2, 3]);
+    runtime.block_on(async {
+        let mut client = Client::connect(&router_addr).await.unwrap();
+        let found = client
+            .check(&["leak".to_string()], &keys, Consistency::Linearizable)
+            .await
+            .unwrap();
+        assert!(found[0].present.iter().all(|&p| p), "every key survives");
+    });
+
+    // It comes back with its old data: told it was replaced, it serves nothing.
+    let node4 = start(&args4);
+    node4.wait_for_line("the cluster replaced this node");
+    assert!(
+        list(&router_addr)
+            .iter()
+            .any(|n| n.id == 4 && n.state == "dead"),
+        "still dead: a node never comes back under its id"
+    );
+    wait_balanced(&router_addr, &[1, 2, 3]);
 }

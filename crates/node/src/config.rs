@@ -61,6 +61,11 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 =
 /// [`leakbloom_net::DEFAULT_IDLE_TIMEOUT`]).
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = leakbloom_net::DEFAULT_IDLE_TIMEOUT.as_millis() as u64;
 
+/// Default milliseconds before an unreachable node is marked dead: 5 minutes, as CockroachDB's
+/// `time_until_store_dead`: long enough for a restart or a rescheduled pod, short enough that
+/// shards do not run a replica short for long.
+pub const DEFAULT_DEAD_AFTER_MS: u64 = 5 * 60 * 1000;
+
 /// Errors loading a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -149,6 +154,10 @@ pub struct Config {
     /// and peer messages are not held back for over an election timeout (see
     /// `leakbloom_raft::lease`). Off by default.
     pub lease_reads: bool,
+    /// Milliseconds a node may stay unreachable (to the catalog's leader) before it is marked
+    /// dead and its replicas are re-created on the other nodes. A dead node never comes back
+    /// under its id.
+    pub dead_after_ms: u64,
 }
 
 impl Default for Config {
@@ -174,6 +183,7 @@ impl Default for Config {
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             snapshot_log_bytes: DEFAULT_SNAPSHOT_LOG_BYTES,
             lease_reads: false,
+            dead_after_ms: DEFAULT_DEAD_AFTER_MS,
         }
     }
 }
@@ -296,6 +306,11 @@ impl Config {
                 self.peers.keys().collect::<Vec<_>>(),
                 self.id
             )));
+        }
+        if self.dead_after_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "dead_after_ms = 0 would mark every node dead at once".into(),
+            ));
         }
         if self.tick_ms == 0 || self.snapshot_entries == 0 {
             return Err(ConfigError::Invalid(

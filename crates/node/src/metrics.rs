@@ -11,7 +11,10 @@
 //! (1 while the replica is rebuilt from peers), `leakbloom_raft_stalled` (1 while it cannot
 //! apply for want of memory); the catalog's replica has `shard="catalog"`. Per node:
 //! `leakbloom_replica_unhealthy{shard,reason}` (each reason the node is NOT_SERVING:
-//! `stalled` or `no_leader`) and `leakbloom_filter_memory_bytes{kind="used"|"limit"}`. Per set (`set` label, as this node sees it):
+//! `stalled`, `rebuilding`, `no_leader`, `left` or `joining`), `leakbloom_filter_memory_bytes{kind="used"|"limit"}`,
+//! `leakbloom_shards_under_replicated` (fewer replicas on active or decommissioning nodes than
+//! the replication, from the catalog) and `leakbloom_shard_moves_in_flight` (shards this node
+//! leads whose membership is not yet their placement; sum it over nodes). Per set (`set` label, as this node sees it):
 //! `leakbloom_set_estimated_keys`, `leakbloom_set_capacity`, `leakbloom_set_fill_ratio`,
 //! `leakbloom_set_estimated_fpr` and `leakbloom_set_over_capacity` (1 once the estimated keys
 //! exceed the capacity: the false-positive rate then climbs past its target).
@@ -73,7 +76,8 @@ impl Metrics {
                 "leakbloom_replica_unhealthy",
                 "1 for each reason a replica keeps this node NOT_SERVING: stalled (it cannot \
                  apply for want of filter memory), rebuilding (the catalog's replica is rebuilt from its \
-                 peers), no_leader (its group has no leader it knows).",
+                 peers), no_leader (its group has no leader it knows), left (the cluster \
+                 replaced this node), joining (its catalog replica has not caught up).",
             ),
             &["shard", "reason"],
         )
@@ -83,6 +87,8 @@ impl Metrics {
                 Health::Stalled { .. } => "stalled",
                 Health::Rebuilding { .. } => "rebuilding",
                 Health::NoLeader { .. } => "no_leader",
+                Health::Left => "left",
+                Health::Joining => "joining",
             };
             let group = problem.group();
             let shard = if group == CATALOG_GROUP {
@@ -95,6 +101,27 @@ impl Metrics {
         state
             .register(Box::new(unhealthy))
             .expect("metric names are unique");
+        let (under_replicated, moving) = node.placement_health();
+        for (name, help, value) in [
+            (
+                "leakbloom_shards_under_replicated",
+                "Shards with fewer replicas on active or decommissioning nodes than the \
+                 replication, as this node's copy of the catalog says (the same on every node).",
+                under_replicated,
+            ),
+            (
+                "leakbloom_shard_moves_in_flight",
+                "Shards led by this node whose Raft membership is not yet their placement (a \
+                 replica being added or removed); summed over nodes, the moves in flight.",
+                moving,
+            ),
+        ] {
+            let gauge = prometheus::IntGauge::new(name, help).expect("valid metric");
+            gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+            state
+                .register(Box::new(gauge))
+                .expect("metric names are unique");
+        }
         let memory = IntGaugeVec::new(
             Opts::new(
                 "leakbloom_filter_memory_bytes",

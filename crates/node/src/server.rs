@@ -57,7 +57,10 @@ async fn watch_health(node: Arc<Node>, reporter: tonic_health::server::HealthRep
                 Health::NoLeader { group } => {
                     now.duration_since(*leaderless.entry(*group).or_insert(now)) >= NO_LEADER_GRACE
                 }
-                Health::Stalled { .. } | Health::Rebuilding { .. } => true,
+                Health::Stalled { .. }
+                | Health::Rebuilding { .. }
+                | Health::Left
+                | Health::Joining => true,
             })
             .map(ToString::to_string)
             .collect();

@@ -19,8 +19,9 @@
 //!   `Cluster/Join` and `Nodes` services.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use leakbloom_cluster::placement::{self, NodeEntry, NodeState};
@@ -53,6 +54,44 @@ const MAX_MOVES: usize = 2;
 /// How long asking a node for its status may take when listing or placing.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// When each node last answered the catalog leader's placement loop, for the leadership term
+/// it was seen in: a new leader starts every node's clock afresh, so a node is marked dead only
+/// after one leader has not heard from it for the whole `dead_after_ms`.
+#[derive(Debug, Default)]
+pub(super) struct Liveness {
+    term: u64,
+    seen: HashMap<NodeId, Instant>,
+}
+
+impl Liveness {
+    /// Records who answered in `term` at `now`; returns the nodes of `asked` silent for at
+    /// least `dead_after` since this term began or they last answered.
+    fn silent(
+        &mut self,
+        term: u64,
+        now: Instant,
+        asked: &[(NodeId, bool)],
+        dead_after: Duration,
+    ) -> Vec<NodeId> {
+        if term != self.term {
+            self.term = term;
+            self.seen.clear();
+        }
+        let mut silent = Vec::new();
+        for &(node, answered) in asked {
+            let seen = self.seen.entry(node).or_insert(now);
+            if answered {
+                *seen = now;
+            } else if now.duration_since(*seen) >= dead_after {
+                silent.push(node);
+            }
+        }
+        self.seen
+            .retain(|node, _| asked.iter().any(|(n, _)| n == node));
+        silent
+    }
+}
+
 /// A group's membership as a replica applied it: `(voters, learners)`.
 fn conf_of(handle: &leakbloom_raft::GroupHandle) -> (Vec<NodeId>, Vec<NodeId>) {
     let membership = handle.membership();
@@ -75,6 +114,34 @@ impl Node {
                 (group, GroupMembers { voters, learners })
             })
             .collect()
+    }
+
+    /// For metrics: the shards with fewer replicas on live nodes (active or decommissioning)
+    /// than the replication, by this node's catalog; and the shards this node leads whose
+    /// membership is not yet their placement (moves in flight here).
+    pub fn placement_health(&self) -> (u64, u64) {
+        let (under, placement) = self.catalog.state.read(|c| {
+            let live = |node: &NodeId| c.members().get(node).is_some_and(|m| m.state.live());
+            let under = c
+                .placement()
+                .iter()
+                .filter(|replicas| {
+                    (replicas.iter().filter(|n| live(n)).count() as u64)
+                        < u64::from(c.replication())
+                })
+                .count() as u64;
+            (under, c.placement().to_vec())
+        });
+        let moving = self
+            .led_members()
+            .iter()
+            .filter(|(&group, _)| group != CATALOG_GROUP)
+            .filter(|(&group, members)| {
+                let placed = placement.get(group as usize).map_or(&[][..], Vec::as_slice);
+                !members.learners.is_empty() || !same_nodes(&members.voters, placed)
+            })
+            .count() as u64;
+        (under, moving)
     }
 
     /// Keeps this node's replicas in line with the catalog's placement: learns peer
@@ -267,12 +334,33 @@ impl Node {
                 tracing::info!(node, "node joined: it takes replicas from now on");
             }
         }
-        // Each group's membership, as its leader applied it.
+        // Each group's membership, as its leader applied it; and who answered.
         let live: Vec<NodeId> = self.catalog.state.read(|c| c.live().collect());
         let statuses = join_all(live.iter().map(|&node| self.status_of(node))).await;
+        let answered: Vec<(NodeId, bool)> = live
+            .iter()
+            .zip(&statuses)
+            .map(|(&node, status)| (node, status.is_ok()))
+            .collect();
         let mut members: HashMap<u64, GroupMembers> = HashMap::new();
         for status in statuses.into_iter().flatten() {
             members.extend(status.members);
+        }
+        let dead_after = Duration::from_millis(self.config.dead_after_ms);
+        let silent = self.liveness.lock().expect("liveness lock").silent(
+            self.catalog.handle.leadership().term,
+            Instant::now(),
+            &answered,
+            dead_after,
+        );
+        for node in silent {
+            self.set_node_state(node, NodeState::Dead).await?;
+            tracing::warn!(
+                node,
+                unreachable_for = ?dead_after,
+                "node unreachable: marked dead; its replicas are re-created on the other nodes, \
+                 and it cannot come back under its id"
+            );
         }
         let (nodes, current, replication, epoch, leaving) = self.catalog.state.read(|c| {
             let nodes: Vec<NodeEntry> = c
@@ -363,8 +451,10 @@ impl Node {
     }
 
     /// Records this node's addresses in the catalog's registry when they differ from what it
-    /// holds (a bootstrapped node's entry starts without them; a node may move).
-    pub(super) async fn report_addresses(&self) -> Result<()> {
+    /// holds (a bootstrapped node's entry starts without them; a node may move), or whatever
+    /// it holds when `always` (at start: a node that was away learns whether the cluster
+    /// replaced it meanwhile, which its own copy of the catalog cannot tell it).
+    pub(super) async fn report_addresses(&self, always: bool) -> Result<()> {
         let peer = self.config.peer_advertise.clone().unwrap_or_default();
         let client = self.config.advertise.clone().unwrap_or_default();
         let recorded = self.catalog.state.read(|c| {
@@ -372,19 +462,36 @@ impl Node {
                 .get(&self.id())
                 .map(|m| (m.peer_address.clone(), m.client_address.clone()))
         });
-        if recorded.is_none() || recorded == Some((peer.clone(), client.clone())) {
+        let current = recorded == Some((peer.clone(), client.clone()));
+        if recorded.is_none() || (current && !always) {
             return Ok(());
         }
-        self.propose_catalog(CatalogCommand {
-            kind: Some(Kind::Join(NodeRecord {
-                node: self.id(),
-                peer_address: peer,
-                client_address: client,
-                ..NodeRecord::default()
-            })),
-        })
-        .await
-        .map(drop)
+        let answer = self
+            .propose_catalog(CatalogCommand {
+                kind: Some(Kind::Join(NodeRecord {
+                    node: self.id(),
+                    peer_address: peer,
+                    client_address: client,
+                    ..NodeRecord::default()
+                })),
+            })
+            .await;
+        if let Err(Error::Membership(why)) = &answer {
+            if !self.left.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    node = self.id(),
+                    why,
+                    "the cluster replaced this node: its data is obsolete and it serves \
+                     nothing; delete its data directory and start it with a new id"
+                );
+            }
+        }
+        answer.map(drop)
+    }
+
+    /// Whether the cluster refused this node because it left (marked dead or decommissioned).
+    pub fn has_left(&self) -> bool {
+        self.left.load(Ordering::Relaxed)
     }
 
     /// Registers a new node (the `Cluster/Join` call): refused when its id is used by a live
@@ -561,4 +668,30 @@ fn same_nodes(a: &[NodeId], b: &[NodeId]) -> bool {
     a.sort_unstable();
     b.sort_unstable();
     a == b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_is_silent_once_one_leader_has_not_heard_it_for_the_dead_time() {
+        let minute = Duration::from_secs(60);
+        let start = Instant::now();
+        let mut liveness = Liveness::default();
+        let at = |minutes: u64| start + minute * minutes as u32;
+        // Term 5: node 2 answers, node 3 does not; nobody is silent before 5 minutes.
+        let asked = [(2, true), (3, false)];
+        assert!(liveness.silent(5, at(0), &asked, 5 * minute).is_empty());
+        assert!(liveness.silent(5, at(4), &asked, 5 * minute).is_empty());
+        assert_eq!(liveness.silent(5, at(5), &asked, 5 * minute), [3]);
+        // Node 3 answers once: its clock starts again.
+        assert!(liveness
+            .silent(5, at(6), &[(2, true), (3, true)], 5 * minute)
+            .is_empty());
+        assert!(liveness.silent(5, at(10), &asked, 5 * minute).is_empty());
+        // A new leader (term 6) has heard nobody yet: everyone's clock starts at its first look.
+        assert!(liveness.silent(6, at(11), &asked, 5 * minute).is_empty());
+        assert_eq!(liveness.silent(6, at(16), &asked, 5 * minute), [3]);
+    }
 }

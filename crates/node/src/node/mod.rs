@@ -125,6 +125,11 @@ pub struct Node {
     /// Client addresses of the nodes, learned from their `Status` (this node's own from the
     /// start), for [`shard_map`](Self::shard_map).
     addresses: Mutex<BTreeMap<NodeId, String>>,
+    /// When each node last answered the placement loop (on the catalog's leader).
+    liveness: Mutex<members::Liveness>,
+    /// The cluster refused this node's registration: it was marked dead or decommissioned
+    /// and left. Its data is obsolete: it serves nothing.
+    left: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -193,6 +198,11 @@ impl Node {
             // here and what the store still holds (a replica being moved away).
             let placed = if fresh {
                 layout.replicas(shard)
+            } else if joined && catalog.state.read(|c| c.applied()) == 0 {
+                // A joined node's catalog replica has not received the catalog yet: its
+                // placement is not the cluster's, and the hosting loop starts what is placed
+                // here once it is.
+                Vec::new()
             } else {
                 catalog.state.read(|c| c.replicas(shard).to_vec())
             };
@@ -229,6 +239,8 @@ impl Node {
         let own = config.advertise.clone().unwrap_or_default();
         Ok(Node {
             addresses: Mutex::new(BTreeMap::from([(config.id, own)])),
+            liveness: Mutex::default(),
+            left: std::sync::atomic::AtomicBool::new(false),
             config,
             layout,
             peers,
@@ -311,6 +323,9 @@ impl Node {
     /// incomplete until it has caught up) and not stalled (it stopped applying). Reads of
     /// other shards go to another replica.
     fn serving(&self, shard: ShardId) -> Option<Replica> {
+        if self.left.load(Ordering::Relaxed) {
+            return None;
+        }
         self.replica(shard).filter(|r| {
             r.handle.rejoin_mark().is_none() && r.handle.stalled().is_none() && r.handle.is_voter()
         })

@@ -50,6 +50,12 @@ pub enum Health {
         /// The group.
         group: GroupId,
     },
+    /// The cluster replaced this node (it was marked dead, or decommissioned): it serves
+    /// nothing.
+    Left,
+    /// This node joined a moment ago: its replica of the catalog has not received the
+    /// catalog yet, so it cannot say which sets exist.
+    Joining,
 }
 
 impl Health {
@@ -59,6 +65,7 @@ impl Health {
             Health::Stalled { group, .. }
             | Health::Rebuilding { group }
             | Health::NoLeader { group } => *group,
+            Health::Left | Health::Joining => CATALOG_GROUP,
         }
     }
 }
@@ -78,6 +85,11 @@ impl fmt::Display for Health {
                 write!(f, "{} is being rebuilt from its peers", group_name(*group))
             }
             Health::NoLeader { group } => write!(f, "{} has no leader", group_name(*group)),
+            Health::Joining => f.write_str("this node is joining: the catalog is on its way"),
+            Health::Left => f.write_str(
+                "the cluster replaced this node; start it with a new id and an empty data \
+                 directory",
+            ),
         }
     }
 }
@@ -85,6 +97,12 @@ impl fmt::Display for Health {
 impl Node {
     /// What is wrong with this node's replicas now (nothing: it can serve).
     pub fn health(&self) -> Vec<Health> {
+        if self.has_left() {
+            return vec![Health::Left];
+        }
+        if self.catalog.handle.membership().is_empty() {
+            return vec![Health::Joining];
+        }
         self.handles()
             .into_iter()
             .flat_map(|(group, handle)| {
@@ -174,6 +192,7 @@ impl Node {
             suffixes: true,
         };
         let mut seen = HashMap::new();
+        let mut reported = false;
         loop {
             let recorded = self.catalog.state.read(|c| c.limits(self.id()).copied());
             if recorded != Some(limits) {
@@ -192,8 +211,9 @@ impl Node {
                     }
                 }
             }
-            if let Err(error) = self.report_addresses().await {
-                tracing::debug!(%error, "addresses not reported yet; retrying");
+            match self.report_addresses(!reported).await {
+                Ok(()) => reported = true,
+                Err(error) => tracing::debug!(%error, "addresses not reported yet; retrying"),
             }
             self.reconcile(&mut seen).await;
             tokio::time::sleep(MAINTAIN_EVERY).await;

@@ -192,8 +192,14 @@ impl<M: StateMachine> GroupNode<M> {
                 ));
             }
         }
-        // A known leader is news for operators; the candidate steps before it are not.
-        if now.leader.is_some() {
+        // Operators hear of a replica taking or losing leadership after its group had a leader
+        // (a failover, a handover): a group's first election, followers learning of a new
+        // leader, and the candidate steps in between are routine.
+        let was_leader = self.leadership.role == StateRole::Leader;
+        let news = self.leadership.leader.is_some()
+            && now.leader.is_some()
+            && (was_leader || role == StateRole::Leader);
+        if news {
             tracing::info!(
                 group = self.group,
                 node = self.id,
