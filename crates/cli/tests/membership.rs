@@ -19,9 +19,19 @@ use leakbloom_testkit::wait::blocking::eventually;
 use leakbloom_testkit::{free_port, scratch_on_disk};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use common::{start, start_router, stdout_of, wait_until_all_found, Nodes, NODE_SERVING};
+use common::{run, start, start_router, stdout_of, wait_until_all_found, Nodes, NODE_SERVING};
 
 const SHARDS: u32 = 8;
+
+/// One cluster at a time: each test runs up to six processes, and on a small machine two
+/// clusters at once starve each other's heartbeats (and a 3 s dead time then means it).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 /// Moves of 8 shards onto and off new nodes take seconds each (a snapshot, a catch-up).
 const SETTLE: Duration = Duration::from_secs(90);
 
@@ -89,6 +99,7 @@ fn joining(id: u64, dir: &std::path::Path, seed: &str) -> (Vec<String>, String) 
 
 #[test]
 fn the_cluster_scales_three_to_five_to_three_under_load() {
+    let _alone = one_at_a_time();
     let dir = scratch_on_disk();
     let nodes = Nodes::new(dir.path(), 3, SHARDS);
     let _bootstrapped = nodes.start_all();
@@ -207,6 +218,7 @@ fn the_cluster_scales_three_to_five_to_three_under_load() {
 
 #[test]
 fn a_dead_node_is_replaced_and_told_so_when_it_returns() {
+    let _alone = one_at_a_time();
     let dir = scratch_on_disk();
     let nodes = Nodes::new(dir.path(), 3, SHARDS);
     let dead_after = ["--dead-after-ms", "3000"];
@@ -263,4 +275,44 @@ fn a_dead_node_is_replaced_and_told_so_when_it_returns() {
         "still dead: a node never comes back under its id"
     );
     wait_balanced(&router_addr, &[1, 2, 3]);
+}
+
+#[test]
+fn operators_mistakes_are_refused_with_what_to_do() {
+    let _alone = one_at_a_time();
+    let dir = scratch_on_disk();
+    let nodes = Nodes::new(dir.path(), 3, SHARDS);
+    let _bootstrapped = nodes.start_all();
+    let (_router, router_addr) = start_router(&nodes.listens[0]);
+    let stderr_of = |args: Vec<String>| {
+        let output = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!output.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+
+    // Decommissioning would leave 2 active nodes for 3 replicas.
+    let refused = stderr_of(
+        ["nodes", "decommission", "2", "--addr", &router_addr]
+            .map(String::from)
+            .to_vec(),
+    );
+    assert!(
+        refused.contains("would leave 2 active nodes for replication 3"),
+        "{refused}"
+    );
+    assert!(list(&router_addr).iter().all(|n| n.state == "active"));
+
+    // A new node under an id a live node uses.
+    let (taken, _) = joining(2, dir.path(), &nodes.listens[0]);
+    let refused = stderr_of(taken);
+    assert!(refused.contains("node id 2 is already used"), "{refused}");
+
+    // --join given something that is not a node's client port: the router.
+    let (misdirected, _) = joining(7, dir.path(), &router_addr);
+    let refused = stderr_of(misdirected);
+    assert!(
+        refused.contains("is not a leakbloom node's client address"),
+        "{refused}"
+    );
+    assert_eq!(list(&router_addr).len(), 3, "nobody was registered");
 }

@@ -507,14 +507,18 @@ impl Node {
             .catalog
             .state
             .read(|c| c.members().get(&request.node).cloned());
+        // The same id and address again is a node that restarted mid-join; anything else under
+        // a live id (a bootstrap node's too, whose address may not be recorded yet) is another
+        // node.
         if let Some(member) = known {
-            if member.state.in_cluster()
-                && !member.peer_address.is_empty()
-                && member.peer_address != request.peer_address
-            {
+            if member.state.in_cluster() && member.peer_address != request.peer_address {
+                let address = match member.peer_address.as_str() {
+                    "" => "its own peer address".to_string(),
+                    address => address.to_string(),
+                };
                 return Err(Error::NodeIdInUse {
                     node: request.node,
-                    address: member.peer_address,
+                    address,
                 });
             }
         }
