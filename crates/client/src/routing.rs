@@ -365,7 +365,12 @@ impl Routing {
             );
             return Ok(old.clone());
         }
-        if old.as_deref() != Some(&*merged) {
+        // Operators hear of new placements and of nodes coming and going; leaders moving
+        // within a placement is routine.
+        let news = old.as_deref().is_none_or(|old| {
+            old.epoch != merged.epoch || old.addresses != merged.addresses || old.up != merged.up
+        });
+        if news {
             tracing::info!(
                 epoch = merged.epoch,
                 shards = merged.shards,
@@ -373,6 +378,8 @@ impl Routing {
                 up = ?merged.up,
                 "shard map updated"
             );
+        } else if old.as_deref() != Some(&*merged) {
+            tracing::debug!(epoch = merged.epoch, "shard map leaders updated");
         }
         self.observer.nodes_up(merged.up.len());
         *self.map.write().expect("map lock") = Some(merged.clone());

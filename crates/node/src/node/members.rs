@@ -159,6 +159,15 @@ impl Node {
 
     /// One pass of [`host`](Self::host). `told` is the members each group was last told.
     async fn align(&self, told: &mut HashMap<GroupId, Vec<NodeId>>) -> Result<()> {
+        // Only a current catalog says where replicas belong: a copy behind by a placement
+        // change would have a group's leader move it back. A joining node waits for its copy.
+        if self.catalog.handle.membership().is_empty() {
+            return Ok(());
+        }
+        if let Err(error) = self.catalog_barrier().await {
+            tracing::debug!(node = self.id(), %error, "catalog not current; placement not applied");
+            return Ok(());
+        }
         let (addresses, live, placement) = self.catalog.state.read(|c| {
             let addresses: Vec<(NodeId, String)> = c
                 .members()

@@ -609,6 +609,18 @@ impl<M: StateMachine> GroupNode<M> {
         self.raw.transfer_leader(to);
     }
 
+    /// [`hand_leadership`](Self::hand_leadership) for the routine hand-back to the preferred
+    /// replica, which operators need not hear of.
+    fn hand_back_leadership(&mut self, to: NodeId) {
+        tracing::debug!(
+            group = self.group,
+            node = self.id,
+            to,
+            "handing leadership back to the preferred replica"
+        );
+        self.raw.transfer_leader(to);
+    }
+
     /// On the leader: whether replica `id` holds the whole log and answered recently, so that
     /// leadership handed to it takes over at once.
     fn holds_log(&self, id: NodeId) -> bool {
@@ -885,10 +897,7 @@ impl<M: StateMachine> GroupNode<M> {
         }
         if self.holds_log(preferred) {
             self.ticks_since_transfer = 0;
-            self.hand_leadership(
-                preferred,
-                "handing leadership back to the preferred replica",
-            );
+            self.hand_back_leadership(preferred);
         }
     }
 
