@@ -122,6 +122,9 @@ pub struct Node {
     catalog: CatalogReplica,
     /// Last leader learned for each shard not hosted here (0: unknown).
     leaders: Vec<AtomicU64>,
+    /// The catalog's leader as a peer last named it (0: unknown), for when this node's own
+    /// catalog replica knows none (it was away, and its group moved on without it).
+    catalog_hint: AtomicU64,
     /// Client addresses of the nodes, learned from their `Status` (this node's own from the
     /// start), for [`shard_map`](Self::shard_map).
     addresses: Mutex<BTreeMap<NodeId, String>>,
@@ -240,6 +243,7 @@ impl Node {
         Ok(Node {
             addresses: Mutex::new(BTreeMap::from([(config.id, own)])),
             liveness: Mutex::default(),
+            catalog_hint: AtomicU64::new(0),
             left: std::sync::atomic::AtomicBool::new(false),
             config,
             layout,
@@ -351,9 +355,13 @@ impl Node {
 
     /// Remembers the leader a peer named for `group` (a shard not hosted here).
     fn learn_leader(&self, group: GroupId, leader: Option<NodeId>) {
-        let slot = ShardId::try_from(group)
-            .ok()
-            .and_then(|shard| self.leaders.get(shard as usize));
+        let slot = if group == CATALOG_GROUP {
+            Some(&self.catalog_hint)
+        } else {
+            ShardId::try_from(group)
+                .ok()
+                .and_then(|shard| self.leaders.get(shard as usize))
+        };
         if let (Some(slot), Some(leader)) = (slot, leader) {
             slot.store(leader, Ordering::Relaxed);
         }

@@ -27,9 +27,32 @@ impl Node {
     /// The node that leads `group`, as far as this node knows.
     fn group_leader(&self, group: GroupId) -> Option<NodeId> {
         if group == CATALOG_GROUP {
-            return leader_seen(self.id(), &self.catalog.handle);
+            return leader_seen(self.id(), &self.catalog.handle).or_else(|| {
+                match self.catalog_hint.load(std::sync::atomic::Ordering::Relaxed) {
+                    0 => None,
+                    hint => Some(hint),
+                }
+            });
         }
         self.leader_of(shard_of_group(group))
+    }
+
+    /// Where to send a proposal for `group` when no leader is known: for the catalog, each
+    /// other node in turn (one that knows the leader answers with its hint), so a node whose
+    /// catalog replica was left behind still reaches the catalog; for a shard, nowhere (its
+    /// replicas elect one).
+    fn ask_instead(&self, group: GroupId, attempt: usize) -> Option<NodeId> {
+        if group != CATALOG_GROUP {
+            return None;
+        }
+        let others: Vec<NodeId> = self.catalog.state.read(|c| {
+            c.members()
+                .keys()
+                .copied()
+                .filter(|&n| n != self.id())
+                .collect()
+        });
+        others.get(attempt % others.len().max(1)).copied()
     }
 
     /// Commits `command` on `group` through its leader and returns the state machine's
@@ -39,8 +62,13 @@ impl Node {
         let shard = shard_of_group(group);
         let started = Instant::now();
         let mut retry = RetryPolicy::default().start(started, started + PROPOSE_TIMEOUT);
+        let mut attempts = 0;
         loop {
-            let attempt = match self.group_leader(group) {
+            let leader = self
+                .group_leader(group)
+                .or_else(|| self.ask_instead(group, attempts));
+            attempts += 1;
+            let attempt = match leader {
                 Some(leader) if leader == self.id() => {
                     let handle = self.handle(group).expect("a leader hosts a replica");
                     handle
