@@ -19,7 +19,9 @@ use leakbloom_testkit::wait::blocking::eventually;
 use leakbloom_testkit::{free_port, scratch_on_disk};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use common::{run, start, start_router, stdout_of, wait_until_all_found, Nodes, NODE_SERVING};
+use common::{
+    create_leak, run, start, start_router, stdout_of, wait_until_all_found, Nodes, NODE_SERVING,
+};
 
 const SHARDS: u32 = 8;
 
@@ -106,13 +108,7 @@ fn the_cluster_scales_three_to_five_to_three_under_load() {
     let (_router, router_addr) = start_router(&nodes.listens[0]);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let mut client = Client::connect(&router_addr).await.unwrap();
-        client
-            .create_set("leak", 1_000_000, 1e-6, "sha256")
-            .await
-            .unwrap();
-    });
+    runtime.block_on(create_leak(&router_addr, 1_000_000));
 
     // The load: inserts of 50 keys, each followed by a linearizable check of everything
     // acknowledged so far (a sample when it grows), through the router, until told to stop.
@@ -238,11 +234,8 @@ fn a_dead_node_is_replaced_and_told_so_when_it_returns() {
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
+        create_leak(&router_addr, 100_000).await;
         let mut client = Client::connect(&router_addr).await.unwrap();
-        client
-            .create_set("leak", 100_000, 1e-6, "sha256")
-            .await
-            .unwrap();
         client.insert("leak", &keys).await.unwrap();
     });
 

@@ -203,6 +203,15 @@ impl Nodes {
     }
 }
 
+/// Creates the set `leak` (SHA-256 keys, fpr 1e-6) of `capacity` keys through `addr`.
+pub async fn create_leak(addr: &str, capacity: u64) {
+    let mut client = Client::connect(addr).await.unwrap();
+    client
+        .create_set("leak", capacity, 1e-6, "sha256")
+        .await
+        .unwrap();
+}
+
 /// Waits (up to [`CATCH_UP`]) until `addr` finds every one of `keys` in `set` with
 /// any-replica checks (its replicas may still be catching up); `what` names the server in the
 /// failure, with the count it missed last.
